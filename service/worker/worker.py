@@ -1,0 +1,172 @@
+"""The worker's lifecycle: read, reclaim, deliver with bounded concurrency, drain on shutdown.
+
+Two loops feed delivery tasks on one event loop:
+
+- the reader takes new entries (XREADGROUP) whenever a send slot is free;
+- the reclaimer takes over entries that a consumer (usually a dead one) left pending longer
+  than `WORKER_RECLAIM_IDLE_SECONDS`.
+
+`request_stop` (called by the signal handlers) only sets state; `run` turns it into a shutdown:
+stop intake, give in-flight sends `WORKER_SHUTDOWN_SECONDS`, cancel the rest (their entries stay
+pending and another worker takes them over), and return the exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from typing import Final
+
+import structlog
+
+from ..connection import READ_BLOCK_MS
+from ..settings import WorkerSettings
+from .backoff import retry_while_unavailable
+from .delivery import Delivery
+from .stream import Entry, TaskStream
+
+__all__ = ["Worker"]
+
+log = structlog.get_logger("service.worker")
+
+# Fate writes still running at shutdown get this long (after the drain) to reach Redis.
+_FATE_WRITE_GRACE_SECONDS: Final = 5.0
+
+
+class Worker:
+    """Delivers the entries of one queue until asked to stop."""
+
+    def __init__(self, settings: WorkerSettings, stream: TaskStream, delivery: Delivery) -> None:
+        self._settings = settings
+        self._stream = stream
+        self._delivery = delivery
+        self._stopping = asyncio.Event()
+        self._forced = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
+
+    def request_stop(self, signal_name: str) -> None:
+        """First call: drain, then stop. Second call: stop at once. Only sets state."""
+        if self._stopping.is_set():
+            self._forced.set()
+        else:
+            self._stopping.set()
+        log.info("stop_requested", signal=signal_name, forced=self._forced.is_set())
+
+    async def run(self) -> int:
+        """Work until `request_stop`; return the process exit code (0 drained, 1 forced)."""
+        intake = asyncio.create_task(self._intake(), name="intake")
+        stop = asyncio.create_task(self._stopping.wait())
+        done, _ = await asyncio.wait([intake, stop], return_when=asyncio.FIRST_COMPLETED)
+        intake.cancel()
+        stop.cancel()
+        await asyncio.gather(intake, stop, return_exceptions=True)
+        failed = intake in done and intake.exception() is not None
+        if failed:
+            log.error("worker_failed", exc_info=intake.exception())
+        code = await self._drain()
+        return 1 if failed else code
+
+    async def _intake(self) -> None:
+        await retry_while_unavailable("create_group", self._stream.ensure_group)
+        log.info(
+            "worker_started",
+            consumer=self._stream.consumer,
+            queue=self._settings.email_queue,
+            concurrency=self._settings.worker_concurrency,
+        )
+        await self._resume_own_pending()
+        async with asyncio.TaskGroup() as loops:
+            loops.create_task(self._read_loop())
+            loops.create_task(self._reclaim_loop())
+
+    async def _resume_own_pending(self) -> None:
+        """Entries left pending under this consumer's name by an earlier run go first."""
+        count = self._settings.worker_concurrency * 10
+        entries = await retry_while_unavailable(
+            "resume_pending", lambda: self._stream.take_own_pending(count)
+        )
+        if entries:
+            log.info("resuming_pending", entries=len(entries))
+        for entry in entries:
+            await self._wait_for_slot()
+            self._dispatch(entry)
+
+    async def _read_loop(self) -> None:
+        while True:
+            free = await self._wait_for_slot()
+            entries = await retry_while_unavailable(
+                "read", functools.partial(self._stream.read_new, free, READ_BLOCK_MS)
+            )
+            for entry in entries:
+                self._dispatch(entry)
+
+    async def _reclaim_loop(self) -> None:
+        idle_seconds = self._settings.worker_reclaim_idle_seconds
+        min_idle_ms = int(idle_seconds * 1000)
+        # Scan a few times per idle period, so a dead worker's entries wait at most ~1.25x it.
+        interval = min(max(idle_seconds / 4, 0.1), 30.0)
+        cursor = "0-0"
+        while True:
+            free = await self._wait_for_slot()
+            cursor, entries = await retry_while_unavailable(
+                "reclaim", functools.partial(self._stream.claim_stale, min_idle_ms, cursor, free)
+            )
+            for entry in entries:
+                if entry.entry_id in self._in_flight:
+                    continue  # our own slow send; it records its fate itself
+                log.info("entry_reclaimed", entry_id=entry.entry_id, attempt=entry.deliveries)
+                self._dispatch(entry)
+            if cursor == "0-0":
+                await asyncio.sleep(interval)
+
+    async def _wait_for_slot(self) -> int:
+        """Wait until at least one send slot is free; return how many are."""
+        while (free := self._settings.worker_concurrency - len(self._in_flight)) <= 0:
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
+        return free
+
+    def _dispatch(self, entry: Entry) -> None:
+        task = asyncio.create_task(self._delivery.deliver(entry), name=entry.entry_id)
+        self._in_flight[entry.entry_id] = task
+        task.add_done_callback(lambda _: self._finished(entry.entry_id))
+
+    def _finished(self, entry_id: str) -> None:
+        self._in_flight.pop(entry_id, None)
+        self._slot_freed.set()
+
+    async def _drain(self) -> int:
+        in_flight = list(self._in_flight.values())
+        log.info("draining", in_flight=len(in_flight))
+        await self._wait_in_flight(in_flight)
+        unfinished = [task for task in in_flight if not task.done()]
+        for task in unfinished:
+            task.cancel("worker shutdown: the entry stays pending and will be redelivered")
+        await asyncio.gather(*unfinished, return_exceptions=True)
+        writes = self._delivery.fate_writes
+        if writes and not self._forced.is_set():
+            _, late = await asyncio.wait(writes, timeout=_FATE_WRITE_GRACE_SECONDS)
+            for write in late:
+                write.cancel("worker shutdown: Redis did not answer in time")
+        forced = self._forced.is_set()
+        log.info("worker_stopped", unfinished=len(unfinished), forced=forced)
+        return 1 if forced else 0
+
+    async def _wait_in_flight(self, in_flight: list[asyncio.Task[None]]) -> None:
+        """Until every send is done, the grace period ends, or a second signal arrives."""
+        deadline = time.monotonic() + self._settings.worker_shutdown_seconds
+        forced = asyncio.create_task(self._forced.wait())
+        pending: set[asyncio.Task[object]] = set(in_flight)
+        try:
+            while pending and not forced.done():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                _, pending = await asyncio.wait(
+                    [*pending, forced], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+                pending.discard(forced)
+        finally:
+            forced.cancel()
