@@ -79,8 +79,16 @@ def _reject_control_characters(value: str) -> str:
 def _parse_address(value: str) -> str:
     """Validate one mailbox (`a@example.com` or `Name <a@example.com>`); return it normalized."""
     _reject_control_characters(value)
-    header = email.policy.default.header_factory("to", value)
-    if header.defects or len(header.addresses) != 1:
+    try:
+        header = email.policy.default.header_factory("to", value)
+    except Exception:  # noqa: BLE001 - the stdlib parser raises IndexError on some inputs
+        header = None
+    if (
+        header is None
+        or len(header.addresses) != 1
+        # Also refuses non-ASCII local parts: they need SMTPUTF8, which few servers offer.
+        or header.defects
+    ):
         raise ValueError(f"{value!r} is not a single email address")
     mailbox = header.addresses[0]
     try:

@@ -1,0 +1,109 @@
+"""A real SMTP server (aiosmtpd, in its own thread) that tests can tell to accept, refuse or drop."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import threading
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+
+@dataclass
+class Received:
+    """One message the server accepted."""
+
+    mail_from: str
+    rcpt_tos: list[str]
+    message: EmailMessage
+
+
+@dataclass
+class Behaviour:
+    """What the server does; tests change it while the server runs."""
+
+    # Reply to RCPT TO for these recipients (e.g. "550 5.1.1 no such user").
+    rcpt_replies: dict[str, str] = field(default_factory=dict)
+    # Reply to the end of DATA for the next N messages, then accept again.
+    data_replies: list[str] = field(default_factory=list)
+    # Seconds to wait before answering the end of DATA.
+    data_delay: float = 0.0
+    # Accepted login, when set (AUTH is then offered, also without TLS, on loopback only).
+    credentials: tuple[str, str] | None = None
+
+
+class _Handler:
+    def __init__(self, server: SmtpServer) -> None:
+        self.server = server
+
+    async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
+        reply = self.server.behaviour.rcpt_replies.get(address)
+        if reply is not None:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        behaviour = self.server.behaviour
+        with self.server.lock:
+            self.server.data_started += 1
+        if behaviour.data_delay:
+            await asyncio.sleep(behaviour.data_delay)
+        with self.server.lock:
+            if behaviour.data_replies:
+                return behaviour.data_replies.pop(0)
+            message = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
+            assert isinstance(message, EmailMessage)
+            self.server.received.append(
+                Received(envelope.mail_from, list(envelope.rcpt_tos), message)
+            )
+        return "250 OK queued"
+
+
+class SmtpServer:
+    """aiosmtpd on 127.0.0.1:`port`, recording every accepted message in `received`."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.behaviour = Behaviour()
+        self.received: list[Received] = []
+        self.data_started = 0
+        self.lock = threading.Lock()
+        self._controller = Controller(
+            _Handler(self),
+            hostname="127.0.0.1",
+            port=port,
+            authenticator=self._authenticate,
+            auth_require_tls=False,
+        )
+
+    def _authenticate(
+        self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        expected = self.behaviour.credentials
+        ok = (
+            expected is not None
+            and isinstance(auth_data, LoginPassword)
+            and (auth_data.login.decode(), auth_data.password.decode()) == expected
+        )
+        return AuthResult(success=ok)
+
+    def start(self) -> None:
+        """Start serving."""
+        self._controller.start()
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self._controller.stop()
+
+    def task_ids(self) -> list[str]:
+        """The task id of every accepted message (from its Message-ID), in arrival order."""
+        with self.lock:
+            return [str(r.message["Message-ID"]).strip("<>").split("@")[0] for r in self.received]

@@ -1,0 +1,89 @@
+"""EmailTask validation, as a table: each bad input fails naming its field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from service import EmailTask
+from service.task import MAX_BODY_CHARS, MAX_RECIPIENTS
+
+BASE: dict[str, Any] = {"to": "a@example.com", "subject": "Hi", "text": "Hello"}
+
+
+@pytest.mark.parametrize(
+    ("changes", "location", "message"),
+    [
+        ({"to": "not-an-address"}, "to.0", "not a single email address"),
+        ({"to": "a@example.com, b@example.com"}, "to.0", "not a single email address"),
+        ({"to": "a@localhost"}, "to.0", "not a valid email address"),
+        ({"to": "jörg@example.com"}, "to.0", "not a single email address"),
+        ({"to": []}, "to", "at least 1 item"),
+        ({"to": "Evil\r\nBcc: x@example.com <a@example.com>"}, "to.0", "control character"),
+        ({"cc": ["ok@example.com", "bad@"]}, "cc.1", "not a single email address"),
+        ({"bcc": "x@@example.com"}, "bcc.0", "not a single email address"),
+        ({"reply_to": "nope"}, "reply_to.0", "not a single email address"),
+        ({"sender": "Name\n <s@example.com>"}, "sender", "control character"),
+        ({"subject": "Hi\r\nBcc: victim@example.com"}, "subject", "control character"),
+        ({"subject": "Hi\x00"}, "subject", "control character"),
+        ({"subject": "x" * 999}, "subject", "at most 998 characters"),
+        ({"text": None}, "", "text or html is required"),
+        ({"text": "x" * (MAX_BODY_CHARS + 1)}, "text", "at most"),
+        ({"headers": {"X-Tag": "a\nb"}}, "headers.X-Tag", "control character"),
+        ({"headers": {"From": "x@example.com"}}, "", "'From' is set by the worker"),
+        ({"headers": {"message-id": "<x@y>"}}, "", "'message-id' is set by the worker"),
+        ({"headers": {"Bad Name": "x"}}, "", "not a valid header name"),
+        ({"headers": {f"X-{i}": "v" for i in range(51)}}, "headers", "at most 50 items"),
+        ({"to": [f"u{i}@example.com" for i in range(MAX_RECIPIENTS + 1)]}, "to", "at most 100"),
+        (
+            {"to": [f"u{i}@example.com" for i in range(60)],
+             "cc": [f"c{i}@example.com" for i in range(60)]},
+            "",
+            "120 recipients",
+        ),
+        ({"attachments": []}, "attachments", "Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_tasks_name_the_field(changes: dict[str, Any], location: str, message: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        EmailTask(**{**BASE, **changes})
+    errors = caught.value.errors()
+    assert any(
+        ".".join(str(p) for p in e["loc"]) == location and message in e["msg"] for e in errors
+    ), errors
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "stored"),
+    [
+        ("to", "a@example.com", ["a@example.com"]),
+        ("to", ["a@example.com", "B <b@example.com>"], ["a@example.com", "B <b@example.com>"]),
+        ("to", '"Doe, Jane" <j@example.com>', ['"Doe, Jane" <j@example.com>']),
+        ("to", "Jörg <j@bücher.de>", ["Jörg <j@bücher.de>"]),
+        ("to", "ops@intranet-host", ["ops@intranet-host"]),
+        ("cc", "c@example.com", ["c@example.com"]),
+        ("sender", "News <news@example.com>", "News <news@example.com>"),
+        ("headers", {"X-Campaign": "spring", "List-Unsubscribe": "<mailto:u@example.com>"}, None),
+    ],
+)
+def test_valid_tasks_are_normalized(field: str, value: Any, stored: Any) -> None:
+    task = EmailTask(**{**BASE, field: value})
+    assert getattr(task, field) == (value if stored is None else stored)
+
+
+def test_html_alone_is_enough() -> None:
+    assert EmailTask(to="a@example.com", subject="s", html="<p>x</p>").text is None
+
+
+def test_recipients_are_bare_addresses_of_to_cc_and_bcc() -> None:
+    task = EmailTask(
+        to="A <a@example.com>", cc="C <c@example.com>", bcc="b@example.com", subject="s", text="x"
+    )
+    assert task.recipients() == ["a@example.com", "c@example.com", "b@example.com"]
+
+
+def test_bodies_stay_out_of_repr() -> None:
+    task = EmailTask(to="a@example.com", subject="s", text="secret body", html="<b>secret</b>")
+    assert "secret" not in repr(task)
