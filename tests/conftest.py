@@ -72,15 +72,15 @@ class WorkerProcess:
 
     def __init__(self, env: dict[str, str], workdir: Path) -> None:
         self.log_path = workdir / f"worker-{time.monotonic_ns()}.log"
-        self._log = self.log_path.open("wb")
         # The working directory holds no .env: only `env` configures the worker.
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.worker"],
-            env=env,
-            cwd=workdir,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        with self.log_path.open("wb") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "service.worker"],
+                env=env,
+                cwd=workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     def output(self) -> str:
         """Everything the worker wrote so far."""
@@ -94,9 +94,7 @@ class WorkerProcess:
         """SIGTERM (if still running) and wait; return the exit code."""
         if self.process.poll() is None:
             self.process.terminate()
-        code = self.process.wait(timeout=timeout)
-        self._log.close()
-        return code
+        return self.process.wait(timeout=timeout)
 
 
 @pytest.fixture
@@ -127,3 +125,9 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str = "condi
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def as_entries(reply: object) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """An XRANGE reply, typed: redis-py types it as the union of every protocol's shapes."""
+    assert isinstance(reply, list)
+    return reply

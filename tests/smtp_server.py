@@ -1,4 +1,4 @@
-"""A real SMTP server (aiosmtpd, in its own thread) that tests can tell to accept, refuse or drop."""
+"""A real SMTP server (aiosmtpd, in its own thread) that tests tell to accept, refuse or stall."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ class _Handler:
     def __init__(self, server: SmtpServer) -> None:
         self.server = server
 
-    async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
+    async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: Any
     ) -> str:
         reply = self.server.behaviour.rcpt_replies.get(address)
@@ -50,7 +50,7 @@ class _Handler:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         behaviour = self.server.behaviour
         with self.server.lock:
             self.server.data_started += 1
@@ -59,7 +59,9 @@ class _Handler:
         with self.server.lock:
             if behaviour.data_replies:
                 return behaviour.data_replies.pop(0)
-            message = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
+            message = email.message_from_bytes(
+                envelope.original_content, policy=email.policy.default
+            )
             assert isinstance(message, EmailMessage)
             self.server.received.append(
                 Received(envelope.mail_from, list(envelope.rcpt_tos), message)

@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from service import EmailTask, Producer
 from service.local.redis_server import RedisServer
 from service.wire import decode_entry
+from tests.conftest import as_entries
 
 STREAM = "{emails}:stream"
 
@@ -20,20 +21,24 @@ async def test_enqueue_returns_the_task_id_written_to_the_stream(redis: Redis) -
     producer = Producer(redis, queue="emails")
     task = EmailTask(to="a@example.com", subject="Hi", text="Hello")
     task_id = await producer.enqueue(task)
-    entries = await redis.xrange(STREAM)
+    entries = as_entries(await redis.xrange(STREAM))
     assert len(entries) == 1
     envelope = decode_entry(entries[0][1])
     assert (envelope.task_id, envelope.task) == (task_id, task)
 
 
-async def test_enqueue_many_keeps_order_in_one_round_trip(redis_server: RedisServer, redis: Redis) -> None:
+async def test_enqueue_many_keeps_order_in_one_round_trip(
+    redis_server: RedisServer, redis: Redis
+) -> None:
     tasks = [EmailTask(to=f"u{i}@example.com", subject=str(i), text="x") for i in range(50)]
     async with Producer.from_url(redis_server.url, queue="bulk") as producer:
         task_ids = await producer.enqueue_many(tasks)
         assert await producer.enqueue_many([]) == []
-    entries = await redis.xrange("{bulk}:stream")
+    entries = as_entries(await redis.xrange("{bulk}:stream"))
     assert [decode_entry(fields).task_id for _, fields in entries] == task_ids
-    assert [decode_entry(fields).task.subject for _, fields in entries] == [str(i) for i in range(50)]
+    assert [decode_entry(fields).task.subject for _, fields in entries] == [
+        str(i) for i in range(50)
+    ]
 
 
 async def test_enqueue_refuses_what_is_not_a_task(redis: Redis) -> None:
@@ -60,7 +65,7 @@ async def test_cli_enqueues_one_task(redis_server: RedisServer, redis: Redis) ->
         "--text", "Hello", "--header", "X-Tag: one",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    (entry_id, fields), = await redis.xrange(STREAM)
+    ((_, fields),) = as_entries(await redis.xrange(STREAM))
     envelope = decode_entry(fields)
     assert result.stdout == f"{envelope.task_id}\n"
     assert envelope.task.cc == ["c@example.com"]
@@ -120,5 +125,7 @@ def test_importing_service_pulls_in_no_worker_or_smtp_code() -> None:
         "bad = [m for m in sys.modules if m.startswith(('service.worker', 'aiosmtplib'))]; "
         "print(bad)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "[]"

@@ -10,7 +10,10 @@ from service.worker.outcome import Failure, Fate, classify_failure, fate_after_f
 
 def _refused(*codes: int) -> aiosmtplib.SMTPRecipientsRefused:
     return aiosmtplib.SMTPRecipientsRefused(
-        [aiosmtplib.SMTPRecipientRefused(code, "no", f"u{i}@example.com") for i, code in enumerate(codes)]
+        [
+            aiosmtplib.SMTPRecipientRefused(code, "no", f"u{i}@example.com")
+            for i, code in enumerate(codes)
+        ]
     )
 
 

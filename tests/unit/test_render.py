@@ -35,11 +35,18 @@ def test_headers_bodies_and_envelope() -> None:
     assert message.get_body(("plain",)).get_content() == "plain\n"  # type: ignore[union-attr]
     assert message.get_body(("html",)).get_content() == "<p>html</p>\n"  # type: ignore[union-attr]
     assert out.mail_from == "d@example.com"
-    assert out.recipients == ["a@example.com", "b@example.com", "c@example.com", "hidden@example.com"]
+    assert out.recipients == [
+        "a@example.com",
+        "b@example.com",
+        "c@example.com",
+        "hidden@example.com",
+    ]
 
 
 def test_task_sender_overrides_default_and_names_message_id_domain() -> None:
-    task = EmailTask(to="a@example.com", sender="N <n@news.example.org>", subject="s", html="<b>x</b>")
+    task = EmailTask(
+        to="a@example.com", sender="N <n@news.example.org>", subject="s", html="<b>x</b>"
+    )
     out = render(Envelope(TASK_ID, 0, task), default_sender="d@example.com")
     assert out.mail_from == "n@news.example.org"
     assert out.message["Message-ID"] == f"<{TASK_ID}@news.example.org>"
@@ -51,4 +58,3 @@ def test_same_task_renders_the_same_message() -> None:
     first = render(Envelope(TASK_ID, 5, task), default_sender="d@example.com")
     second = render(Envelope(TASK_ID, 5, task), default_sender="d@example.com")
     assert first.message.as_bytes() == second.message.as_bytes()
-

@@ -36,8 +36,12 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None
         ({"SMTP_SECURITY": "ssl"}, "SMTP_SECURITY", "'none', 'starttls' or 'tls'"),
         ({"SMTP_USERNAME": "u"}, "SMTP_USERNAME", "go together"),
         (
-            {"SMTP_USERNAME": "u", "SMTP_PASSWORD": "p", "SMTP_SECURITY": "none",
-             "SMTP_HOST": "smtp.example.com"},
+            {
+                "SMTP_USERNAME": "u",
+                "SMTP_PASSWORD": "p",
+                "SMTP_SECURITY": "none",
+                "SMTP_HOST": "smtp.example.com",
+            },
             "SMTP_SECURITY",
             "clear text",
         ),

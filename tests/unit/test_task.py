@@ -38,8 +38,10 @@ BASE: dict[str, Any] = {"to": "a@example.com", "subject": "Hi", "text": "Hello"}
         ({"headers": {f"X-{i}": "v" for i in range(51)}}, "headers", "at most 50 items"),
         ({"to": [f"u{i}@example.com" for i in range(MAX_RECIPIENTS + 1)]}, "to", "at most 100"),
         (
-            {"to": [f"u{i}@example.com" for i in range(60)],
-             "cc": [f"c{i}@example.com" for i in range(60)]},
+            {
+                "to": [f"u{i}@example.com" for i in range(60)],
+                "cc": [f"c{i}@example.com" for i in range(60)],
+            },
             "",
             "120 recipients",
         ),

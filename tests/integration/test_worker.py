@@ -1,0 +1,325 @@
+"""End to end: `python -m service.worker` as a real subprocess, a real Redis, a real SMTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import orjson
+import pytest
+import redis as redis_sync
+
+from service import EmailTask, Producer
+from service.local.redis_server import RedisServer
+from tests.conftest import WorkerProcess, as_entries, wait_until
+from tests.smtp_server import SmtpServer
+
+STREAM, DEAD, GROUP = "{emails}:stream", "{emails}:dead", "workers"
+StartWorker = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def db(redis_server: RedisServer) -> Iterator[redis_sync.Redis]:
+    client = redis_sync.Redis.from_url(redis_server.url)
+    client.flushall()
+    yield client
+    client.close()
+
+
+def enqueue(url: str, tasks: list[EmailTask]) -> list[str]:
+    async def run() -> list[str]:
+        async with Producer.from_url(url) as producer:
+            return await producer.enqueue_many(tasks)
+
+    return asyncio.run(run())
+
+
+def _body(message: EmailMessage, subtype: str) -> str:
+    part = message.get_body((subtype,))
+    assert part is not None
+    return str(part.get_content()).replace("\r\n", "\n")  # SMTP carries CRLF line ends
+
+
+def dead_letters(db: redis_sync.Redis) -> list[dict[bytes, bytes]]:
+    return [fields for _, fields in as_entries(db.xrange(DEAD))]
+
+
+def pending_count(db: redis_sync.Redis) -> int:
+    if not db.exists(STREAM):
+        return 0
+    return int(db.xpending(STREAM, GROUP)["pending"])
+
+
+def test_delivers_every_email_exactly_as_enqueued(
+    redis_server: RedisServer, db: redis_sync.Redis, smtp: SmtpServer, start_worker: StartWorker
+) -> None:
+    tasks = [
+        EmailTask(
+            to=[f"Person {i} <p{i}@example.com>"],
+            cc=[f"cc{i}@example.com"] if i % 3 == 0 else [],
+            bcc=[f"bcc{i}@example.com"] if i % 5 == 0 else [],
+            reply_to="support@example.com" if i % 2 else [],
+            sender="News <news@example.org>" if i % 7 == 0 else None,
+            subject=f"Message {i} — ünïcode",
+            text=f"Plain body {i}\nsecond line",
+            html=f"<p>HTML body {i}</p>" if i % 2 else None,
+            headers={"X-Sequence": str(i)},
+        )
+        for i in range(300)
+    ]
+    task_ids = enqueue(redis_server.url, tasks)
+    worker = start_worker()
+    wait_until(lambda: len(smtp.received) >= 300, 60, "300 deliveries")
+    wait_until(lambda: db.xlen(STREAM) == 0, 10, "an empty stream")
+    assert worker.stop() == 0
+
+    by_id = {tid: task for tid, task in zip(task_ids, tasks, strict=True)}
+    assert sorted(smtp.task_ids()) == sorted(task_ids)
+    for received in smtp.received:
+        task_id = str(received.message["Message-ID"]).strip("<>").split("@")[0]
+        task = by_id[task_id]
+        message = received.message
+        assert message["To"] == ", ".join(task.to)
+        assert message["Cc"] == (", ".join(task.cc) if task.cc else None)
+        assert message["Bcc"] is None
+        assert message["Reply-To"] == (", ".join(task.reply_to) if task.reply_to else None)
+        assert message["Subject"] == task.subject
+        assert message["X-Sequence"] == task.headers["X-Sequence"]
+        assert message["From"] == (task.sender or "Sender <sender@example.com>")
+        expected_from = "news@example.org" if task.sender else "sender@example.com"
+        assert received.mail_from == expected_from
+        assert received.rcpt_tos == task.recipients()
+        assert _body(message, "plain") == f"{task.text}\n"
+        if task.html:
+            assert _body(message, "html") == f"{task.html}\n"
+    assert pending_count(db) == 0
+    assert not db.exists(DEAD)
+
+
+def test_every_log_line_is_json_without_secrets_or_bodies(
+    redis_server: RedisServer, db: redis_sync.Redis, smtp: SmtpServer, start_worker: StartWorker
+) -> None:
+    smtp.behaviour.credentials = ("mailer", "smtp-hunter2")
+    enqueue(redis_server.url, [EmailTask(to="a@example.com", subject="s", text="BODY-SECRET-TEXT")])
+    worker = start_worker(SMTP_USERNAME="mailer", SMTP_PASSWORD="smtp-hunter2")  # noqa: S106
+    wait_until(lambda: len(smtp.received) == 1, 15, "one delivery")
+    worker.wait_for_log("task_sent")
+    assert worker.stop() == 0
+    output = worker.output()
+    assert "smtp-hunter2" not in output
+    assert "BODY-SECRET-TEXT" not in output
+    events = [orjson.loads(line) for line in output.splitlines()]
+    assert all({"timestamp", "level", "event"} <= event.keys() for event in events)
+    sent = next(event for event in events if event["event"] == "task_sent")
+    assert {"task_id", "entry_id", "attempt", "outcome", "duration_ms"} <= sent.keys()
+    assert (sent["outcome"], sent["attempt"]) == ("sent", 1)
+
+
+def test_sigkill_mid_run_loses_nothing(
+    redis_server: RedisServer, db: redis_sync.Redis, smtp: SmtpServer, start_worker: StartWorker
+) -> None:
+    smtp.behaviour.data_delay = 0.05
+    task_ids = enqueue(
+        redis_server.url,
+        [EmailTask(to=f"u{i}@example.com", subject=str(i), text="x") for i in range(200)],
+    )
+    victim = start_worker()
+    wait_until(lambda: len(smtp.received) >= 30, 30, "30 deliveries")
+    victim.process.kill()  # SIGKILL: no drain, its in-flight entries stay pending
+    victim.process.wait()
+    stranded = pending_count(db)
+    assert stranded > 0, "the kill should leave entries pending for the survivor to reclaim"
+
+    survivor = start_worker()
+    wait_until(lambda: set(smtp.task_ids()) >= set(task_ids), 60, "every task delivered")
+    wait_until(lambda: db.xlen(STREAM) == 0 and pending_count(db) == 0, 15, "a drained stream")
+    assert survivor.stop() == 0
+    duplicates = [tid for tid, n in Counter(smtp.task_ids()).items() if n > 1]
+    # Only a send in flight at the kill can be repeated (the server may have taken it).
+    assert len(duplicates) <= stranded
+    assert '"event":"entry_reclaimed"' in survivor.output()
+
+
+def test_sigterm_lets_in_flight_sends_finish(
+    redis_server: RedisServer, db: redis_sync.Redis, smtp: SmtpServer, start_worker: StartWorker
+) -> None:
+    smtp.behaviour.data_delay = 1.0
+    task_ids = enqueue(
+        redis_server.url,
+        [EmailTask(to=f"u{i}@example.com", subject="s", text="x") for i in range(5)],
+    )
+    worker = start_worker(WORKER_CONCURRENCY="5", WORKER_SHUTDOWN_SECONDS="10")
+    wait_until(lambda: smtp.data_started == 5, 10, "five sends in flight")
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.stop() == 0
+    assert sorted(smtp.task_ids()) == sorted(task_ids)
+    assert db.xlen(STREAM) == 0
+    assert pending_count(db) == 0
+
+
+def test_sigterm_leaves_unfinished_sends_pending_and_a_second_signal_exits_at_once(
+    redis_server: RedisServer, db: redis_sync.Redis, smtp: SmtpServer, start_worker: StartWorker
+) -> None:
+    smtp.behaviour.data_delay = 30.0
+    enqueue(
+        redis_server.url,
+        [EmailTask(to=f"u{i}@example.com", subject="s", text="x") for i in range(3)],
+    )
+    worker = start_worker(
+        WORKER_CONCURRENCY="3", WORKER_SHUTDOWN_SECONDS="60", SMTP_TIMEOUT_SECONDS="40",
+        WORKER_RECLAIM_IDLE_SECONDS="120",
+    )  # fmt: skip
+    wait_until(lambda: smtp.data_started == 3, 10, "three sends in flight")
+    worker.process.send_signal(signal.SIGTERM)
+    worker.wait_for_log("draining")
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.process.wait(timeout=5) == 1
+    assert smtp.received == []
+    assert pending_count(db) == 3  # not acknowledged, not lost: another worker will take them
+    assert db.xlen(STREAM) == 3
+
+
+def test_grace_period_expiry_exits_0_and_keeps_entries_pending(
+    redis_server: RedisServer, db: redis_sync.Redis, smtp: SmtpServer, start_worker: StartWorker
+) -> None:
+    smtp.behaviour.data_delay = 30.0
+    enqueue(redis_server.url, [EmailTask(to="u@example.com", subject="s", text="x")])
+    worker = start_worker(WORKER_SHUTDOWN_SECONDS="0.5", SMTP_TIMEOUT_SECONDS="40",
+                          WORKER_RECLAIM_IDLE_SECONDS="120")  # fmt: skip
+    wait_until(lambda: smtp.data_started == 1, 10, "one send in flight")
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.process.wait(timeout=10) == 0
+    assert '"unfinished":1' in worker.output()
+    assert pending_count(db) == 1
+
+
+def test_malformed_entries_are_dead_lettered_and_the_worker_goes_on(
+    redis_server: RedisServer, db: redis_sync.Redis, smtp: SmtpServer, start_worker: StartWorker
+) -> None:
+    db.xadd(STREAM, {"garbage": "yes"})
+    db.xadd(STREAM, {"v": "1", "id": "0" * 32, "at": "1", "task": "{not json"})
+    (good_id,) = enqueue(redis_server.url, [EmailTask(to="a@example.com", subject="s", text="x")])
+    worker = start_worker()
+    wait_until(lambda: smtp.task_ids() == [good_id], 15, "the good task")
+    wait_until(lambda: len(dead_letters(db)) == 2, 10, "two dead letters")
+    assert worker.process.poll() is None
+    # Entries are sent concurrently: dead letters may arrive in any order.
+    dead = sorted(
+        dead_letters(db),
+        key=lambda fields: [int(part) for part in fields[b"dead_entry_id"].split(b"-")],
+    )
+    assert dead[0][b"garbage"] == b"yes"
+    assert dead[0][b"dead_reason"] == b"undecodable entry: entry has no format version field 'v'"
+    assert dead[1][b"dead_reason"].startswith(
+        b"undecodable entry: field 'task' is not a valid task"
+    )
+    assert db.xlen(STREAM) == 0
+    assert pending_count(db) == 0
+    assert worker.stop() == 0
+
+
+def test_permanent_failures_are_dead_lettered_at_once_and_transient_ones_retried(
+    redis_server: RedisServer, db: redis_sync.Redis, smtp: SmtpServer, start_worker: StartWorker
+) -> None:
+    smtp.behaviour.rcpt_replies["gone@example.com"] = "550 5.1.1 no such user"
+    smtp.behaviour.data_replies = ["451 4.3.0 try again later"]
+    dead_id, retried_id = enqueue(
+        redis_server.url,
+        [
+            EmailTask(to="gone@example.com", subject="s", text="x"),
+            EmailTask(to="later@example.com", subject="s", text="x"),
+        ],
+    )
+    worker = start_worker(WORKER_CONCURRENCY="1", WORKER_RECLAIM_IDLE_SECONDS="2.5")
+    wait_until(lambda: smtp.task_ids() == [retried_id], 20, "the retried task")
+    assert len(dead_letters(db)) == 1
+    (dead,) = dead_letters(db)
+    assert dead[b"id"].decode() == dead_id
+    assert dead[b"dead_reason"].startswith(b"all recipients refused: gone@example.com 550")
+    assert dead[b"dead_deliveries"] == b"1"
+    assert worker.stop() == 0
+    assert '"outcome":"retry","reason":"SMTP 451 4.3.0 try again later"' in worker.output()
+
+
+def test_poison_entries_are_dead_lettered_after_max_attempts(
+    redis_server: RedisServer, db: redis_sync.Redis, smtp: SmtpServer, start_worker: StartWorker
+) -> None:
+    smtp.behaviour.data_replies = ["421 4.7.0 slow down"] * 10
+    enqueue(redis_server.url, [EmailTask(to="a@example.com", subject="s", text="x")])
+    worker = start_worker(WORKER_MAX_ATTEMPTS="2", WORKER_RECLAIM_IDLE_SECONDS="2.5")
+    wait_until(lambda: len(dead_letters(db)) == 1, 20, "a dead letter")
+    (dead,) = dead_letters(db)
+    assert dead[b"dead_reason"] == b"SMTP 421 4.7.0 slow down"
+    assert dead[b"dead_deliveries"] == b"2"
+    assert smtp.received == []
+    assert worker.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        ({"MAIL_FROM": ""}, "error: invalid setting MAIL_FROM: is required but not set\n"),
+        ({"SMTP_PORT": "x"}, "error: invalid setting SMTP_PORT: Input should be a valid integer"),
+        ({"REDIS_URL": "https://u:hunter2@h"}, "error: invalid setting REDIS_URL: must start with"),
+    ],
+)
+def test_bad_settings_exit_2_with_one_line(
+    worker_env: dict[str, str], tmp_path: Path, env: dict[str, str], line: str
+) -> None:
+    merged = {**worker_env, **env}
+    merged = {k: v for k, v in merged.items() if v}
+    result = subprocess.run(
+        [sys.executable, "-m", "service.worker"],
+        env=merged, cwd=tmp_path, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith(line)
+    assert result.stderr.count("\n") == 1
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_worker_resumes_its_own_pending_entries_at_start(
+    redis_server: RedisServer, db: redis_sync.Redis, smtp: SmtpServer, start_worker: StartWorker
+) -> None:
+    (task_id,) = enqueue(redis_server.url, [EmailTask(to="a@example.com", subject="s", text="x")])
+    db.xgroup_create(STREAM, GROUP, id="0")
+    db.xreadgroup(GROUP, "box-1", {STREAM: ">"})  # an earlier run of "box-1" took it, then died
+    worker = start_worker(WORKER_NAME="box-1", WORKER_RECLAIM_IDLE_SECONDS="300")
+    wait_until(lambda: smtp.task_ids() == [task_id], 10, "the resumed task")
+    events = [orjson.loads(line) for line in worker.output().splitlines()]
+    assert {"event": "resuming_pending", "entries": 1}.items() <= events[2].items()
+    assert worker.stop() == 0
+
+
+def test_make_run_style_local_stack_delivers_to_var_mail(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "SMTP_", "MAIL_"))}
+    env["LOG_FORMAT"] = "json"
+    with (tmp_path / "stack.log").open("wb") as log:
+        stack = subprocess.Popen(
+            [sys.executable, "-m", "service.local"], cwd=tmp_path, env=env,
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        stack_log = tmp_path / "stack.log"
+        wait_until(lambda: "worker_started" in stack_log.read_text(), 15, "the local stack")
+        result = subprocess.run(
+            [sys.executable, "-m", "service.producer", "--to", "you@example.com", "--subject",
+             "Hi", "--text", "It works"],
+            env={**env, "REDIS_URL": "redis://127.0.0.1:6380/0"}, cwd=tmp_path,
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        mail = tmp_path / "var" / "mail"
+        wait_until(lambda: mail.exists() and any(mail.iterdir()), 15, "a stored email")
+        (stored,) = mail.iterdir()
+        assert result.stdout.strip() in stored.read_text()
+    finally:
+        stack.send_signal(signal.SIGTERM)
+        assert stack.wait(timeout=15) == 0
