@@ -248,6 +248,37 @@ def test_permanent_failures_are_dead_lettered_at_once_and_transient_ones_retried
     assert '"outcome":"retry","reason":"SMTP 451 4.3.0 try again later"' in worker.output()
 
 
+def test_partial_refusal_sends_to_the_accepted_recipients_and_logs_the_refused(
+    redis_server: RedisServer, db: redis_sync.Redis, smtp: SmtpServer, start_worker: StartWorker
+) -> None:
+    smtp.behaviour.rcpt_replies["gone@example.com"] = "550 5.1.1 no such user"
+    (task_id,) = enqueue(
+        redis_server.url,
+        [EmailTask(to=["ok@example.com", "gone@example.com"], subject="s", text="x")],
+    )
+    worker = start_worker()
+    wait_until(lambda: smtp.task_ids() == [task_id], 15, "the delivery")
+    assert smtp.received[0].rcpt_tos == ["ok@example.com"]
+    worker.wait_for_log("task_sent")
+    assert worker.stop() == 0
+    assert '"refused":["gone@example.com"]' in worker.output()
+    assert pending_count(db) == 0
+
+
+def test_starttls_is_required_not_opportunistic(
+    redis_server: RedisServer, db: redis_sync.Redis, smtp: SmtpServer, start_worker: StartWorker
+) -> None:
+    # The test server offers no STARTTLS: the worker must refuse to send rather than go on in
+    # clear text, and keep the task.
+    enqueue(redis_server.url, [EmailTask(to="a@example.com", subject="s", text="x")])
+    worker = start_worker(SMTP_SECURITY="starttls")
+    worker.wait_for_log("task_failed")
+    assert worker.stop() == 0
+    assert smtp.received == []
+    assert pending_count(db) == 1
+    assert "SMTPException: SMTP STARTTLS extension not supported by server" in worker.output()
+
+
 def test_poison_entries_are_dead_lettered_after_max_attempts(
     redis_server: RedisServer, db: redis_sync.Redis, smtp: SmtpServer, start_worker: StartWorker
 ) -> None:

@@ -1,0 +1,35 @@
+"""Log lines: ours and other libraries' come out as one JSON object each."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+import pytest
+import structlog
+
+from service.logs import configure_logging
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> object:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield None
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.reset_defaults()
+
+
+def test_our_lines_and_stdlib_lines_are_json(capfd: pytest.CaptureFixture[str]) -> None:
+    configure_logging(level="INFO", json=True)
+    structlog.get_logger("service.test").info("task_sent", task_id="abc", attempt=1)
+    logging.getLogger("asyncio").warning("library says %s", "hello")
+    structlog.get_logger("service.test").debug("filtered_out")
+    lines = capfd.readouterr().out.splitlines()
+    events = [orjson.loads(line) for line in lines]
+    assert len(events) == 2
+    assert all({"timestamp", "level", "event"} <= event.keys() for event in events)
+    assert events[0]["event"] == "task_sent"
+    assert (events[0]["task_id"], events[0]["level"]) == ("abc", "info")
+    assert (events[1]["event"], events[1]["level"]) == ("library says hello", "warning")
