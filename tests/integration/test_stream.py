@@ -68,7 +68,7 @@ async def test_entries_deleted_while_pending_are_skipped(redis: Redis) -> None:
     await crashed.read_new(10, block_ms=10)
     await redis.xdel(KEYS.stream, deleted)
     _, claimed = await survivor.claim_stale(min_idle_ms=0, cursor="0-0", count=10)
-    assert [e.entry_id for e in claimed] == [kept.decode()]
+    assert [e.entry_id.encode() for e in claimed] == [kept]
 
 
 async def test_take_own_pending_resumes_this_consumer_only(redis: Redis) -> None:
