@@ -23,7 +23,12 @@ def configure_logging(*, level: str, json: bool) -> None:
     renderer: structlog.typing.Processor
     if json:
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
-        shared.append(structlog.processors.dict_tracebacks)
+        # Never show_locals: a frame's locals can hold a password (redis-py's auth arguments).
+        shared.append(
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        )
         logger_factory: structlog.typing.WrappedLogger = structlog.BytesLoggerFactory(
             sys.stdout.buffer
         )

@@ -131,13 +131,11 @@ def is_loopback(host: str) -> bool:
 
 
 def redact_url(url: str) -> str:
-    """`url` with any password replaced by `***`, safe to log."""
+    """`url` without its password or query (redis-py also takes `?password=`), safe to log."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")[2]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return parts._replace(netloc=user + netloc).geturl()
+    credentials = (parts.username or "") + (":***" if parts.password is not None else "")
+    netloc = (f"{credentials}@" if credentials else "") + parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=netloc, query="", fragment="").geturl()
 
 
 def load_settings(cls: type[S]) -> S:

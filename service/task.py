@@ -68,11 +68,29 @@ RESERVED_HEADERS: Final = frozenset(
 _HEADER_NAME = re.compile(r"[!-9;-~]{1,76}")
 
 
+# Control characters (CR, LF, NUL...) and the Unicode line and paragraph separators, which the
+# email library also treats as line breaks.
+_LINE_BREAKING = frozenset({"Cc", "Zl", "Zp"})
+
+
 def _reject_control_characters(value: str) -> str:
-    """Refuse every Unicode control character (CR, LF, NUL, ...): none belongs in a header."""
+    """Refuse every character that could end a header line or corrupt it."""
     for char in value:
-        if unicodedata.category(char) == "Cc":
+        if unicodedata.category(char) in _LINE_BREAKING:
             raise ValueError(f"contains the control character {char!r}")
+    return value
+
+
+def _check_header_text(value: str) -> str:
+    """A header value: no control characters, and no RFC 2047 encoded words.
+
+    The email library decodes `=?utf-8?q?...?=` before writing the header out again, so an
+    encoded CR/LF would pass a check on the raw text and then inject headers. The library
+    encodes non-ASCII text itself: callers never need to.
+    """
+    _reject_control_characters(value)
+    if "=?" in value:
+        raise ValueError("contains '=?' (RFC 2047 encoded words are refused; pass plain text)")
     return value
 
 
@@ -91,6 +109,7 @@ def _parse_address(value: str) -> str:
     ):
         raise ValueError(f"{value!r} is not a single email address")
     mailbox = header.addresses[0]
+    _check_header_text(mailbox.display_name)  # the parser decoded any encoded words in it
     try:
         # No DNS: deliverability is the SMTP server's business, and a lookup would block.
         checked = validate_email(
@@ -98,7 +117,9 @@ def _parse_address(value: str) -> str:
         )
     except EmailNotValidError as exc:
         raise ValueError(f"{mailbox.addr_spec!r} is not a valid email address: {exc}") from None
-    return str(Address(display_name=mailbox.display_name, addr_spec=checked.normalized))
+    # ASCII form (IDNA domain): servers without SMTPUTF8 accept it.
+    address = checked.ascii_email or checked.normalized
+    return str(Address(display_name=mailbox.display_name, addr_spec=address))
 
 
 def _as_list(value: Any) -> Any:
@@ -112,9 +133,7 @@ EmailAddress = Annotated[str, AfterValidator(_parse_address)]
 _AddressList = Annotated[
     list[EmailAddress], BeforeValidator(_as_list), Field(max_length=MAX_RECIPIENTS)
 ]
-_HeaderText = Annotated[
-    str, Field(max_length=MAX_HEADER_CHARS), AfterValidator(_reject_control_characters)
-]
+_HeaderText = Annotated[str, Field(max_length=MAX_HEADER_CHARS), AfterValidator(_check_header_text)]
 _Body = Annotated[str, Field(max_length=MAX_BODY_CHARS)]
 
 

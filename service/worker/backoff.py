@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar
 
 import structlog
-from redis.exceptions import AuthenticationError, AuthorizationError
+from redis.exceptions import AuthenticationError, AuthorizationError, ReadOnlyError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -18,8 +18,9 @@ T = TypeVar("T")
 
 log = structlog.get_logger("service.worker")
 
-# Failures worth waiting out: Redis restarting, failing over or briefly unreachable.
-TRANSIENT_REDIS_ERRORS: Final = (RedisConnectionError, RedisTimeoutError, OSError)
+# Failures worth waiting out: Redis restarting, failing over (a replica answers READONLY until
+# it is promoted) or briefly unreachable.
+TRANSIENT_REDIS_ERRORS: Final = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
 _FIRST_DELAY_SECONDS: Final = 0.5
 _MAX_DELAY_SECONDS: Final = 15.0
 

@@ -59,7 +59,11 @@ class Delivery:
             reason = f"delivered {entry.deliveries} times without success"
             await self._dead_letter(entry, reason, task_log, started)
             return
-        outgoing = render(envelope, default_sender=self._default_sender)
+        try:
+            outgoing = render(envelope, default_sender=self._default_sender)
+        except ValueError as exc:  # the email library refused what validation let through
+            await self._dead_letter(entry, f"cannot build the message: {exc}", task_log, started)
+            return
         try:
             refused = await self._smtp.send(outgoing)
         except Exception as exc:  # noqa: BLE001 - every send failure is classified

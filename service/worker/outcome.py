@@ -32,19 +32,30 @@ class Failure:
     reason: str
 
 
+# Refusals before any recipient is named (greeting, EHLO, AUTH, MAIL FROM: "530 authentication
+# required", "550 sender not allowed") concern the server or our account, not this email: they
+# stay transient so a misconfiguration burns no task.
+_OPERATOR_FAULTS = (
+    aiosmtplib.SMTPAuthenticationError,
+    aiosmtplib.SMTPConnectResponseError,
+    aiosmtplib.SMTPHeloError,
+    aiosmtplib.SMTPSenderRefused,
+)
+
+
 def classify_failure(exc: BaseException) -> Failure:
     """Map a send error to a `Failure` (RFC 5321: 4yz transient, 5yz permanent).
 
-    Authentication (535) and TLS or capability errors are the operator's to fix, not the
-    message's fault: they stay transient so a misconfiguration burns no task.
+    Authentication, sender and TLS or capability errors are the operator's to fix, not the
+    message's fault: they stay transient.
     """
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
         codes = sorted({refused.code for refused in exc.recipients})
         summary = ", ".join(f"{r.recipient} {r.code}" for r in exc.recipients[:5])
         permanent = all(code >= 500 for code in codes)
         return Failure(permanent, f"all recipients refused: {summary}")
-    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
-        return Failure(False, f"SMTP authentication failed ({exc.code})")
+    if isinstance(exc, _OPERATOR_FAULTS):
+        return Failure(False, f"SMTP {exc.code} {_first_line(exc.message)}")
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         return Failure(exc.code >= 500, f"SMTP {exc.code} {_first_line(exc.message)}")
     if isinstance(exc, TimeoutError):

@@ -54,9 +54,13 @@ class TaskStream:
         """Up to `count` entries never delivered before, waiting at most `block_ms` for one."""
         # redis-py types replies as unions of every protocol's shape; RESP2 is pinned, so the
         # shapes below are the only ones that arrive.
-        reply: Any = await self._redis.xreadgroup(
-            CONSUMER_GROUP, self.consumer, {self._stream: ">"}, count=count, block=block_ms
-        )
+        try:
+            reply: Any = await self._redis.xreadgroup(
+                CONSUMER_GROUP, self.consumer, {self._stream: ">"}, count=count, block=block_ms
+            )
+        except ResponseError as exc:
+            await self._recreate_group_if_gone(exc)
+            return []
         if not reply:
             return []
         return [Entry(_text(eid), fields, 1) for eid, fields in reply[0][1]]
@@ -81,14 +85,24 @@ class TaskStream:
 
         Returns the cursor to pass next time ("0-0" once the whole backlog was scanned).
         """
-        reply: Any = await self._redis.xautoclaim(
-            self._stream, CONSUMER_GROUP, self.consumer, min_idle_ms, cursor, count=count
-        )
+        try:
+            reply: Any = await self._redis.xautoclaim(
+                self._stream, CONSUMER_GROUP, self.consumer, min_idle_ms, cursor, count=count
+            )
+        except ResponseError as exc:
+            await self._recreate_group_if_gone(exc)
+            return "0-0", []
         # Redis 7 adds a third element: ids deleted while pending, which it has already dropped
         # from the pending list; Redis 6.2 replies with two and leaves a nil entry instead.
         next_cursor, claimed = _text(reply[0]), reply[1]
         ids = [_text(eid) for eid, _ in claimed if eid is not None]
         return next_cursor, await self._with_deliveries(ids, claimed)
+
+    async def _recreate_group_if_gone(self, exc: ResponseError) -> None:
+        """Someone deleted the stream or the group (FLUSHDB, DEL): start over, or re-raise."""
+        if "NOGROUP" not in str(exc):
+            raise exc
+        await self.ensure_group()
 
     async def ack(self, entry_ids: Sequence[str]) -> None:
         """Acknowledge and delete entries whose email the SMTP server accepted (atomic)."""

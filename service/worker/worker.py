@@ -45,6 +45,10 @@ class Worker:
         self._forced = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task[None]] = {}
+        # The reader and the reclaimer take turns between counting free slots and dispatching,
+        # so together they never start more than WORKER_CONCURRENCY sends (an entry waiting for
+        # an SMTP connection would age towards being reclaimed and sent twice).
+        self._intake_turn = asyncio.Lock()
 
     def request_stop(self, signal_name: str) -> None:
         """First call: drain, then stop. Second call: stop at once. Only sets state."""
@@ -95,12 +99,14 @@ class Worker:
 
     async def _read_loop(self) -> None:
         while True:
-            free = await self._wait_for_slot()
-            entries = await retry_while_unavailable(
-                "read", functools.partial(self._stream.read_new, free, READ_BLOCK_MS)
-            )
-            for entry in entries:
-                self._dispatch(entry)
+            async with self._intake_turn:
+                free = await self._wait_for_slot()
+                entries = await retry_while_unavailable(
+                    "read", functools.partial(self._stream.read_new, free, READ_BLOCK_MS)
+                )
+                for entry in entries:
+                    self._dispatch(entry)
+            await asyncio.sleep(0)  # let a waiting reclaimer take its turn
 
     async def _reclaim_loop(self) -> None:
         idle_seconds = self._settings.worker_reclaim_idle_seconds
@@ -109,15 +115,17 @@ class Worker:
         interval = min(max(idle_seconds / 4, 0.1), 30.0)
         cursor = "0-0"
         while True:
-            free = await self._wait_for_slot()
-            cursor, entries = await retry_while_unavailable(
-                "reclaim", functools.partial(self._stream.claim_stale, min_idle_ms, cursor, free)
-            )
-            for entry in entries:
-                if entry.entry_id in self._in_flight:
-                    continue  # our own slow send; it records its fate itself
-                log.info("entry_reclaimed", entry_id=entry.entry_id, attempt=entry.deliveries)
-                self._dispatch(entry)
+            async with self._intake_turn:
+                free = await self._wait_for_slot()
+                cursor, entries = await retry_while_unavailable(
+                    "reclaim",
+                    functools.partial(self._stream.claim_stale, min_idle_ms, cursor, free),
+                )
+                for entry in entries:
+                    if entry.entry_id in self._in_flight:
+                        continue  # our own slow send; it records its fate itself
+                    log.info("entry_reclaimed", entry_id=entry.entry_id, attempt=entry.deliveries)
+                    self._dispatch(entry)
             if cursor == "0-0":
                 await asyncio.sleep(interval)
 

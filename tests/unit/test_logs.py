@@ -33,3 +33,19 @@ def test_our_lines_and_stdlib_lines_are_json(capfd: pytest.CaptureFixture[str]) 
     assert events[0]["event"] == "task_sent"
     assert (events[0]["task_id"], events[0]["level"]) == ("abc", "info")
     assert (events[1]["event"], events[1]["level"]) == ("library says hello", "warning")
+
+
+def test_tracebacks_never_show_local_variables(capfd: pytest.CaptureFixture[str]) -> None:
+    configure_logging(level="INFO", json=True)
+
+    def connect(password: str) -> None:
+        raise ConnectionError("refused")
+
+    try:
+        connect("hunter2-in-a-frame")
+    except ConnectionError:
+        structlog.get_logger("service.test").exception("worker_failed")
+    out = capfd.readouterr().out
+    (event,) = [orjson.loads(line) for line in out.splitlines()]
+    assert event["exception"][0]["exc_type"] == "ConnectionError"
+    assert "hunter2" not in out

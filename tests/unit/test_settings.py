@@ -106,6 +106,8 @@ def test_secrets_never_in_repr_or_errors(monkeypatch: pytest.MonkeyPatch) -> Non
         ("redis://localhost:6379/0", "redis://localhost:6379/0"),
         ("rediss://user:pw@host:6379", "rediss://user:***@host:6379"),
         ("redis://:pw@host:6379/2", "redis://:***@host:6379/2"),
+        ("redis://user@host:6379", "redis://user@host:6379"),
+        ("rediss://host:6379/0?password=pw&ssl_cert_reqs=none", "rediss://host:6379/0"),
     ],
 )
 def test_redact_url(url: str, redacted: str) -> None:
