@@ -6,8 +6,15 @@ Run the worker with `python -m service.worker`.
 
 from __future__ import annotations
 
-from .errors import ConfigError, EmailServiceError, WireFormatError
+from .errors import ConfigError, EmailServiceError, QueueFull, WireFormatError
 from .producer import Producer
 from .task import EmailTask
 
-__all__ = ["ConfigError", "EmailServiceError", "EmailTask", "Producer", "WireFormatError"]
+__all__ = [
+    "ConfigError",
+    "EmailServiceError",
+    "EmailTask",
+    "Producer",
+    "QueueFull",
+    "WireFormatError",
+]

@@ -9,6 +9,8 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "EmailServiceError",
+    "QueueFull",
+    "SmtpUnavailableError",
     "WireFormatError",
 ]
 
@@ -28,6 +30,35 @@ class ConfigError(EmailServiceError, ValueError):
 
 class WireFormatError(EmailServiceError, ValueError):
     """A stream entry cannot be decoded into a task; such entries are dead-lettered."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class QueueFull(EmailServiceError):
+    """The queue cannot take more tasks; nothing was enqueued. Retry later.
+
+    Either its backlog (`backlog` tasks, live and delayed) reached the producer's `limit`, or
+    Redis itself reached its memory limit (then both are None).
+    """
+
+    def __init__(self, queue: str, *, backlog: int | None, limit: int | None) -> None:
+        if backlog is None or limit is None:
+            detail = "Redis is out of memory (maxmemory reached)"
+        else:
+            detail = f"{backlog} tasks waiting and the limit is {limit}"
+        super().__init__(f"queue {queue!r} is full: {detail}; nothing was enqueued")
+        self.queue = queue
+        self.backlog = backlog
+        self.limit = limit
+
+
+class SmtpUnavailableError(EmailServiceError):
+    """No usable SMTP session could be opened (down, refusing us, TLS or AUTH failing).
+
+    It says nothing about the email being sent: the worker pauses instead of using up attempts.
+    """
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

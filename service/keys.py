@@ -1,7 +1,7 @@
 """The Redis keys of a queue, all derived from its name.
 
 Every key carries the queue name as a hash tag (`{emails}:...`) so that on Redis Cluster they
-share one slot, which MULTI/EXEC across the stream and the dead-letter stream requires.
+share one slot, which the Lua scripts that move a task between them require.
 """
 
 from __future__ import annotations
@@ -46,3 +46,21 @@ class QueueKeys:
     def dead(self) -> str:
         """The dead-letter stream: tasks that will not be sent, with the reason."""
         return f"{{{self.queue}}}:dead"
+
+    @property
+    def delayed(self) -> str:
+        """Sorted set of task ids waiting for a later send (retries, scheduled sends) by due ms."""
+        return f"{{{self.queue}}}:delayed"
+
+    @property
+    def delayed_entries(self) -> str:
+        """Hash from a delayed task id to its packed stream entry."""
+        return f"{{{self.queue}}}:delayed:entries"
+
+    def sent(self, task_id: str) -> str:
+        """Marks a task sent while another copy of it may still exist (see `scripts.SETTLE`)."""
+        return f"{{{self.queue}}}:sent:{task_id}"
+
+    def idempotency(self, key: str) -> str:
+        """Holds the id of the task first enqueued with idempotency key `key`."""
+        return f"{{{self.queue}}}:idem:{key}"

@@ -86,7 +86,11 @@ class WorkerSettings(QueueSettings):
     worker_concurrency: int = Field(default=10, ge=1, le=500)
     worker_reclaim_idle_seconds: float = Field(default=60.0, gt=0, le=86_400)
     worker_shutdown_seconds: float = Field(default=25.0, ge=0, le=3_600)
-    worker_max_attempts: int = Field(default=5, ge=1, le=1_000)
+    # Retries: WORKER_RETRY_BASE_SECONDS after the first failure, doubling up to
+    # WORKER_RETRY_MAX_SECONDS, until WORKER_MAX_ATTEMPTS attempts failed (see the README).
+    worker_max_attempts: int = Field(default=25, ge=1, le=1_000)
+    worker_retry_base_seconds: float = Field(default=60.0, gt=0, le=86_400)
+    worker_retry_max_seconds: float = Field(default=3_600.0, gt=0, le=7 * 86_400)
     # Unset: a fresh unique name per process. Set it only to a name no other live worker uses
     # (a systemd template instance, say): a restart then resumes its own pending entries at once.
     worker_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:@-]{1,64}$")
@@ -105,6 +109,11 @@ class WorkerSettings(QueueSettings):
                 "SMTP_SECURITY",
                 f"'none' would send SMTP credentials in clear text to {self.smtp_host}; "
                 "use starttls or tls",
+            )
+        if self.worker_retry_base_seconds > self.worker_retry_max_seconds:
+            raise ConfigError(
+                "WORKER_RETRY_BASE_SECONDS",
+                f"must not exceed WORKER_RETRY_MAX_SECONDS ({self.worker_retry_max_seconds:g})",
             )
         if self.worker_reclaim_idle_seconds <= self.smtp_timeout_seconds:
             # Otherwise a slow but healthy send could be taken over and sent twice.

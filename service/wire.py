@@ -9,12 +9,22 @@ guessing. Version 1:
     id    the task id (32 hex characters), stable across redeliveries and requeues
     at    enqueue time, milliseconds since the epoch (drives Date and latency figures)
     task  the EmailTask as JSON, fields left at their defaults omitted
+
+and, only where they apply:
+
+    due   when a scheduled send was due, milliseconds since the epoch (drives Date instead of `at`)
+    tries failed delivery attempts so far (a retry copy), counted against WORKER_MAX_ATTEMPTS
+    rcpt  the envelope recipients still to deliver, as a JSON list (a retry after some
+          recipients were accepted); absent means every recipient of the task
+    err   why the last attempt failed (for people reading the entry; the worker ignores it)
+    rq    how often an operator requeued the task from the dead letters
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -24,13 +34,23 @@ from pydantic import ValidationError
 from .errors import WireFormatError
 from .task import EmailTask
 
-__all__ = ["CURRENT_VERSION", "MAX_PAYLOAD_BYTES", "Envelope", "decode_entry", "encode_entry"]
+__all__ = [
+    "CURRENT_VERSION",
+    "MAX_PAYLOAD_BYTES",
+    "Envelope",
+    "dead_entry",
+    "decode_entry",
+    "encode_entry",
+    "retry_entry",
+]
 
 CURRENT_VERSION: Final = b"1"
 # Checked before parsing so a huge entry written straight into the stream costs no JSON work.
 MAX_PAYLOAD_BYTES: Final = 16 * 1024 * 1024
 
 _TASK_ID = re.compile(rb"[0-9a-f]{32}")
+_COUNT = re.compile(rb"[0-9]{1,6}")
+_TIMESTAMP = re.compile(rb"[0-9]{1,15}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,16 +60,77 @@ class Envelope:
     task_id: str
     enqueued_at_ms: int
     task: EmailTask
+    due_ms: int | None = None
+    tries: int = 0
+    # None: every recipient of the task; otherwise the ones a retry still has to reach.
+    recipients: tuple[str, ...] | None = None
+    requeues: int = 0
+
+    @property
+    def dated_ms(self) -> int:
+        """The moment the email is dated: when it was due, or else when it was enqueued."""
+        return self.due_ms if self.due_ms is not None else self.enqueued_at_ms
+
+    def envelope_recipients(self) -> list[str]:
+        """The addresses this delivery sends to."""
+        return list(self.recipients) if self.recipients is not None else self.task.recipients()
 
 
-def encode_entry(task: EmailTask, task_id: str, enqueued_at_ms: int) -> dict[str, bytes]:
+def encode_entry(
+    task: EmailTask, task_id: str, enqueued_at_ms: int, *, due_ms: int | None = None
+) -> dict[str, bytes]:
     """The fields of the stream entry that carries `task`."""
-    return {
+    fields = {
         "v": CURRENT_VERSION,
         "id": task_id.encode(),
         "at": str(enqueued_at_ms).encode(),
         "task": orjson.dumps(task.model_dump(mode="json", exclude_defaults=True)),
     }
+    if due_ms is not None:
+        fields["due"] = str(due_ms).encode()
+    return fields
+
+
+def retry_entry(
+    fields: Mapping[bytes, bytes], *, tries: int, recipients: Sequence[str], error: str
+) -> dict[bytes, bytes]:
+    """The fields of the copy of an entry that a retry sends later to `recipients`."""
+    copy = dict(fields)
+    copy[b"tries"] = str(tries).encode()
+    copy[b"rcpt"] = orjson.dumps(list(recipients))
+    copy[b"err"] = error.encode()
+    return copy
+
+
+def dead_entry(
+    fields: Mapping[bytes, bytes],
+    *,
+    reason: str,
+    entry_id: str,
+    deliveries: int,
+    tries: int,
+    consumer: str,
+    recipients: Sequence[str] | None = None,
+) -> dict[bytes, bytes]:
+    """The dead-letter record of an entry: its fields as they were, plus why, when and where.
+
+    `recipients` narrows the record to the recipients given up on (the others were sent to or
+    are still being retried), so requeueing it sends to them only.
+    """
+    record = dict(fields)
+    if recipients is not None:
+        record[b"rcpt"] = orjson.dumps(list(recipients))
+    record.update(
+        {
+            b"dead_reason": reason.encode(),
+            b"dead_at": str(time.time_ns() // 1_000_000).encode(),
+            b"dead_entry_id": entry_id.encode(),
+            b"dead_deliveries": str(deliveries).encode(),
+            b"dead_attempts": str(tries).encode(),
+            b"dead_consumer": consumer.encode(),
+        }
+    )
+    return record
 
 
 def decode_entry(fields: Mapping[bytes, bytes]) -> Envelope:
@@ -67,9 +148,7 @@ def _decode_v1(fields: Mapping[bytes, bytes]) -> Envelope:
     task_id = _required(fields, b"id")
     if not _TASK_ID.fullmatch(task_id):
         raise WireFormatError(f"field 'id' is not a task id: {task_id[:40]!r}")
-    enqueued_at = _required(fields, b"at")
-    if not enqueued_at.isdigit() or len(enqueued_at) > 15:
-        raise WireFormatError(f"field 'at' is not a timestamp: {enqueued_at[:40]!r}")
+    enqueued_at = _number(fields, b"at", _TIMESTAMP, required=True)
     payload = _required(fields, b"task")
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise WireFormatError(f"field 'task' is {len(payload)} bytes; at most {MAX_PAYLOAD_BYTES}")
@@ -77,7 +156,47 @@ def _decode_v1(fields: Mapping[bytes, bytes]) -> Envelope:
         task = EmailTask.model_validate_json(payload)
     except ValidationError as exc:
         raise WireFormatError(f"field 'task' is not a valid task: {_summarize(exc)}") from None
-    return Envelope(task_id=task_id.decode(), enqueued_at_ms=int(enqueued_at), task=task)
+    return Envelope(
+        task_id=task_id.decode(),
+        enqueued_at_ms=enqueued_at or 0,
+        task=task,
+        due_ms=_number(fields, b"due", _TIMESTAMP),
+        tries=_number(fields, b"tries", _COUNT) or 0,
+        recipients=_recipients(fields, task),
+        requeues=_number(fields, b"rq", _COUNT) or 0,
+    )
+
+
+def _number(
+    fields: Mapping[bytes, bytes], name: bytes, shape: re.Pattern[bytes], *, required: bool = False
+) -> int | None:
+    value = _required(fields, name) if required else fields.get(name)
+    if value is None:
+        return None
+    if not shape.fullmatch(value):
+        raise WireFormatError(f"field {name.decode()!r} is not a number: {value[:40]!r}")
+    return int(value)
+
+
+def _recipients(fields: Mapping[bytes, bytes], task: EmailTask) -> tuple[str, ...] | None:
+    """The `rcpt` field, which may only narrow the task's own recipients."""
+    raw = fields.get(b"rcpt")
+    if raw is None:
+        return None
+    try:
+        recipients = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise WireFormatError("field 'rcpt' is not JSON") from None
+    if (
+        not isinstance(recipients, list)
+        or not recipients
+        or not all(isinstance(address, str) for address in recipients)
+    ):
+        raise WireFormatError("field 'rcpt' is not a non-empty list of addresses")
+    unknown = set(recipients).difference(task.recipients())
+    if unknown:
+        raise WireFormatError(f"field 'rcpt' names {len(unknown)} address(es) not in the task")
+    return tuple(recipients)
 
 
 def _required(fields: Mapping[bytes, bytes], name: bytes) -> bytes:

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis as redis_sync
 from redis.asyncio import Redis
 
+from service import EmailTask, Producer
 from service.connection import connect_redis
 from service.local.redis_server import RedisServer, free_port
 from tests.smtp_server import SmtpServer
+
+STREAM, DEAD, DELAYED, GROUP = "{emails}:stream", "{emails}:dead", "{emails}:delayed", "workers"
 
 # Settings the tests control; anything inherited from the developer's shell is removed.
 _SETTING_PREFIXES = ("REDIS_", "SMTP_", "MAIL_", "EMAIL_", "WORKER_", "LOG_")
@@ -36,6 +42,15 @@ async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
     await client.flushall()
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+def db(redis_server: RedisServer) -> Iterator[redis_sync.Redis]:
+    """A synchronous client on an empty database, for tests that drive worker subprocesses."""
+    client = redis_sync.Redis.from_url(redis_server.url)
+    client.flushall()
+    yield client
+    client.close()
 
 
 @pytest.fixture
@@ -61,6 +76,8 @@ def worker_env(redis_server: RedisServer, smtp: SmtpServer) -> dict[str, str]:
         WORKER_CONCURRENCY="10",
         WORKER_RECLAIM_IDLE_SECONDS="3",
         WORKER_SHUTDOWN_SECONDS="5",
+        WORKER_RETRY_BASE_SECONDS="0.2",
+        WORKER_RETRY_MAX_SECONDS="1",
         LOG_FORMAT="json",
         LOG_LEVEL="INFO",
     )
@@ -131,3 +148,25 @@ def as_entries(reply: object) -> list[tuple[bytes, dict[bytes, bytes]]]:
     """An XRANGE reply, typed: redis-py types it as the union of every protocol's shapes."""
     assert isinstance(reply, list)
     return reply
+
+
+def enqueue(url: str, tasks: list[EmailTask], **options: Any) -> list[str]:
+    """Enqueue `tasks` with a real `Producer` (options go to `enqueue_many`)."""
+
+    async def run() -> list[str]:
+        async with Producer.from_url(url) as producer:
+            return await producer.enqueue_many(tasks, **options)
+
+    return asyncio.run(run())
+
+
+def dead_letters(db: redis_sync.Redis) -> list[dict[bytes, bytes]]:
+    """Every dead-letter record, oldest first."""
+    return [fields for _, fields in as_entries(db.xrange(DEAD))]
+
+
+def pending_count(db: redis_sync.Redis) -> int:
+    """Entries delivered to a consumer and not yet settled."""
+    if not db.exists(STREAM):
+        return 0
+    return int(db.xpending(STREAM, GROUP)["pending"])

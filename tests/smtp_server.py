@@ -6,6 +6,7 @@ import asyncio
 import email
 import email.policy
 import threading
+import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
@@ -21,14 +22,16 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     message: EmailMessage
+    at: float  # time.time() when the server accepted it
 
 
 @dataclass
 class Behaviour:
     """What the server does; tests change it while the server runs."""
 
-    # Reply to RCPT TO for these recipients (e.g. "550 5.1.1 no such user").
-    rcpt_replies: dict[str, str] = field(default_factory=dict)
+    # Reply to RCPT TO for these recipients: always (a string, e.g. "550 5.1.1 no such user"),
+    # or once per reply in a list, then accept.
+    rcpt_replies: dict[str, str | list[str]] = field(default_factory=dict)
     # Reply to the end of DATA for the next N messages, then accept again.
     data_replies: list[str] = field(default_factory=list)
     # Seconds to wait before answering the end of DATA.
@@ -44,7 +47,10 @@ class _Handler:
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: Any
     ) -> str:
-        reply = self.server.behaviour.rcpt_replies.get(address)
+        with self.server.lock:
+            reply = self.server.behaviour.rcpt_replies.get(address)
+            if isinstance(reply, list):
+                reply = reply.pop(0) if reply else None
         if reply is not None:
             return reply
         envelope.rcpt_tos.append(address)
@@ -64,7 +70,7 @@ class _Handler:
             )
             assert isinstance(message, EmailMessage)
             self.server.received.append(
-                Received(envelope.mail_from, list(envelope.rcpt_tos), message)
+                Received(envelope.mail_from, list(envelope.rcpt_tos), message, time.time())
             )
         return "250 OK queued"
 
@@ -78,6 +84,7 @@ class SmtpServer:
         self.received: list[Received] = []
         self.data_started = 0
         self.lock = threading.Lock()
+        self._running = False
         self._controller = Controller(
             _Handler(self),
             hostname="127.0.0.1",
@@ -95,15 +102,19 @@ class SmtpServer:
             and isinstance(auth_data, LoginPassword)
             and (auth_data.login.decode(), auth_data.password.decode()) == expected
         )
-        return AuthResult(success=ok)
+        # handled=False: aiosmtpd itself replies 535 to a failed login (else it stays silent).
+        return AuthResult(success=ok, handled=False)
 
     def start(self) -> None:
         """Start serving."""
         self._controller.start()
+        self._running = True
 
     def stop(self) -> None:
-        """Stop serving."""
-        self._controller.stop()
+        """Stop serving (a test may stop it early to simulate an outage)."""
+        if self._running:
+            self._controller.stop()
+            self._running = False
 
     def task_ids(self) -> list[str]:
         """The task id of every accepted message (from its Message-ID), in arrival order."""

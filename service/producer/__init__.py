@@ -2,6 +2,7 @@
 
     async with Producer.from_url(redis_url, queue="emails") as producer:
         task_id = await producer.enqueue(EmailTask(to="a@example.com", subject="Hi", text="..."))
+        await producer.enqueue(reminder, delay=timedelta(hours=1), idempotency_key="remind:42")
 
 Importing this module never imports the worker or any SMTP code.
 """
@@ -11,36 +12,81 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Self
+from typing import Any, Final, Self
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from ..connection import connect_redis
+from ..errors import QueueFull
 from ..keys import QueueKeys
+from ..scripts import ENQUEUE
 from ..task import EmailTask
 from ..wire import encode_entry
 
-__all__ = ["Producer"]
+__all__ = ["DEFAULT_IDEMPOTENCY_WINDOW", "DEFAULT_MAX_BACKLOG", "Producer"]
+
+# About 150 MB of 1 KB emails: far below what a queue's Redis should hold, far above a healthy
+# backlog. Size it to your Redis (`max_backlog=`); None disables the check.
+DEFAULT_MAX_BACKLOG: Final = 100_000
+DEFAULT_IDEMPOTENCY_WINDOW: Final = timedelta(hours=24)
+_MAX_DELAY: Final = timedelta(days=366)
+_MAX_KEY_CHARS: Final = 200
+# Stands in for the idempotency key of a task that has none (never read or written).
+_NO_KEY: Final = "-"
+
+Delay = timedelta | float | int
 
 
 class Producer:
-    """Enqueues `EmailTask`s on the stream of one queue.
+    """Enqueues `EmailTask`s on one queue.
 
     Build it around a client the app already holds (`Producer(client, queue=...)`; the app keeps
     ownership and closes it) or from a URL (`Producer.from_url(...)`, used as an async context
     manager, which closes the client it made).
+
+    `max_backlog` bounds the tasks waiting in the queue (live and delayed): past it, enqueueing
+    raises `QueueFull` instead of filling Redis. An idempotency key is remembered for
+    `idempotency_window`.
     """
 
-    def __init__(self, redis: Redis, *, queue: str = "emails") -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        queue: str = "emails",
+        max_backlog: int | None = DEFAULT_MAX_BACKLOG,
+        idempotency_window: timedelta = DEFAULT_IDEMPOTENCY_WINDOW,
+    ) -> None:
+        if max_backlog is not None and max_backlog < 1:
+            raise ValueError(f"max_backlog must be at least 1 (or None), not {max_backlog}")
+        if idempotency_window <= timedelta(0):
+            raise ValueError("idempotency_window must be positive")
         self._redis = redis
         self._keys = QueueKeys(queue)
+        self._max_backlog = max_backlog or 0
+        self._window_ms = int(idempotency_window.total_seconds() * 1000)
+        self._enqueue = redis.register_script(ENQUEUE)
         self._owns_client = False
 
     @classmethod
-    def from_url(cls, url: str, *, queue: str = "emails") -> Self:
+    def from_url(
+        cls,
+        url: str,
+        *,
+        queue: str = "emails",
+        max_backlog: int | None = DEFAULT_MAX_BACKLOG,
+        idempotency_window: timedelta = DEFAULT_IDEMPOTENCY_WINDOW,
+    ) -> Self:
         """A producer with its own client for `url` (`redis://` or `rediss://`)."""
-        producer = cls(connect_redis(url), queue=queue)
+        producer = cls(
+            connect_redis(url),
+            queue=queue,
+            max_backlog=max_backlog,
+            idempotency_window=idempotency_window,
+        )
         producer._owns_client = True
         return producer
 
@@ -49,27 +95,64 @@ class Producer:
         """The name of the queue this producer feeds."""
         return self._keys.queue
 
-    async def enqueue(self, task: EmailTask) -> str:
-        """Add `task` to the queue in one round trip; return its task id."""
-        task_id, fields = _prepare(task)
-        await self._redis.xadd(self._keys.stream, fields)  # type: ignore[arg-type]
-        return task_id
+    async def enqueue(
+        self,
+        task: EmailTask,
+        *,
+        send_at: datetime | None = None,
+        delay: Delay | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Add `task` to the queue in one round trip; return its task id.
 
-    async def enqueue_many(self, tasks: Iterable[EmailTask]) -> list[str]:
-        """Add every task in one round trip (a pipeline); return their ids in the same order.
-
-        Every task is validated before anything is sent. The pipeline is not a transaction: if
-        the connection drops midway, a prefix of the batch may be enqueued, so callers that
-        retry the whole batch can enqueue some tasks twice.
+        `send_at` (timezone-aware) or `delay` (seconds or a timedelta) schedules it for later.
+        With `idempotency_key`, a key already used within the idempotency window enqueues
+        nothing and returns the id of the task first enqueued with it. Raises `QueueFull` when
+        the backlog is at `max_backlog`.
         """
-        prepared = [_prepare(task) for task in tasks]
+        if idempotency_key is not None:
+            _check_key(idempotency_key)
+        due_ms = _due_ms(send_at, delay)
+        ids = await self._add([_prepare(task, due_ms)], [idempotency_key])
+        return ids[0]
+
+    async def enqueue_many(
+        self,
+        tasks: Iterable[EmailTask],
+        *,
+        send_at: datetime | None = None,
+        delay: Delay | None = None,
+    ) -> list[str]:
+        """Add every task in one round trip and one atomic step; return their ids in order.
+
+        Every task is validated before anything is sent, and either all are enqueued or (on
+        `QueueFull` or an error) none. Redis runs the batch as one step, so keep batches to a
+        few thousand tasks.
+        """
+        due_ms = _due_ms(send_at, delay)
+        prepared = [_prepare(task, due_ms) for task in tasks]
         if not prepared:
             return []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for _, fields in prepared:
-                pipe.xadd(self._keys.stream, fields)  # type: ignore[arg-type]
-            await pipe.execute()
-        return [task_id for task_id, _ in prepared]
+        return await self._add(prepared, [None] * len(prepared))
+
+    async def _add(
+        self, prepared: list[tuple[str, dict[str, bytes], int]], keys: list[str | None]
+    ) -> list[str]:
+        args: list[str | bytes | int] = [self._max_backlog, self._window_ms]
+        for (task_id, fields, due_ms), key in zip(prepared, keys, strict=True):
+            args += [task_id, due_ms, 0 if key is None else 1, 2 * len(fields)]
+            args += [item for pair in fields.items() for item in pair]
+        script_keys = [self._keys.stream, self._keys.delayed, self._keys.delayed_entries]
+        script_keys += [self._keys.idempotency(key or _NO_KEY) for key in keys]
+        try:
+            reply: Any = await self._enqueue(keys=script_keys, args=args)
+        except ResponseError as exc:
+            if str(exc).startswith("OOM"):  # Redis reached maxmemory (noeviction)
+                raise QueueFull(self.queue, backlog=None, limit=None) from None
+            raise
+        if reply[0] == -1:
+            raise QueueFull(self.queue, backlog=int(reply[1]), limit=self._max_backlog)
+        return [_text(task_id) for task_id in reply[1:]]
 
     async def aclose(self) -> None:
         """Close the Redis client if this producer created it."""
@@ -91,8 +174,40 @@ class Producer:
         return f"Producer(queue={self.queue!r})"
 
 
-def _prepare(task: EmailTask) -> tuple[str, dict[str, bytes]]:
+def _prepare(task: EmailTask, due_ms: int | None) -> tuple[str, dict[str, bytes], int]:
+    """(task id, entry fields, due ms or 0 for now) of a task about to be enqueued."""
     if not isinstance(task, EmailTask):
         raise TypeError(f"expected an EmailTask, got {type(task).__name__}")
     task_id = uuid.uuid4().hex
-    return task_id, encode_entry(task, task_id, time.time_ns() // 1_000_000)
+    now_ms = time.time_ns() // 1_000_000
+    fields = encode_entry(task, task_id, now_ms, due_ms=due_ms)
+    return task_id, fields, due_ms if due_ms is not None and due_ms > now_ms else 0
+
+
+def _due_ms(send_at: datetime | None, delay: Delay | None) -> int | None:
+    """When a scheduled task is due (ms since the epoch), or None to send it now."""
+    if send_at is not None and delay is not None:
+        raise ValueError("give send_at or delay, not both")
+    if delay is not None:
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+        if not 0 <= seconds <= _MAX_DELAY.total_seconds():
+            raise ValueError(f"delay must be between 0 and {_MAX_DELAY.days} days")
+        return time.time_ns() // 1_000_000 + int(seconds * 1000)
+    if send_at is not None:
+        if send_at.tzinfo is None or send_at.utcoffset() is None:
+            raise ValueError("send_at must be timezone-aware (e.g. datetime.now(UTC))")
+        if send_at - datetime.now(UTC) > _MAX_DELAY:
+            raise ValueError(f"send_at must be within {_MAX_DELAY.days} days")
+        return int(send_at.timestamp() * 1000)
+    return None
+
+
+def _check_key(key: str) -> None:
+    if not isinstance(key, str) or not 0 < len(key) <= _MAX_KEY_CHARS:
+        raise ValueError(f"idempotency_key must be a string of 1 to {_MAX_KEY_CHARS} characters")
+    if not key.isprintable():
+        raise ValueError("idempotency_key must not contain control characters")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -16,6 +16,7 @@ from ..errors import ConfigError
 from ..keys import QueueKeys
 from ..logs import configure_logging
 from ..settings import WorkerSettings, load_settings, redact_url
+from .breaker import SmtpBreaker
 from .delivery import Delivery
 from .smtp import SmtpPool
 from .stream import TaskStream
@@ -47,7 +48,8 @@ async def serve(settings: WorkerSettings) -> int:
     local_hostname = await asyncio.to_thread(socket.getfqdn)
     smtp = SmtpPool(settings, size=settings.worker_concurrency, local_hostname=local_hostname)
     stream = TaskStream(redis, QueueKeys(settings.email_queue), consumer_name(settings))
-    worker = Worker(settings, stream, Delivery(settings, stream, smtp))
+    breaker = SmtpBreaker(smtp.probe)
+    worker = Worker(settings, stream, Delivery(settings, stream, smtp, breaker), breaker)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.request_stop, sig.name)

@@ -1,4 +1,4 @@
-"""Riding out Redis outages: retry a call with capped exponential backoff until it succeeds."""
+"""Capped exponential backoff with jitter, and riding out Redis outages with it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from redis.exceptions import AuthenticationError, AuthorizationError, ReadOnlyEr
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["backoff_delay", "retry_while_unavailable"]
+__all__ = ["TRANSIENT_REDIS_ERRORS", "backoff_delay", "retry_while_unavailable"]
 
 T = TypeVar("T")
 
@@ -21,16 +21,20 @@ log = structlog.get_logger("service.worker")
 # Failures worth waiting out: Redis restarting, failing over (a replica answers READONLY until
 # it is promoted) or briefly unreachable.
 TRANSIENT_REDIS_ERRORS: Final = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
-_FIRST_DELAY_SECONDS: Final = 0.5
-_MAX_DELAY_SECONDS: Final = 15.0
+_REDIS_FIRST_DELAY_SECONDS: Final = 0.5
+_REDIS_MAX_DELAY_SECONDS: Final = 15.0
 
 
-def backoff_delay(failures: int, *, rng: random.Random | None = None) -> float:
-    """Seconds to wait after `failures` consecutive failures: doubling, capped, jittered.
+def backoff_delay(
+    failures: int, *, first: float, cap: float, rng: random.Random | None = None
+) -> float:
+    """Seconds to wait after `failures` consecutive failures: `first`, doubling up to `cap`.
 
-    Full jitter in the upper half keeps a fleet of workers from reconnecting in lockstep.
+    Jitter within the upper half keeps a fleet of workers (or a batch of retried emails) from
+    coming back in lockstep, while never waiting less than half the nominal delay.
     """
-    ceiling: float = min(_MAX_DELAY_SECONDS, _FIRST_DELAY_SECONDS * 2.0 ** (failures - 1))
+    exponent = min(max(failures - 1, 0), 62)  # 2.0**1024 would overflow long before any cap
+    ceiling: float = min(cap, first * 2.0**exponent)
     return ceiling * (0.5 + 0.5 * (rng or random).random())
 
 
@@ -44,7 +48,9 @@ async def retry_while_unavailable(what: str, call: Callable[[], Awaitable[T]]) -
             raise  # wrong credentials do not heal by waiting: fail loudly
         except TRANSIENT_REDIS_ERRORS as exc:
             failures += 1
-            delay = backoff_delay(failures)
+            delay = backoff_delay(
+                failures, first=_REDIS_FIRST_DELAY_SECONDS, cap=_REDIS_MAX_DELAY_SECONDS
+            )
             log.warning(
                 "redis_unavailable",
                 operation=what,

@@ -1,84 +1,201 @@
-"""What to do with an entry after a delivery attempt: pure decisions, tested as tables.
+"""What an attempt decides for a task: pure functions, tested as tables.
 
-An attempt ends in one of three fates, each recorded in one atomic Redis step:
-acknowledge (the SMTP server took it), leave it pending (a later delivery retries it, after
-`WORKER_RECLAIM_IDLE_SECONDS`), or move it to the dead-letter stream (it can never succeed, or
-it has used up `WORKER_MAX_ATTEMPTS`).
+RFC 5321 splits replies into transient (4yz: try later) and permanent (5yz: never), and RFC 3463
+refines that per recipient. A send can end three ways for each recipient: accepted, retry
+later, or dead-lettered; the whole attempt is summed up in a `Settlement`, which the worker
+writes to Redis in one atomic step.
+
+A failure that says nothing about the email itself (the SMTP server is down, refuses our
+credentials or our TLS) is a `PAUSE`: the task goes back without using an attempt and the worker
+stops taking work until the server is usable again.
 """
 
 from __future__ import annotations
 
 import enum
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 import aiosmtplib
 
-__all__ = ["Failure", "Fate", "classify_failure", "fate_after_failure", "is_exhausted"]
+from ..errors import SmtpUnavailableError
+
+__all__ = [
+    "MAX_DELIVERIES_WITHOUT_OUTCOME",
+    "Failure",
+    "Settlement",
+    "Verdict",
+    "after_failure",
+    "after_send",
+    "classify_failure",
+    "is_permanent_reply",
+    "is_poison",
+]
+
+# An entry Redis has handed out this often without any attempt recording an outcome crashes
+# or hangs its worker (a failed send always records one): it goes to the dead letters.
+MAX_DELIVERIES_WITHOUT_OUTCOME: Final = 5
+
+# RFC 3463 enhanced status code at the start of a reply text, e.g. "5.2.2 Mailbox full".
+_ENHANCED_CODE = re.compile(r"\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
+# X.2.2 (mailbox full) can clear without the sender doing anything; MTAs retry it even as 552.
+_TRANSIENT_DESPITE_5XX: Final = {("2", "2")}
 
 
-class Fate(enum.Enum):
-    """How an attempt ends for the entry."""
+_SESSION_REFUSALS: Final = (
+    aiosmtplib.SMTPAuthenticationError,
+    aiosmtplib.SMTPConnectResponseError,
+    aiosmtplib.SMTPHeloError,
+)
 
-    ACK = "sent"
-    RETRY = "retry"
-    DEAD_LETTER = "dead_letter"
+
+class Verdict(enum.Enum):
+    """What a failed attempt means for the whole task."""
+
+    RETRY = "retry"  # try again later; the attempt counts
+    DEAD = "dead"  # it will never succeed
+    PAUSE = "pause"  # the SMTP service is unusable: try again once it is, uncounted
 
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """Why a send failed: `permanent` failures are never retried."""
+    """A classified send error."""
 
-    permanent: bool
+    verdict: Verdict
     reason: str
 
 
-# Refusals before any recipient is named (greeting, EHLO, AUTH, MAIL FROM: "530 authentication
-# required", "550 sender not allowed") concern the server or our account, not this email: they
-# stay transient so a misconfiguration burns no task.
-_OPERATOR_FAULTS = (
-    aiosmtplib.SMTPAuthenticationError,
-    aiosmtplib.SMTPConnectResponseError,
-    aiosmtplib.SMTPHeloError,
-    aiosmtplib.SMTPSenderRefused,
-)
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """Everything one attempt decided, written to Redis in one atomic step."""
+
+    accepted: int  # recipients the SMTP server accepted in this attempt
+    retry: tuple[str, ...] = ()  # recipients a retry copy of the task will send to later
+    tries: int = 0  # failed attempts the retry copy carries
+    dead: tuple[str, ...] = ()  # recipients given up on, recorded in the dead-letter stream
+    reason: str = ""  # why the recipients not accepted were not (all of them)
+    dead_reason: str = ""  # why the dead recipients were given up
+    paused: bool = False  # the retry is due at once and used no attempt (SMTP unusable)
+
+    @property
+    def outcome(self) -> str:
+        """The word the logs use for it."""
+        if self.paused:
+            return "requeued"
+        if not self.retry and not self.dead:
+            return "sent"
+        if self.accepted:
+            return "partly_sent"
+        return "retry" if self.retry else "dead_letter"
+
+    @property
+    def finished(self) -> bool:
+        """Whether the task reached every recipient it ever will (nothing left to retry)."""
+        return self.accepted > 0 and not self.retry
+
+
+def is_permanent_reply(code: int, message: str) -> bool:
+    """5yz is permanent, except enhanced codes that describe a condition that clears by itself."""
+    if code < 500:
+        return False
+    match = _ENHANCED_CODE.match(message)
+    return not (match and (match[2], match[3]) in _TRANSIENT_DESPITE_5XX)
 
 
 def classify_failure(exc: BaseException) -> Failure:
-    """Map a send error to a `Failure` (RFC 5321: 4yz transient, 5yz permanent).
-
-    Authentication, sender and TLS or capability errors are the operator's to fix, not the
-    message's fault: they stay transient.
-    """
-    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
-        codes = sorted({refused.code for refused in exc.recipients})
-        summary = ", ".join(f"{r.recipient} {r.code}" for r in exc.recipients[:5])
-        permanent = all(code >= 500 for code in codes)
-        return Failure(permanent, f"all recipients refused: {summary}")
-    if isinstance(exc, _OPERATOR_FAULTS):
-        return Failure(False, f"SMTP {exc.code} {_first_line(exc.message)}")
+    """Map an error raised by a whole send (not a per-recipient refusal) to a `Failure`."""
+    if isinstance(exc, SmtpUnavailableError):
+        return Failure(Verdict.PAUSE, exc.reason)
     if isinstance(exc, aiosmtplib.SMTPResponseException):
-        return Failure(exc.code >= 500, f"SMTP {exc.code} {_first_line(exc.message)}")
+        return _classify_reply(exc)
     if isinstance(exc, TimeoutError):
-        return Failure(False, "SMTP send timed out")
+        return Failure(Verdict.RETRY, "SMTP send timed out")
     if isinstance(exc, aiosmtplib.SMTPException | OSError):
-        return Failure(False, f"{type(exc).__name__}: {_first_line(str(exc))}")
-    return Failure(False, f"unexpected {type(exc).__name__}: {_first_line(str(exc))}")
+        return Failure(Verdict.RETRY, f"{type(exc).__name__}: {_first_line(str(exc))}")
+    return Failure(Verdict.RETRY, f"unexpected {type(exc).__name__}: {_first_line(str(exc))}")
 
 
-def fate_after_failure(failure: Failure, *, attempt: int, max_attempts: int) -> Fate:
-    """Dead-letter permanent failures and the last allowed attempt; otherwise retry later."""
-    if failure.permanent or attempt >= max_attempts:
-        return Fate.DEAD_LETTER
-    return Fate.RETRY
+def _classify_reply(exc: aiosmtplib.SMTPResponseException) -> Failure:
+    reply = f"SMTP {exc.code} {_first_line(exc.message)}"
+    if isinstance(exc, _SESSION_REFUSALS):
+        # Said while opening the session: about the server or our account, not this email.
+        return Failure(Verdict.PAUSE, reply)
+    if isinstance(exc, aiosmtplib.SMTPSenderRefused):
+        # MAIL FROM refused: usually our sender address or account, which an operator can fix;
+        # retrying (counted) gives them the retry period to do so before anything is lost.
+        return Failure(Verdict.RETRY, f"sender refused: {reply}")
+    permanent = is_permanent_reply(exc.code, exc.message)
+    return Failure(Verdict.DEAD if permanent else Verdict.RETRY, reply)
 
 
-def is_exhausted(deliveries: int, *, max_attempts: int) -> bool:
-    """Whether an entry delivered `deliveries` times has used up its attempts before this one.
+def after_send(
+    recipients: Sequence[str],
+    refused: Mapping[str, tuple[int, str]],
+    *,
+    tries: int,
+    max_attempts: int,
+) -> Settlement:
+    """The settlement of an attempt the server answered recipient by recipient.
+
+    `refused` maps each refused recipient to its reply (code, text); the others were accepted
+    and are never sent to again. Refused recipients with a transient reply are retried, the
+    others dead-lettered; once the attempts are used up, every refused recipient is.
+    """
+    if not refused:
+        return Settlement(accepted=len(recipients))
+    failed_tries = tries + 1
+    retry = [r for r in recipients if r in refused and not is_permanent_reply(*refused[r])]
+    dead = [r for r in recipients if r in refused and r not in retry]
+    if retry and failed_tries >= max_attempts:
+        dead, retry = [*dead, *retry], []
+        dead_reason = f"gave up after {failed_tries} attempts; {_refusals(dead, refused)}"
+    else:
+        dead_reason = _refusals(dead, refused)
+    return Settlement(
+        accepted=len(recipients) - len(refused),
+        retry=tuple(retry),
+        tries=failed_tries,
+        dead=tuple(dead),
+        reason=_refusals(list(refused), refused),
+        dead_reason=dead_reason if dead else "",
+    )
+
+
+def after_failure(
+    failure: Failure, recipients: Sequence[str], *, tries: int, max_attempts: int
+) -> Settlement:
+    """The settlement of an attempt that failed as a whole (nothing was accepted)."""
+    everyone, reason = tuple(recipients), failure.reason
+    if failure.verdict is Verdict.PAUSE:
+        return Settlement(accepted=0, retry=everyone, tries=tries, reason=reason, paused=True)
+    if failure.verdict is Verdict.DEAD:
+        return Settlement(
+            accepted=0, dead=everyone, tries=tries + 1, reason=reason, dead_reason=reason
+        )
+    failed_tries = tries + 1
+    if failed_tries >= max_attempts:
+        gave_up = f"gave up after {failed_tries} attempts; {reason}"
+        return Settlement(
+            accepted=0, dead=everyone, tries=failed_tries, reason=gave_up, dead_reason=gave_up
+        )
+    return Settlement(accepted=0, retry=everyone, tries=failed_tries, reason=reason)
+
+
+def is_poison(deliveries: int) -> bool:
+    """Whether an entry handed out `deliveries` times without an outcome must stop here.
 
     A poison entry (one that crashes or hangs its worker) never reports a failure: only its
     delivery count, which Redis raises on every redelivery, shows it.
     """
-    return deliveries > max_attempts
+    return deliveries > MAX_DELIVERIES_WITHOUT_OUTCOME
+
+
+def _refusals(recipients: Sequence[str], refused: Mapping[str, tuple[int, str]]) -> str:
+    shown = ", ".join(f"{r} {refused[r][0]} {_first_line(refused[r][1])}" for r in recipients[:5])
+    more = f" and {len(recipients) - 5} more" if len(recipients) > 5 else ""
+    return f"refused: {shown}{more}"
 
 
 def _first_line(text: str) -> str:

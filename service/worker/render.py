@@ -29,8 +29,10 @@ class Outgoing:
 def render(envelope: Envelope, *, default_sender: str) -> Outgoing:
     """Build the message for `envelope`.
 
-    Date and Message-ID derive from the task, not from the moment of sending, so every
-    redelivery of a task produces the same message and a duplicate is recognisable downstream.
+    Date (when the task was enqueued, or due if scheduled) and Message-ID (from the task id,
+    fixed at enqueue) do not depend on the moment of sending, so every redelivery or retry of a
+    task produces the same message and a duplicate is recognisable downstream. A retry after
+    some recipients were accepted sends to the others only (the envelope, not the headers).
     """
     task = envelope.task
     sender = task.sender or default_sender
@@ -43,9 +45,7 @@ def render(envelope: Envelope, *, default_sender: str) -> Outgoing:
     if task.reply_to:
         message["Reply-To"] = ", ".join(task.reply_to)
     message["Subject"] = task.subject
-    message["Date"] = format_datetime(
-        datetime.fromtimestamp(envelope.enqueued_at_ms / 1000, tz=UTC)
-    )
+    message["Date"] = format_datetime(datetime.fromtimestamp(envelope.dated_ms / 1000, tz=UTC))
     message["Message-ID"] = f"<{envelope.task_id}@{mail_from.rpartition('@')[2]}>"
     for name, value in task.headers.items():
         message[name] = value
@@ -55,4 +55,4 @@ def render(envelope: Envelope, *, default_sender: str) -> Outgoing:
             message.add_alternative(task.html, subtype="html")
     elif task.html is not None:
         message.set_content(task.html, subtype="html")
-    return Outgoing(message=message, mail_from=mail_from, recipients=task.recipients())
+    return Outgoing(message=message, mail_from=mail_from, recipients=envelope.envelope_recipients())

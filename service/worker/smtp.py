@@ -4,19 +4,29 @@ One aiosmtplib client sends one message at a time, so concurrent sends each take
 of their own from the pool; connections are reused across messages (a new TCP + TLS + EHLO +
 AUTH per email would cost more than the email) and dropped whenever a send fails, so a client
 in an unknown state is never reused.
+
+Failing to open a session (connection refused, TLS or AUTH failing, greeting refused) raises
+`SmtpUnavailableError`, distinct from a message's own failure: the worker then pauses rather
+than charging the email an attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from typing import Final
 
 import aiosmtplib
 
+from ..errors import SmtpUnavailableError
 from ..settings import WorkerSettings
 from .render import Outgoing
 
 __all__ = ["SmtpPool"]
+
+# A connection idle longer than this is checked with NOOP before it carries a message.
+_IDLE_CHECK_AFTER_SECONDS: Final = 5.0
 
 
 class SmtpPool:
@@ -26,38 +36,97 @@ class SmtpPool:
         self._settings = settings
         self._local_hostname = local_hostname
         self._slots = asyncio.Semaphore(size)
-        self._idle: list[aiosmtplib.SMTP] = []
+        # Idle connections with the monotonic time they were last used; the newest last.
+        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
 
     async def send(self, outgoing: Outgoing) -> dict[str, aiosmtplib.SMTPResponse]:
         """Send one message; return the recipients the server refused (empty when none).
 
-        Raises what aiosmtplib raises, or `TimeoutError` when the whole send (including
-        connecting) outlasts `SMTP_TIMEOUT_SECONDS`.
+        Raises `SmtpUnavailableError` when no session could be opened (nothing was sent),
+        `TimeoutError` when the whole send outlasts `SMTP_TIMEOUT_SECONDS`, or what aiosmtplib
+        raises for the message itself.
         """
         async with self._slots:
-            client = self._idle.pop() if self._idle else self._new_client()
+            client: aiosmtplib.SMTP | None = None
             try:
                 async with asyncio.timeout(self._settings.smtp_timeout_seconds):
-                    if not client.is_connected:
-                        await client.connect()
+                    try:
+                        client = await self._checkout()
+                    except Exception as exc:
+                        raise SmtpUnavailableError(self._describe(exc)) from exc
                     refused, _ = await client.send_message(
                         outgoing.message, sender=outgoing.mail_from, recipients=outgoing.recipients
                     )
-            except BaseException:
+            except TimeoutError as exc:
+                if client is None:  # the deadline passed while the session was still opening
+                    raise SmtpUnavailableError(self._describe(exc)) from exc
                 client.close()
                 raise
+            except BaseException:
+                if client is not None:
+                    client.close()
+                raise
             if client.is_connected:
-                self._idle.append(client)
+                self._idle.append((client, time.monotonic()))
             return refused
+
+    async def probe(self) -> None:
+        """Open and close one session; raise `SmtpUnavailableError` if that fails."""
+        client = self._new_client()
+        try:
+            async with asyncio.timeout(self._settings.smtp_timeout_seconds):
+                await client.connect()
+                await client.quit()
+        except Exception as exc:
+            raise SmtpUnavailableError(self._describe(exc)) from exc
+        finally:
+            client.close()
 
     async def close(self) -> None:
         """Say QUIT on every idle connection (best effort: the server may be gone)."""
         idle, self._idle = self._idle, []
-        for client in idle:
+        for client, _ in idle:
             with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
                 async with asyncio.timeout(2):
                     await client.quit()
             client.close()
+
+    async def _checkout(self) -> aiosmtplib.SMTP:
+        """A connected client: a healthy idle one, else a new connection."""
+        while self._idle:
+            client, last_used = self._idle.pop()
+            if not client.is_connected:
+                continue
+            if time.monotonic() - last_used < _IDLE_CHECK_AFTER_SECONDS:
+                return client
+            # Servers drop idle sessions (Postfix after 300 s): find out before sending on it,
+            # so a stale connection costs a NOOP instead of a failed attempt.
+            try:
+                await client.noop()
+            except (aiosmtplib.SMTPException, OSError):
+                client.close()
+                continue
+            return client
+        client = self._new_client()
+        try:
+            await client.connect()
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def _describe(self, exc: BaseException) -> str:
+        """Why no session could be opened, without any credential."""
+        where = f"{self._settings.smtp_host}:{self._settings.smtp_port_or_default}"
+        if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+            detail = f"authentication failed (SMTP {exc.code}); check SMTP_USERNAME/SMTP_PASSWORD"
+        elif isinstance(exc, aiosmtplib.SMTPResponseException):
+            detail = f"SMTP {exc.code} {exc.message.strip().splitlines()[0][:200]}"
+        elif isinstance(exc, TimeoutError):
+            detail = "timed out"
+        else:
+            detail = f"{type(exc).__name__}: {str(exc).strip()[:200]}"
+        return f"cannot open an SMTP session with {where}: {detail}"
 
     def _new_client(self) -> aiosmtplib.SMTP:
         settings = self._settings

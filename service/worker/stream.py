@@ -1,23 +1,26 @@
-"""The worker's side of the Redis Stream: reading, claiming and recording each entry's fate.
+"""The worker's side of the queue in Redis: reading, claiming and settling each entry.
 
-Every fate write is one MULTI/EXEC transaction: acknowledging also deletes the entry (the
-stream holds only live work), and dead-lettering adds the entry to the dead-letter stream,
-acknowledges and deletes it, so no crash can leave a task both dead and live, or neither.
+Every fate write is one Lua script (`service.scripts`): acknowledging also deletes the entry
+(the stream holds only live work), and a retry or a dead letter is added in the same step, so no
+crash can leave a task both scheduled and live, or neither.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from ..keys import CONSUMER_GROUP, QueueKeys
+from ..scripts import FORGET_CONSUMER, PROMOTE_DUE, SETTLE
 
-__all__ = ["Entry", "TaskStream"]
+__all__ = ["SENT_RECORD_TTL_MS", "Entry", "QueueSizes", "Settled", "TaskStream"]
+
+# A sent record outlives any retry copy it guards (its whole retry schedule, at the defaults).
+SENT_RECORD_TTL_MS: Final = 7 * 24 * 3600 * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,14 +32,34 @@ class Entry:
     deliveries: int
 
 
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What a settle did: `took_effect` is False when another worker had settled it first."""
+
+    took_effect: bool
+    dead_letters: int  # length of the dead-letter stream after adding a record, else 0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSizes:
+    """Tasks in each place of a queue."""
+
+    stream: int  # waiting or being sent
+    delayed: int  # retries and scheduled sends not yet due
+    dead: int
+
+
 class TaskStream:
     """The stream of one queue, as seen by the consumer named `consumer`."""
 
     def __init__(self, redis: Redis, keys: QueueKeys, consumer: str) -> None:
         self._redis = redis
+        self._keys = keys
         self._stream = keys.stream
-        self._dead = keys.dead
         self.consumer = consumer
+        self._settle = redis.register_script(SETTLE)
+        self._promote = redis.register_script(PROMOTE_DUE)
+        self._forget = redis.register_script(FORGET_CONSUMER)
 
     async def ensure_group(self) -> None:
         """Create the consumer group (and the stream) unless they exist.
@@ -104,30 +127,72 @@ class TaskStream:
             raise exc
         await self.ensure_group()
 
-    async def ack(self, entry_ids: Sequence[str]) -> None:
-        """Acknowledge and delete entries whose email the SMTP server accepted (atomic)."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xack(self._stream, CONSUMER_GROUP, *entry_ids)
-            pipe.xdel(self._stream, *entry_ids)
-            await pipe.execute()
+    async def settle(
+        self,
+        entry: Entry,
+        *,
+        task_id: str = "",
+        sent_record: bool = False,
+        retry: tuple[int, Mapping[bytes, bytes]] | None = None,
+        dead: Mapping[bytes, bytes] | None = None,
+    ) -> Settled:
+        """Record an entry's fate in one atomic step (`scripts.SETTLE`).
 
-    async def dead_letter(self, entry: Entry, reason: str) -> None:
-        """Move `entry` to the dead-letter stream with why and when (atomic)."""
-        record: dict[Any, Any] = dict(entry.fields)
-        record.update(
-            {
-                "dead_reason": reason,
-                "dead_at": str(time.time_ns() // 1_000_000),
-                "dead_entry_id": entry.entry_id,
-                "dead_deliveries": str(entry.deliveries),
-                "dead_consumer": self.consumer,
-            }
+        The entry is acknowledged and deleted; `retry` (due ms, fields) schedules a copy in the
+        delayed set and `dead` adds a dead-letter record. `sent_record` says the attempt sent
+        the email to every recipient it had left: if another worker settled the entry first,
+        a sent record keeps its retry copy from being sent again.
+        """
+        retry_items = _flatten(retry[1]) if retry else []
+        reply: Any = await self._settle(
+            keys=[
+                self._keys.stream,
+                self._keys.delayed,
+                self._keys.delayed_entries,
+                self._keys.dead,
+                self._keys.sent(task_id or "-"),
+            ],
+            args=[
+                CONSUMER_GROUP,
+                entry.entry_id,
+                task_id or "-",
+                SENT_RECORD_TTL_MS if sent_record and task_id else 0,
+                retry[0] if retry else 0,
+                len(retry_items),
+                *retry_items,
+                *(_flatten(dead) if dead else []),
+            ],
         )
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(self._dead, record)
-            pipe.xack(self._stream, CONSUMER_GROUP, entry.entry_id)
-            pipe.xdel(self._stream, entry.entry_id)
-            await pipe.execute()
+        return Settled(took_effect=reply[0] == 1, dead_letters=int(reply[1]))
+
+    async def was_sent(self, task_id: str) -> bool:
+        """Whether a worker that lost a settle race recorded this task as sent."""
+        return bool(await self._redis.exists(self._keys.sent(task_id)))
+
+    async def promote_due(self, now_ms: int, limit: int) -> tuple[int, int | None]:
+        """Move delayed tasks due by `now_ms` into the stream; return (moved, next due ms)."""
+        reply: Any = await self._promote(
+            keys=[self._keys.stream, self._keys.delayed, self._keys.delayed_entries],
+            args=[now_ms, limit],
+        )
+        next_due = reply[1]
+        return int(reply[0]), int(float(next_due)) if next_due else None
+
+    async def sizes(self) -> QueueSizes:
+        """How many tasks wait in the stream, the delayed set and the dead letters."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(self._keys.stream)
+            pipe.zcard(self._keys.delayed)
+            pipe.xlen(self._keys.dead)
+            stream, delayed, dead = await pipe.execute()
+        return QueueSizes(stream=stream, delayed=delayed, dead=dead)
+
+    async def forget_consumer(self) -> bool:
+        """Leave the group if this consumer owns no pending entry; whether it left."""
+        removed: Any = await self._forget(
+            keys=[self._keys.stream], args=[CONSUMER_GROUP, self.consumer]
+        )
+        return bool(removed)
 
     async def _with_deliveries(self, ids: list[str], claimed: list[Any]) -> list[Entry]:
         """Pair claimed entries with their delivery counts; drop ids deleted while pending."""
@@ -146,6 +211,10 @@ class TaskStream:
             deliveries = pending[0]["times_delivered"] if pending else 1
             entries.append(Entry(eid, fields, deliveries))
         return entries
+
+
+def _flatten(fields: Mapping[bytes, bytes]) -> list[bytes]:
+    return [item for pair in fields.items() for item in pair]
 
 
 def _text(value: bytes | str) -> str:

@@ -6,6 +6,9 @@ Two loops feed delivery tasks on one event loop:
 - the reclaimer takes over entries that a consumer (usually a dead one) left pending longer
   than `WORKER_RECLAIM_IDLE_SECONDS`.
 
+Both wait while the SMTP breaker is open. Beside them run the breaker's probe, the promotion
+of due retries and scheduled sends into the stream, and a periodic report of the queue's sizes.
+
 `request_stop` (called by the signal handlers) only sets state; `run` turns it into a shutdown:
 stop intake, give in-flight sends `WORKER_SHUTDOWN_SECONDS`, cancel the rest (their entries stay
 pending and another worker takes them over), and return the exit code.
@@ -22,9 +25,11 @@ import structlog
 
 from ..connection import READ_BLOCK_MS
 from ..settings import WorkerSettings
-from .backoff import retry_while_unavailable
+from .backoff import TRANSIENT_REDIS_ERRORS, retry_while_unavailable
+from .breaker import SmtpBreaker
 from .delivery import Delivery
 from .stream import Entry, TaskStream
+from .upkeep import promote_forever, report_forever
 
 __all__ = ["Worker"]
 
@@ -37,10 +42,17 @@ _FATE_WRITE_GRACE_SECONDS: Final = 5.0
 class Worker:
     """Delivers the entries of one queue until asked to stop."""
 
-    def __init__(self, settings: WorkerSettings, stream: TaskStream, delivery: Delivery) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        stream: TaskStream,
+        delivery: Delivery,
+        breaker: SmtpBreaker,
+    ) -> None:
         self._settings = settings
         self._stream = stream
         self._delivery = delivery
+        self._breaker = breaker
         self._stopping = asyncio.Event()
         self._forced = asyncio.Event()
         self._slot_freed = asyncio.Event()
@@ -82,6 +94,9 @@ class Worker:
         )
         await self._resume_own_pending()
         async with asyncio.TaskGroup() as loops:
+            loops.create_task(self._breaker.run())
+            loops.create_task(promote_forever(self._stream))
+            loops.create_task(report_forever(self._stream))
             loops.create_task(self._read_loop())
             loops.create_task(self._reclaim_loop())
 
@@ -100,6 +115,7 @@ class Worker:
     async def _read_loop(self) -> None:
         while True:
             async with self._intake_turn:
+                await self._breaker.wait_closed()
                 free = await self._wait_for_slot()
                 entries = await retry_while_unavailable(
                     "read", functools.partial(self._stream.read_new, free, READ_BLOCK_MS)
@@ -116,6 +132,7 @@ class Worker:
         cursor = "0-0"
         while True:
             async with self._intake_turn:
+                await self._breaker.wait_closed()
                 free = await self._wait_for_slot()
                 cursor, entries = await retry_while_unavailable(
                     "reclaim",
@@ -159,8 +176,18 @@ class Worker:
             for write in late:
                 write.cancel("worker shutdown: Redis did not answer in time")
         forced = self._forced.is_set()
+        if not unfinished and not forced:
+            await self._leave_group()
         log.info("worker_stopped", unfinished=len(unfinished), forced=forced)
         return 1 if forced else 0
+
+    async def _leave_group(self) -> None:
+        """Remove this consumer from the group if it owns nothing, so names do not pile up."""
+        try:
+            async with asyncio.timeout(_FATE_WRITE_GRACE_SECONDS):
+                await self._stream.forget_consumer()
+        except (TimeoutError, *TRANSIENT_REDIS_ERRORS):
+            log.info("consumer_left_in_group", consumer=self._stream.consumer)
 
     async def _wait_in_flight(self, in_flight: list[asyncio.Task[None]]) -> None:
         """Until every send is done, the grace period ends, or a second signal arrives."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from service.keys import CONSUMER_GROUP, QueueKeys
-from service.worker.stream import TaskStream
+from service.worker.stream import SENT_RECORD_TTL_MS, TaskStream
 from tests.conftest import as_entries
 
 KEYS = QueueKeys("emails")
@@ -25,28 +25,97 @@ async def test_ensure_group_is_idempotent_and_sees_earlier_entries(redis: Redis)
     assert (entry.fields, entry.deliveries) == ({b"v": b"1"}, 1)
 
 
-async def test_ack_removes_the_entry_from_stream_and_pending_list(redis: Redis) -> None:
+async def test_settle_acknowledges_and_deletes(redis: Redis) -> None:
     stream = await _stream(redis)
     await redis.xadd(KEYS.stream, {"v": "1"})
     await redis.xadd(KEYS.stream, {"v": "2"})
-    entries = await stream.read_new(10, block_ms=10)
-    await stream.ack([entry.entry_id for entry in entries])
+    for entry in await stream.read_new(10, block_ms=10):
+        settled = await stream.settle(entry, task_id="t")
+        assert (settled.took_effect, settled.dead_letters) == (True, 0)
     assert await redis.xlen(KEYS.stream) == 0
     assert (await redis.xpending(KEYS.stream, CONSUMER_GROUP))["pending"] == 0
+    assert await redis.exists(KEYS.sent("t")) == 0  # no race, no sent record
 
 
-async def test_dead_letter_moves_the_entry_with_its_story(redis: Redis) -> None:
+async def test_settle_dead_letter_moves_the_entry_with_its_story(redis: Redis) -> None:
     stream = await _stream(redis)
     await redis.xadd(KEYS.stream, {"v": "1", "task": "x"})
     (entry,) = await stream.read_new(1, block_ms=10)
-    await stream.dead_letter(entry, "SMTP 550 no such user")
+    record = {**entry.fields, b"dead_reason": b"SMTP 550 no such user"}
+    settled = await stream.settle(entry, task_id="t", dead=record)
+    assert (settled.took_effect, settled.dead_letters) == (True, 1)
     assert await redis.xlen(KEYS.stream) == 0
     assert (await redis.xpending(KEYS.stream, CONSUMER_GROUP))["pending"] == 0
     ((_, dead),) = as_entries(await redis.xrange(KEYS.dead))
-    assert dead[b"task"] == b"x"
-    assert dead[b"dead_reason"] == b"SMTP 550 no such user"
-    assert dead[b"dead_entry_id"] == entry.entry_id.encode()
-    assert (dead[b"dead_deliveries"], dead[b"dead_consumer"]) == (b"1", b"me")
+    assert dead == {b"v": b"1", b"task": b"x", b"dead_reason": b"SMTP 550 no such user"}
+
+
+async def test_settle_retry_parks_a_copy_until_due_then_promotes_it(redis: Redis) -> None:
+    stream = await _stream(redis)
+    await redis.xadd(KEYS.stream, {"v": "1", "id": "t1"})
+    (entry,) = await stream.read_new(1, block_ms=10)
+    copy = {b"v": b"1", b"id": b"t1", b"tries": b"1", b"bin": bytes(range(256))}
+    await stream.settle(entry, task_id="t1", retry=(5_000, copy))
+    assert await redis.xlen(KEYS.stream) == 0
+    assert await redis.zscore(KEYS.delayed, "t1") == 5_000
+    assert await stream.promote_due(4_999, 100) == (0, 5_000)
+    assert await stream.promote_due(5_000, 100) == (1, None)
+    ((_, promoted),) = as_entries(await redis.xrange(KEYS.stream))
+    assert promoted == copy  # field for field, binary values included
+    assert await redis.zcard(KEYS.delayed) == 0
+    assert await redis.hlen(KEYS.delayed_entries) == 0
+
+
+async def test_promote_moves_in_due_order_in_batches(redis: Redis) -> None:
+    stream = await _stream(redis)
+    for n, due in enumerate([300, 100, 200, 900]):
+        await redis.xadd(KEYS.stream, {"n": str(n)})
+        (entry,) = await stream.read_new(1, block_ms=10)
+        await stream.settle(entry, task_id=f"t{n}", retry=(due, {b"n": str(n).encode()}))
+    assert await stream.promote_due(500, 2) == (2, 300)
+    assert await stream.promote_due(500, 2) == (1, 900)
+    promoted = [fields[b"n"] for _, fields in as_entries(await redis.xrange(KEYS.stream))]
+    assert promoted == [b"1", b"2", b"0"]
+
+
+async def test_only_the_first_settle_of_an_entry_takes_effect(redis: Redis) -> None:
+    # A stalled worker and the one that reclaimed its entry both settle it.
+    stalled, rescuer = await _stream(redis, "stalled"), await _stream(redis, "rescuer")
+    await redis.xadd(KEYS.stream, {"v": "1"})
+    (entry,) = await stalled.read_new(1, block_ms=10)
+    _, (reclaimed,) = await rescuer.claim_stale(min_idle_ms=0, cursor="0-0", count=1)
+    first = await rescuer.settle(reclaimed, task_id="t", retry=(10**13, {b"v": b"1"}))
+    late = await stalled.settle(entry, task_id="t", sent_record=True, dead={b"v": b"1"})
+    assert (first.took_effect, late.took_effect) == (True, False)
+    assert await redis.xlen(KEYS.dead) == 0  # the late settle added nothing
+    assert await redis.zcard(KEYS.delayed) == 1
+    # ...but since it had sent the email, it left a sent record for the retry copy to find.
+    assert await stalled.was_sent("t")
+    assert 0 < await redis.pttl(KEYS.sent("t")) <= SENT_RECORD_TTL_MS
+
+
+async def test_forget_consumer_only_when_it_owns_nothing(redis: Redis) -> None:
+    stream = await _stream(redis, "leaving")
+    await redis.xadd(KEYS.stream, {"v": "1"})
+    (entry,) = await stream.read_new(1, block_ms=10)
+    assert not await stream.forget_consumer()
+    assert [c["name"] for c in await redis.xinfo_consumers(KEYS.stream, CONSUMER_GROUP)] == [
+        b"leaving"
+    ]
+    await stream.settle(entry, task_id="t")
+    assert await stream.forget_consumer()
+    assert await redis.xinfo_consumers(KEYS.stream, CONSUMER_GROUP) == []
+
+
+async def test_sizes_counts_every_place(redis: Redis) -> None:
+    stream = await _stream(redis)
+    for n in range(3):
+        await redis.xadd(KEYS.stream, {"n": str(n)})
+    entries = await stream.read_new(2, block_ms=10)
+    await stream.settle(entries[0], task_id="a", retry=(10**13, {b"n": b"0"}))
+    await stream.settle(entries[1], task_id="b", dead={b"n": b"1"})
+    sizes = await stream.sizes()
+    assert (sizes.stream, sizes.delayed, sizes.dead) == (1, 1, 1)
 
 
 async def test_claim_stale_takes_idle_entries_and_counts_deliveries(redis: Redis) -> None:

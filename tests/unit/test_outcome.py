@@ -1,71 +1,165 @@
-"""The fate of an entry after an attempt, as tables (RFC 5321: 4yz transient, 5yz permanent)."""
+"""What an attempt decides, as tables (RFC 5321: 4yz transient, 5yz permanent; RFC 3463)."""
 
 from __future__ import annotations
 
 import aiosmtplib
 import pytest
 
-from service.worker.outcome import Failure, Fate, classify_failure, fate_after_failure, is_exhausted
+from service.errors import SmtpUnavailableError
+from service.worker.outcome import (
+    MAX_DELIVERIES_WITHOUT_OUTCOME,
+    Failure,
+    Settlement,
+    Verdict,
+    after_failure,
+    after_send,
+    classify_failure,
+    is_permanent_reply,
+    is_poison,
+)
 
-
-def _refused(*codes: int) -> aiosmtplib.SMTPRecipientsRefused:
-    return aiosmtplib.SMTPRecipientsRefused(
-        [
-            aiosmtplib.SMTPRecipientRefused(code, "no", f"u{i}@example.com")
-            for i, code in enumerate(codes)
-        ]
-    )
+RETRY, DEAD, PAUSE = Verdict.RETRY, Verdict.DEAD, Verdict.PAUSE
+A, B, C = "a@example.com", "b@example.com", "c@example.com"
 
 
 @pytest.mark.parametrize(
-    ("error", "permanent", "reason"),
+    ("error", "verdict", "reason"),
     [
-        (aiosmtplib.SMTPDataError(554, "5.7.1 rejected as spam"), True, "SMTP 554 5.7.1 rejected"),
-        (aiosmtplib.SMTPDataError(552, "5.3.4 message too big"), True, "SMTP 552"),
-        (aiosmtplib.SMTPSenderRefused(550, "bad sender", "s@example.com"), False, "SMTP 550"),
-        (aiosmtplib.SMTPSenderRefused(530, "5.7.0 auth required", "s@x.com"), False, "SMTP 530"),
-        (aiosmtplib.SMTPHeloError(501, "bad EHLO"), False, "SMTP 501 bad EHLO"),
-        (aiosmtplib.SMTPConnectResponseError(554, "no service"), False, "SMTP 554 no service"),
-        (aiosmtplib.SMTPDataError(451, "4.3.0 try again later"), False, "SMTP 451"),
-        (aiosmtplib.SMTPResponseException(421, "4.7.0 too many connections"), False, "SMTP 421"),
-        (aiosmtplib.SMTPSenderRefused(452, "4.3.1 storage", "s@example.com"), False, "SMTP 452"),
-        (_refused(550, 553), True, "all recipients refused: u0@example.com 550"),
-        (_refused(550, 450), False, "all recipients refused"),
-        (_refused(452), False, "all recipients refused"),
-        (aiosmtplib.SMTPAuthenticationError(535, "5.7.8 bad credentials"), False, "SMTP 535"),
-        (aiosmtplib.SMTPServerDisconnected("lost"), False, "SMTPServerDisconnected: lost"),
-        (aiosmtplib.SMTPConnectError("refused"), False, "SMTPConnectError"),
-        (aiosmtplib.SMTPReadTimeoutError("slow"), False, "SMTP send timed out"),
-        (TimeoutError(), False, "SMTP send timed out"),
-        (ConnectionResetError("reset"), False, "ConnectionResetError: reset"),
-        (aiosmtplib.SMTPNotSupported("STARTTLS"), False, "SMTPNotSupported"),
-        (ValueError("odd"), False, "unexpected ValueError: odd"),
+        (aiosmtplib.SMTPDataError(554, "5.7.1 rejected as spam"), DEAD, "SMTP 554 5.7.1 rejected"),
+        (aiosmtplib.SMTPDataError(552, "5.3.4 message too big"), DEAD, "SMTP 552"),
+        (aiosmtplib.SMTPDataError(552, "5.2.2 mailbox full"), RETRY, "SMTP 552 5.2.2"),
+        (aiosmtplib.SMTPDataError(451, "4.3.0 try again later"), RETRY, "SMTP 451"),
+        (aiosmtplib.SMTPResponseException(421, "4.7.0 too many connections"), RETRY, "SMTP 421"),
+        (aiosmtplib.SMTPSenderRefused(550, "bad sender", "s@example.com"), RETRY, "sender refused"),
+        (aiosmtplib.SMTPSenderRefused(452, "4.3.1 storage", "s@example.com"), RETRY, "SMTP 452"),
+        (aiosmtplib.SMTPAuthenticationError(535, "5.7.8 bad credentials"), PAUSE, "SMTP 535"),
+        (aiosmtplib.SMTPHeloError(501, "bad EHLO"), PAUSE, "SMTP 501 bad EHLO"),
+        (aiosmtplib.SMTPConnectResponseError(554, "no service"), PAUSE, "SMTP 554 no service"),
+        (SmtpUnavailableError("cannot open a session: refused"), PAUSE, "cannot open a session"),
+        (aiosmtplib.SMTPServerDisconnected("lost"), RETRY, "SMTPServerDisconnected: lost"),
+        (aiosmtplib.SMTPReadTimeoutError("slow"), RETRY, "SMTP send timed out"),
+        (TimeoutError(), RETRY, "SMTP send timed out"),
+        (ConnectionResetError("reset"), RETRY, "ConnectionResetError: reset"),
+        (aiosmtplib.SMTPNotSupported("SMTPUTF8"), RETRY, "SMTPNotSupported"),
+        (ValueError("odd"), RETRY, "unexpected ValueError: odd"),
     ],
 )
-def test_classify_failure(error: BaseException, permanent: bool, reason: str) -> None:
+def test_classify_failure(error: BaseException, verdict: Verdict, reason: str) -> None:
     failure = classify_failure(error)
-    assert failure.permanent is permanent
+    assert failure.verdict is verdict
     assert reason in failure.reason
 
 
 @pytest.mark.parametrize(
-    ("permanent", "attempt", "max_attempts", "fate"),
+    ("code", "message", "permanent"),
     [
-        (True, 1, 5, Fate.DEAD_LETTER),
-        (False, 1, 5, Fate.RETRY),
-        (False, 4, 5, Fate.RETRY),
-        (False, 5, 5, Fate.DEAD_LETTER),
-        (False, 1, 1, Fate.DEAD_LETTER),
+        (550, "5.1.1 no such user", True),
+        (554, "", True),
+        (552, "5.2.2 mailbox full", False),
+        (552, "  5.2.2 over quota", False),
+        (552, "5.2.22 odd", True),
+        (450, "4.2.1 try later", False),
+        (421, "4.7.0 rate limited", False),
+        (452, "4.2.2 mailbox full", False),
     ],
 )
-def test_fate_after_failure(permanent: bool, attempt: int, max_attempts: int, fate: Fate) -> None:
-    failure = Failure(permanent, "why")
-    assert fate_after_failure(failure, attempt=attempt, max_attempts=max_attempts) is fate
+def test_is_permanent_reply(code: int, message: str, permanent: bool) -> None:
+    assert is_permanent_reply(code, message) is permanent
 
 
 @pytest.mark.parametrize(
-    ("deliveries", "max_attempts", "exhausted"),
-    [(1, 5, False), (5, 5, False), (6, 5, True), (2, 1, True)],
+    ("refused", "tries", "max_attempts", "expected"),
+    [
+        # Everyone accepted.
+        ({}, 0, 5, Settlement(accepted=3)),
+        # One transient refusal: only that recipient is retried.
+        ({B: (450, "4.2.1 busy")}, 0, 5, Settlement(accepted=2, retry=(B,), tries=1)),
+        # One permanent refusal: recorded as dead, the rest are done.
+        ({C: (550, "5.1.1 unknown")}, 2, 5, Settlement(accepted=2, tries=3, dead=(C,))),
+        # Mixed: retry one, dead-letter one.
+        (
+            {A: (550, "no"), C: (451, "later")},
+            0,
+            5,
+            Settlement(accepted=1, retry=(C,), tries=1, dead=(A,)),
+        ),
+        # Transient refusals on the last attempt are given up.
+        ({B: (450, "busy")}, 4, 5, Settlement(accepted=2, tries=5, dead=(B,))),
+        # All refused, all permanent: nothing sent, the task is dead.
+        (
+            {A: (550, "x"), B: (553, "x"), C: (550, "x")},
+            0,
+            5,
+            Settlement(accepted=0, tries=1, dead=(A, B, C)),
+        ),
+    ],
 )
-def test_is_exhausted(deliveries: int, max_attempts: int, exhausted: bool) -> None:
-    assert is_exhausted(deliveries, max_attempts=max_attempts) is exhausted
+def test_after_send(
+    refused: dict[str, tuple[int, str]], tries: int, max_attempts: int, expected: Settlement
+) -> None:
+    settlement = after_send([A, B, C], refused, tries=tries, max_attempts=max_attempts)
+    assert (settlement.accepted, settlement.retry, settlement.tries, settlement.dead) == (
+        expected.accepted,
+        expected.retry,
+        expected.tries,
+        expected.dead,
+    )
+    assert not settlement.paused
+    assert all(recipient in settlement.reason for recipient in refused)
+    # A dead-letter record names its own recipients only, not the ones being retried.
+    assert all(recipient in settlement.dead_reason for recipient in settlement.dead)
+    assert not any(recipient in settlement.dead_reason for recipient in settlement.retry)
+
+
+@pytest.mark.parametrize(
+    ("verdict", "tries", "max_attempts", "expected"),
+    [
+        # expected: (recipients retried, recipients dead, tries recorded, outcome)
+        (RETRY, 0, 5, ((A, B), (), 1, "retry")),
+        (RETRY, 3, 5, ((A, B), (), 4, "retry")),
+        (RETRY, 4, 5, ((), (A, B), 5, "dead_letter")),
+        (RETRY, 0, 1, ((), (A, B), 1, "dead_letter")),
+        (DEAD, 0, 5, ((), (A, B), 1, "dead_letter")),
+        # An unusable SMTP service costs no attempt, even on the last one.
+        (PAUSE, 4, 5, ((A, B), (), 4, "requeued")),
+    ],
+)
+def test_after_failure(
+    verdict: Verdict, tries: int, max_attempts: int, expected: tuple[object, ...]
+) -> None:
+    failure = Failure(verdict, "why")
+    settlement = after_failure(failure, [A, B], tries=tries, max_attempts=max_attempts)
+    actual = (settlement.retry, settlement.dead, settlement.tries, settlement.outcome)
+    assert actual == expected
+    assert settlement.paused is (verdict is PAUSE)
+    assert "why" in settlement.reason
+    assert ("why" in settlement.dead_reason) is bool(settlement.dead)
+    assert not settlement.finished
+
+
+@pytest.mark.parametrize(
+    ("settlement", "outcome", "finished"),
+    [
+        (Settlement(accepted=2), "sent", True),
+        (Settlement(accepted=1, dead=(B,)), "partly_sent", True),
+        (Settlement(accepted=1, retry=(B,)), "partly_sent", False),
+        (Settlement(accepted=0, retry=(A,)), "retry", False),
+        (Settlement(accepted=0, dead=(A,)), "dead_letter", False),
+        (Settlement(accepted=0, retry=(A,), paused=True), "requeued", False),
+    ],
+)
+def test_settlement_outcome(settlement: Settlement, outcome: str, finished: bool) -> None:
+    assert settlement.outcome == outcome
+    assert settlement.finished is finished
+
+
+@pytest.mark.parametrize(
+    ("deliveries", "poison"),
+    [
+        (1, False),
+        (MAX_DELIVERIES_WITHOUT_OUTCOME, False),
+        (MAX_DELIVERIES_WITHOUT_OUTCOME + 1, True),
+    ],
+)
+def test_is_poison(deliveries: int, poison: bool) -> None:
+    assert is_poison(deliveries) is poison
