@@ -19,6 +19,7 @@ from ..settings import WorkerSettings, load_settings, redact_url
 from .delivery import Delivery
 from .smtp import SmtpPool
 from .stream import TaskStream
+from .supervision import Supervision
 from .worker import Worker
 
 log = structlog.get_logger("service.worker")
@@ -48,9 +49,10 @@ async def serve(settings: WorkerSettings) -> int:
     smtp = SmtpPool(settings, size=settings.worker_concurrency, local_hostname=local_hostname)
     stream = TaskStream(redis, QueueKeys(settings.email_queue), consumer_name(settings))
     worker = Worker(settings, stream, Delivery(settings, stream, smtp))
+    supervision = Supervision(redis, status=f"delivering queue {settings.email_queue}")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, worker.request_stop, sig.name)
+        loop.add_signal_handler(sig, supervision.on_stop(worker.request_stop), sig.name)
     log.info(
         "worker_starting",
         redis=redact_url(redis_url),
@@ -59,7 +61,8 @@ async def serve(settings: WorkerSettings) -> int:
         pid=os.getpid(),
     )
     try:
-        return await worker.run()
+        async with supervision:  # systemd READY/STOPPING/WATCHDOG, Redis config check
+            return await worker.run()
     finally:
         await smtp.close()
         await redis.aclose()
