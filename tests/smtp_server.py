@@ -95,7 +95,9 @@ class SmtpServer:
             and isinstance(auth_data, LoginPassword)
             and (auth_data.login.decode(), auth_data.password.decode()) == expected
         )
-        return AuthResult(success=ok)
+        # handled=False: aiosmtpd then answers a failure with 535 itself; its default (True)
+        # sends nothing, and the client waits for a reply until it times out.
+        return AuthResult(success=ok, handled=False)
 
     def start(self) -> None:
         """Start serving."""
