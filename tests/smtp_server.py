@@ -102,7 +102,8 @@ class SmtpServer:
             and isinstance(auth_data, LoginPassword)
             and (auth_data.login.decode(), auth_data.password.decode()) == expected
         )
-        # handled=False: aiosmtpd itself replies 535 to a failed login (else it stays silent).
+        # handled=False: aiosmtpd then answers a failure with 535 itself; its default (True)
+        # sends nothing, and the client waits for a reply until it times out.
         return AuthResult(success=ok, handled=False)
 
     def start(self) -> None:

@@ -20,6 +20,7 @@ from .breaker import SmtpBreaker
 from .delivery import Delivery
 from .smtp import SmtpPool
 from .stream import TaskStream
+from .supervision import Supervision
 from .worker import Worker
 
 log = structlog.get_logger("service.worker")
@@ -50,9 +51,10 @@ async def serve(settings: WorkerSettings) -> int:
     stream = TaskStream(redis, QueueKeys(settings.email_queue), consumer_name(settings))
     breaker = SmtpBreaker(smtp.probe)
     worker = Worker(settings, stream, Delivery(settings, stream, smtp, breaker), breaker)
+    supervision = Supervision(redis, status=f"delivering queue {settings.email_queue}")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, worker.request_stop, sig.name)
+        loop.add_signal_handler(sig, supervision.on_stop(worker.request_stop), sig.name)
     log.info(
         "worker_starting",
         redis=redact_url(redis_url),
@@ -61,7 +63,8 @@ async def serve(settings: WorkerSettings) -> int:
         pid=os.getpid(),
     )
     try:
-        return await worker.run()
+        async with supervision:  # systemd READY/STOPPING/WATCHDOG, Redis config check
+            return await worker.run()
     finally:
         await smtp.close()
         await redis.aclose()

@@ -12,7 +12,12 @@ from redis.exceptions import AuthenticationError, AuthorizationError, ReadOnlyEr
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["TRANSIENT_REDIS_ERRORS", "backoff_delay", "retry_while_unavailable"]
+__all__ = [
+    "TRANSIENT_REDIS_ERRORS",
+    "backoff_delay",
+    "redis_retry_delay",
+    "retry_while_unavailable",
+]
 
 T = TypeVar("T")
 
@@ -38,6 +43,11 @@ def backoff_delay(
     return ceiling * (0.5 + 0.5 * (rng or random).random())
 
 
+def redis_retry_delay(failures: int) -> float:
+    """Seconds to wait for Redis after `failures` consecutive failures."""
+    return backoff_delay(failures, first=_REDIS_FIRST_DELAY_SECONDS, cap=_REDIS_MAX_DELAY_SECONDS)
+
+
 async def retry_while_unavailable(what: str, call: Callable[[], Awaitable[T]]) -> T:
     """Await `call()` until it does not fail with a transient Redis error; cancellable."""
     failures = 0
@@ -48,9 +58,7 @@ async def retry_while_unavailable(what: str, call: Callable[[], Awaitable[T]]) -
             raise  # wrong credentials do not heal by waiting: fail loudly
         except TRANSIENT_REDIS_ERRORS as exc:
             failures += 1
-            delay = backoff_delay(
-                failures, first=_REDIS_FIRST_DELAY_SECONDS, cap=_REDIS_MAX_DELAY_SECONDS
-            )
+            delay = redis_retry_delay(failures)
             log.warning(
                 "redis_unavailable",
                 operation=what,

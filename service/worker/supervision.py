@@ -1,0 +1,108 @@
+"""What the worker tells its supervisor (systemd), and the start-up checks that come first.
+
+- `READY=1` once Redis answered a PING and its configuration was looked at: a unit ordered
+  after this one starts only when the queue is reachable.
+- `WATCHDOG=1` at half of `WATCHDOG_USEC`, from the event loop (see `Notifier.watchdog`).
+- `STOPPING=1` when the first stop signal arrives, so `systemctl` shows "deactivating" for the
+  whole drain instead of an unexplained wait.
+
+Until Redis answers, the reason it does not (refused, TLS verification failed, wrong password)
+is logged whenever it changes: that is the line an operator needs when a deployment never
+becomes ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from types import TracebackType
+from typing import Final
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from .backoff import redis_retry_delay
+from .notify import Notifier, watchdog_interval
+from .redis_check import check_redis_config
+
+__all__ = ["Supervision"]
+
+log = structlog.get_logger("service.worker")
+
+_REASON_MAX_CHARS: Final = 300
+
+
+class Supervision:
+    """Async context manager around the worker's run: readiness, watchdog, stopping."""
+
+    def __init__(self, redis: Redis, *, status: str, notifier: Notifier | None = None) -> None:
+        self._redis = redis
+        self._status = status
+        self._notifier = notifier or Notifier.from_environ()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self.ready = asyncio.Event()
+
+    def on_stop(self, request_stop: Callable[[str], None]) -> Callable[[str], None]:
+        """Wrap a signal handler: the first call also sends `STOPPING=1`."""
+
+        def handler(signal_name: str) -> None:
+            if not self._stopping:
+                self._stopping = True
+                self._notifier.stopping()
+            request_stop(signal_name)
+
+        return handler
+
+    async def __aenter__(self) -> Supervision:
+        interval = watchdog_interval()
+        if interval is not None and self._notifier.enabled:
+            self._tasks.append(asyncio.create_task(self._notifier.watchdog(interval)))
+        self._tasks.append(asyncio.create_task(self._announce_ready()))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        for task in self._tasks:
+            task.cancel("worker stopped")
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _announce_ready(self) -> None:
+        self._notifier.status("connecting to Redis")
+        await self._wait_for_redis()
+        await check_redis_config(self._redis)
+        if not self._stopping:  # READY after STOPPING would confuse systemd's state machine
+            self._notifier.ready(self._status)
+        self.ready.set()
+        # Debug only: the first lines of a run are "worker_starting", "worker_started".
+        log.debug("worker_ready", notified=self._notifier.enabled)
+
+    async def _wait_for_redis(self) -> None:
+        failures = 0
+        last_reason = None
+        while True:
+            try:
+                await self._redis.ping()
+            except (RedisError, OSError) as exc:
+                failures += 1
+                reason = self._describe(exc)
+                if reason != last_reason:  # once per distinct cause, not once per retry
+                    log.warning("redis_not_ready", reason=reason, failures=failures)
+                    self._notifier.status(f"waiting for Redis: {reason}")
+                    last_reason = reason
+                await asyncio.sleep(redis_retry_delay(failures))
+                continue
+            return
+
+    def _describe(self, exc: BaseException) -> str:
+        """`exc` as one line, with the Redis password cut out should a message ever echo it."""
+        reason = f"{type(exc).__name__}: {exc}"[:_REASON_MAX_CHARS]
+        password = self._redis.connection_pool.connection_kwargs.get("password")
+        if isinstance(password, str) and password:
+            reason = reason.replace(password, "***")
+        return reason
