@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TO     ?= someone@example.com
 
-.PHONY: install run send test lint typecheck pytest clean
+.PHONY: install run send test lint typecheck pytest bench bench-profile clean
 
 install: $(STAMP)
 
@@ -33,10 +33,21 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict service tests
+	$(BIN)/mypy --strict service tests bench
 
 pytest: $(STAMP)
 	$(BIN)/pytest
+
+# Benchmark (bench/): floors, Producer, the worker end to end, latency, peak RSS. Prints a table
+# and writes var/bench/result-<time>.json. Options: make bench ARGS='--quick' (or --emails N --runs N).
+bench: $(STAMP)
+	$(BIN)/python -m bench $(ARGS)
+
+# The same, plus one worker profiled with py-spy (installed into .venv on first use, bench only):
+# flame graph and collapsed stacks under var/bench/, a grouped summary printed.
+bench-profile: $(STAMP)
+	@test -x $(BIN)/py-spy || $(BIN)/python -m pip install --quiet py-spy
+	$(BIN)/python -m bench --profile $(ARGS)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache *.egg-info
