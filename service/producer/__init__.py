@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any, Final, Self
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError
 
 from ..connection import connect_redis
 from ..errors import QueueFull
@@ -146,10 +146,8 @@ class Producer:
         script_keys += [self._keys.idempotency(key or _NO_KEY) for key in keys]
         try:
             reply: Any = await self._enqueue(keys=script_keys, args=args)
-        except ResponseError as exc:
-            if str(exc).startswith("OOM"):  # Redis reached maxmemory (noeviction)
-                raise QueueFull(self.queue, backlog=None, limit=None) from None
-            raise
+        except OutOfMemoryError:  # Redis reached maxmemory (with noeviction, as a queue should)
+            raise QueueFull(self.queue, backlog=None, limit=None) from None
         if reply[0] == -1:
             raise QueueFull(self.queue, backlog=int(reply[1]), limit=self._max_backlog)
         return [_text(task_id) for task_id in reply[1:]]

@@ -2,9 +2,11 @@
 
     python -m service.producer --to a@example.com --subject Hi --text "Hello"
     python -m service.producer --jsonl < tasks.jsonl      # one EmailTask as JSON per line
+    python -m service.producer --to a@example.com --subject Hi --text "Later" --delay 3600
 
 Reads `REDIS_URL` and `EMAIL_QUEUE` like the worker. Prints one task id per line. Every task is
-validated before anything is enqueued: one bad task (exit code 2) enqueues nothing.
+validated before anything is enqueued: one bad task (exit code 2) enqueues nothing. When the
+queue is full (exit code 1), the ids of the batches of 1,000 already enqueued are printed.
 """
 
 from __future__ import annotations
@@ -13,16 +15,17 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, TextIO
 
 import orjson
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from ..errors import ConfigError
+from ..errors import ConfigError, QueueFull
 from ..settings import QueueSettings, load_settings
 from ..task import EmailTask
-from . import Producer
+from . import DEFAULT_MAX_BACKLOG, Producer
 
 _BATCH = 1_000
 
@@ -32,30 +35,67 @@ class UsageError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; return the exit code (0 enqueued, 1 Redis failure, 2 bad input)."""
+    """Run the CLI; return the exit code (0 enqueued, 1 Redis failure or full, 2 bad input)."""
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(QueueSettings)
-        tasks = _read_jsonl(sys.stdin) if args.jsonl else [_task_from_args(args)]
+        tasks = _read_tasks(args)
+        schedule = _schedule(args)
     except (ConfigError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    queue = args.queue or settings.email_queue
+    task_ids: list[str] = []
     try:
-        task_ids = asyncio.run(_enqueue(settings.redis_url.get_secret_value(), queue, tasks))
+        asyncio.run(_enqueue(settings, args, tasks, schedule, task_ids))
+    except ValueError as exc:  # a delay or send_at out of range, found before anything was sent
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except QueueFull as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except (RedisError, OSError) as exc:
         print(f"error: could not enqueue on Redis: {type(exc).__name__}", file=sys.stderr)
         return 1
-    sys.stdout.write("".join(f"{task_id}\n" for task_id in task_ids))
+    finally:
+        sys.stdout.write("".join(f"{task_id}\n" for task_id in task_ids))
     return 0
 
 
-async def _enqueue(url: str, queue: str, tasks: list[EmailTask]) -> list[str]:
-    async with Producer.from_url(url, queue=queue) as producer:
-        task_ids: list[str] = []
+async def _enqueue(
+    settings: QueueSettings,
+    args: argparse.Namespace,
+    tasks: list[EmailTask],
+    schedule: dict[str, Any],
+    task_ids: list[str],
+) -> None:
+    """Enqueue `tasks`, appending to `task_ids` as batches land (printed even on failure)."""
+    url, queue = settings.redis_url.get_secret_value(), args.queue or settings.email_queue
+    max_backlog = args.max_backlog or None
+    async with Producer.from_url(url, queue=queue, max_backlog=max_backlog) as producer:
+        if args.idempotency_key is not None:
+            key = args.idempotency_key
+            task_ids.append(await producer.enqueue(tasks[0], idempotency_key=key, **schedule))
+            return
         for start in range(0, len(tasks), _BATCH):
-            task_ids += await producer.enqueue_many(tasks[start : start + _BATCH])
-        return task_ids
+            task_ids += await producer.enqueue_many(tasks[start : start + _BATCH], **schedule)
+
+
+def _read_tasks(args: argparse.Namespace) -> list[EmailTask]:
+    if not args.jsonl:
+        return [_task_from_args(args)]
+    if args.idempotency_key is not None:
+        raise UsageError("--idempotency-key applies to one task, not to --jsonl")
+    return _read_jsonl(sys.stdin)
+
+
+def _schedule(args: argparse.Namespace) -> dict[str, Any]:
+    if args.send_at is None:
+        return {} if args.delay is None else {"delay": args.delay}
+    try:
+        send_at = datetime.fromisoformat(args.send_at)
+    except ValueError:
+        raise UsageError(f"--send-at {args.send_at!r}: not an ISO 8601 date and time") from None
+    return {"send_at": send_at, "delay": args.delay}
 
 
 def _task_from_args(args: argparse.Namespace) -> EmailTask:
@@ -124,6 +164,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--html", help="HTML body")
     parser.add_argument(
         "--header", action="append", default=[], metavar="NAME:VALUE", help="extra header"
+    )
+    parser.add_argument("--delay", type=float, metavar="SECONDS", help="send this much later")
+    parser.add_argument(
+        "--send-at", metavar="ISO8601", help="send at this time, with its offset (...+00:00)"
+    )
+    parser.add_argument(
+        "--idempotency-key", help="enqueue nothing if this key was used in the last 24 hours"
+    )
+    parser.add_argument(
+        "--max-backlog",
+        type=int,
+        default=DEFAULT_MAX_BACKLOG,
+        help=f"refuse when this many tasks wait (default {DEFAULT_MAX_BACKLOG:,}; 0: no limit)",
     )
     return parser
 

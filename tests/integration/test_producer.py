@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import pytest
 from redis.asyncio import Redis
 
-from service import EmailTask, Producer
+from service import EmailTask, Producer, QueueFull
 from service.local.redis_server import RedisServer
 from service.wire import decode_entry
 from tests.conftest import as_entries
@@ -129,3 +133,117 @@ def test_importing_service_pulls_in_no_worker_or_smtp_code() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+DELAYED = "{emails}:delayed"
+
+
+async def test_idempotency_key_enqueues_once_and_returns_the_first_id(redis: Redis) -> None:
+    producer = Producer(redis)
+    task = EmailTask(to="a@example.com", subject="Welcome", text="x")
+    first = await producer.enqueue(task, idempotency_key="welcome:42")
+    again = await producer.enqueue(task, idempotency_key="welcome:42")
+    other = await producer.enqueue(task, idempotency_key="welcome:43")
+    assert again == first
+    assert other != first
+    assert await redis.xlen(STREAM) == 2
+    assert 0 < await redis.pttl("{emails}:idem:welcome:42") <= 24 * 3600 * 1000
+
+
+async def test_idempotency_window_expires(redis: Redis) -> None:
+    producer = Producer(redis, idempotency_window=timedelta(milliseconds=200))
+    task = EmailTask(to="a@example.com", subject="s", text="x")
+    first = await producer.enqueue(task, idempotency_key="k")
+    await asyncio.sleep(0.3)
+    assert await producer.enqueue(task, idempotency_key="k") != first
+    assert await redis.xlen(STREAM) == 2
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"idempotency_key": ""}, "idempotency_key must be a string of 1 to 200"),
+        ({"idempotency_key": "x" * 201}, "idempotency_key must be a string of 1 to 200"),
+        ({"idempotency_key": "a\nb"}, "must not contain control characters"),
+        ({"delay": -1}, "delay must be between 0 and 366 days"),
+        ({"delay": timedelta(days=400)}, "delay must be between 0 and 366 days"),
+        ({"send_at": datetime(2030, 1, 1)}, "send_at must be timezone-aware"),
+        ({"send_at": datetime.now(UTC) + timedelta(days=400)}, "send_at must be within 366"),
+        ({"send_at": datetime.now(UTC), "delay": 1}, "give send_at or delay, not both"),
+    ],
+)
+async def test_bad_options_are_refused_before_anything_is_sent(
+    redis: Redis, options: dict[str, Any], error: str
+) -> None:
+    task = EmailTask(to="a@example.com", subject="s", text="x")
+    with pytest.raises(ValueError, match=error):
+        await Producer(redis).enqueue(task, **options)
+    assert await redis.exists(STREAM, DELAYED) == 0
+
+
+async def test_scheduled_tasks_wait_in_the_delayed_set(redis: Redis) -> None:
+    producer = Producer(redis)
+    task = EmailTask(to="a@example.com", subject="s", text="x")
+    before_ms = time.time_ns() // 1_000_000
+    later = await producer.enqueue(task, delay=timedelta(minutes=5))
+    at = datetime.now(UTC) + timedelta(hours=1)
+    scheduled = await producer.enqueue(task, send_at=at)
+    past = await producer.enqueue(task, send_at=datetime.now(UTC) - timedelta(hours=1))
+    assert await redis.xlen(STREAM) == 1  # a time in the past means now
+    due_later = await redis.zscore(DELAYED, later)
+    assert due_later is not None
+    assert before_ms + 300_000 <= due_later <= time.time() * 1000 + 300_000
+    assert await redis.zscore(DELAYED, scheduled) == int(at.timestamp() * 1000)
+    ((_, fields),) = as_entries(await redis.xrange(STREAM))
+    assert decode_entry(fields).task_id == past
+
+
+async def test_queue_full_refuses_the_whole_batch(redis: Redis) -> None:
+    producer = Producer(redis, max_backlog=10)
+    tasks = [EmailTask(to=f"u{i}@example.com", subject="s", text="x") for i in range(8)]
+    await producer.enqueue_many(tasks)
+    await producer.enqueue(tasks[0], delay=60)  # delayed tasks count too: 9 of 10
+    with pytest.raises(QueueFull) as caught:
+        await producer.enqueue_many(tasks[:2])
+    assert (caught.value.backlog, caught.value.limit, caught.value.queue) == (9, 10, "emails")
+    assert "queue 'emails' is full: 9 tasks waiting and the limit is 10" in str(caught.value)
+    assert await redis.xlen(STREAM) == 8  # nothing of the refused batch went in
+    await producer.enqueue(tasks[0])  # the tenth fits
+    with pytest.raises(QueueFull):
+        await producer.enqueue(tasks[0])
+    assert await Producer(redis, max_backlog=None).enqueue(tasks[0])
+
+
+async def test_redis_out_of_memory_is_queue_full(redis: Redis) -> None:
+    await redis.config_set("maxmemory", "1")
+    try:
+        with pytest.raises(QueueFull, match="Redis is out of memory"):
+            await Producer(redis).enqueue(EmailTask(to="a@example.com", subject="s", text="x"))
+    finally:
+        await redis.config_set("maxmemory", "0")
+    assert await redis.exists(STREAM) == 0
+
+
+async def test_cli_schedules_and_deduplicates(redis_server: RedisServer, redis: Redis) -> None:
+    args = ("--to", "a@example.com", "--subject", "s", "--text", "x")
+    delayed = _cli(redis_server.url, *args, "--delay", "60")
+    assert delayed.returncode == 0, delayed.stderr
+    first = _cli(redis_server.url, *args, "--idempotency-key", "k1")
+    again = _cli(redis_server.url, *args, "--idempotency-key", "k1")
+    assert first.stdout == again.stdout
+    assert await redis.zcard(DELAYED) == 1
+    assert await redis.xlen(STREAM) == 1
+    bad = _cli(redis_server.url, *args, "--send-at", "tomorrow")
+    assert (bad.returncode, bad.stderr) == (2, "error: --send-at 'tomorrow': not an ISO 8601 "
+                                           "date and time\n")  # fmt: skip
+    naive = _cli(redis_server.url, *args, "--send-at", "2030-01-01T09:00")
+    assert naive.returncode == 2
+    assert "send_at must be timezone-aware" in naive.stderr
+
+
+async def test_cli_reports_a_full_queue(redis_server: RedisServer, redis: Redis) -> None:
+    args = ("--to", "a@example.com", "--subject", "s", "--text", "x", "--max-backlog", "1")
+    assert _cli(redis_server.url, *args).returncode == 0
+    full = _cli(redis_server.url, *args)
+    assert full.returncode == 1
+    assert "is full: 1 tasks waiting and the limit is 1; nothing was enqueued" in full.stderr

@@ -1,0 +1,10 @@
+"""Operating a queue: its sizes and consumers, its dead letters, and cleaning up.
+
+`QueueAdmin` is the API; `python -m service.admin` is the command line over it.
+"""
+
+from __future__ import annotations
+
+from .queue import ConsumerInfo, DeadLetter, QueueAdmin, QueueStats
+
+__all__ = ["ConsumerInfo", "DeadLetter", "QueueAdmin", "QueueStats"]
