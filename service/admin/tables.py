@@ -11,14 +11,17 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """Columns aligned on the widest cell, numbers right-aligned, None shown as "-"."""
     cells = [[_cell(value) for value in row] for row in rows]
     widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)]
-    numeric = [
-        bool(rows) and all(isinstance(row[i], int | float) for row in rows)
-        for i in range(len(headers))
-    ]
-    lines = [_line(headers, widths, [False] * len(headers))]
+    numeric = [_is_numeric([row[i] for row in rows]) for i in range(len(headers))]
+    lines = [_line(headers, widths, numeric)]
     lines.append("  ".join("-" * width for width in widths))
     lines += [_line(row, widths, numeric) for row in cells]
     return "\n".join(lines) + "\n"
+
+
+def _is_numeric(column: Sequence[object]) -> bool:
+    """Numbers (and blanks) only, at least one number: the column aligns right."""
+    numbers = [value for value in column if value is not None]
+    return bool(numbers) and all(isinstance(value, int | float) for value in numbers)
 
 
 def _cell(value: object) -> str:
