@@ -153,3 +153,8 @@ async def test_take_own_pending_resumes_this_consumer_only(redis: Redis) -> None
     assert (entry.fields, entry.deliveries) == ({b"n": b"mine"}, 2)
     pending = await redis.xpending_range(KEYS.stream, CONSUMER_GROUP, "-", "+", 10, "box-1")
     assert len(pending) == 1  # the deleted entry no longer lingers in the pending list
+
+
+async def test_forget_consumer_before_the_group_exists(redis: Redis) -> None:
+    # A worker stopped while Redis was still coming up never created the group.
+    assert not await TaskStream(redis, KEYS, "early").forget_consumer()

@@ -82,7 +82,8 @@ def test_ready_waits_until_redis_answers(
         assert notify_socket.index("READY=1") == -1
         redis.start()
         wait_until(lambda: notify_socket.index("READY=1") >= 0, 20, "READY=1 once Redis is up")
-        assert worker.stop() == 0
+        code = worker.stop()
+        assert code == 0, worker.output()
     finally:
         if worker.process.poll() is None:
             worker.process.kill()
