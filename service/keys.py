@@ -57,6 +57,11 @@ class QueueKeys:
         """Hash from a delayed task id to its packed stream entry."""
         return f"{{{self.queue}}}:delayed:entries"
 
+    @property
+    def workers(self) -> str:
+        """Hash from a consumer name to its latest heartbeat (JSON)."""
+        return f"{{{self.queue}}}:workers"
+
     def sent(self, task_id: str) -> str:
         """Marks a task sent while another copy of it may still exist (see `scripts.SETTLE`)."""
         return f"{{{self.queue}}}:sent:{task_id}"

@@ -91,6 +91,11 @@ class WorkerSettings(QueueSettings):
     worker_max_attempts: int = Field(default=25, ge=1, le=1_000)
     worker_retry_base_seconds: float = Field(default=60.0, gt=0, le=86_400)
     worker_retry_max_seconds: float = Field(default=3_600.0, gt=0, le=7 * 86_400)
+    # How often the worker writes its heartbeat to Redis (`python -m service.admin health`).
+    worker_heartbeat_seconds: float = Field(default=10.0, ge=0.1, le=300)
+    # Prometheus metrics on http://METRICS_HOST:METRICS_PORT/metrics; unset: not served.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - a scrape target must be reachable by Prometheus
     # Unset: a fresh unique name per process. Set it only to a name no other live worker uses
     # (a systemd template instance, say): a restart then resumes its own pending entries at once.
     worker_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:@-]{1,64}$")

@@ -5,6 +5,6 @@
 
 from __future__ import annotations
 
-from .queue import ConsumerInfo, DeadLetter, QueueAdmin, QueueStats
+from .queue import ConsumerInfo, DeadLetter, QueueAdmin, QueueStats, WorkerBeat
 
-__all__ = ["ConsumerInfo", "DeadLetter", "QueueAdmin", "QueueStats"]
+__all__ = ["ConsumerInfo", "DeadLetter", "QueueAdmin", "QueueStats", "WorkerBeat"]

@@ -1,6 +1,7 @@
 """`python -m service.admin`: look at a queue and repair it.
 
     python -m service.admin stats                    # sizes, lag, consumers
+    python -m service.admin health [--worker NAME]   # exit 0 when a worker (that one) is live
     python -m service.admin dead list [--limit N]    # dead letters, oldest first
     python -m service.admin dead show ID
     python -m service.admin dead requeue ID... | --all
@@ -8,7 +9,8 @@
     python -m service.admin consumers prune [--idle-seconds N]
 
 Reads `REDIS_URL` and `EMAIL_QUEUE` like the worker (`--queue` overrides). Tables for people,
-`--json` for scripts. Exit codes: 0 done, 1 Redis failed, 2 bad usage or no such dead letter.
+`--json` for scripts. Exit codes: 0 done, 1 Redis failed (or `health`: no live worker), 2 bad
+usage or no such dead letter.
 """
 
 from __future__ import annotations
@@ -38,6 +40,14 @@ class UsageError(Exception):
     """Bad input; the message is printed as is and the exit code is 2."""
 
 
+class Unhealthy(Exception):
+    """`health` found no live worker; `output` is the report, printed anyway; exit code 1."""
+
+    def __init__(self, reason: str, output: str) -> None:
+        super().__init__(reason)
+        self.output = output
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return the exit code."""
     args = _parser().parse_args(argv)
@@ -49,6 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         output = asyncio.run(_run(settings.redis_url.get_secret_value(), keys, args))
+    except Unhealthy as exc:
+        sys.stdout.write(exc.output)
+        print(f"unhealthy: {exc}", file=sys.stderr)
+        return 1
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -68,12 +82,28 @@ async def _run(url: str, keys: QueueKeys, args: argparse.Namespace) -> str:
     finally:
         await redis.aclose()
     if args.json:
-        return orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n"
-    return as_text(result)
+        output = orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n"
+    else:
+        output = as_text(result)
+    if args.command == "health" and not result["healthy"]:
+        raise Unhealthy(result["reason"], output)
+    return output
 
 
 async def _stats(admin: QueueAdmin, args: argparse.Namespace) -> dict[str, Any]:
     return asdict(await admin.stats())
+
+
+async def _health(admin: QueueAdmin, args: argparse.Namespace) -> dict[str, Any]:
+    workers = await admin.workers()
+    if args.worker:
+        mine = [w for w in workers if w.consumer == args.worker]
+        healthy = any(w.live for w in mine)
+        reason = "" if healthy else f"worker {args.worker!r} has no recent heartbeat"
+    else:
+        healthy = any(w.live for w in workers)
+        reason = "" if healthy else "no worker has a recent heartbeat"
+    return {"healthy": healthy, "reason": reason, "workers": [asdict(w) for w in workers]}
 
 
 async def _dead_list(admin: QueueAdmin, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -145,6 +175,25 @@ def _stats_text(stats: dict[str, Any]) -> str:
     )
 
 
+def _health_text(result: dict[str, Any]) -> str:
+    rows = [
+        (
+            w["consumer"],
+            "live" if w["live"] else "dead",
+            w["state"],
+            w["state_for_s"],
+            w["age_s"],
+            w["outcomes"].get("sent", 0),
+            sum(n for outcome, n in w["outcomes"].items() if outcome not in ("sent", "skipped")),
+            f"{w['host']}:{w['pid']}",
+        )
+        for w in result["workers"]
+    ]
+    headers = ["worker", "", "state", "for (s)", "beat (s ago)", "sent", "failed", "host:pid"]
+    verdict = "healthy\n" if result["healthy"] else f"unhealthy: {result['reason']}\n"
+    return (table(headers, rows) if rows else "no worker heartbeats\n") + verdict
+
+
 def _dead_list_text(letters: list[dict[str, Any]]) -> str:
     if not letters:
         return "no dead letters\n"
@@ -204,6 +253,7 @@ Run = Callable[[QueueAdmin, argparse.Namespace], Awaitable[Any]]
 # Each command: what it does, and how its result reads for people.
 _COMMANDS: dict[str, tuple[Run, Callable[[Any], str]]] = {
     "stats": (_stats, _stats_text),
+    "health": (_health, _health_text),
     "dead list": (_dead_list, _dead_list_text),
     "dead show": (_dead_show, _dead_show_text),
     "dead requeue": (_dead_requeue, _count_text),
@@ -223,6 +273,11 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("stats", parents=[common], help="sizes, lag and consumers").set_defaults(
         command="stats"
     )
+    health = commands.add_parser(
+        "health", parents=[common], help="workers' heartbeats; exit 1 when none is live"
+    )
+    health.add_argument("--worker", help="only this consumer (e.g. a systemd instance's name)")
+    health.set_defaults(command="health")
     dead = commands.add_parser("dead", help="dead letters").add_subparsers(
         dest="action", required=True
     )

@@ -18,9 +18,11 @@ from redis.exceptions import ResponseError
 from ..keys import CONSUMER_GROUP, QueueKeys
 from ..scripts import FORGET_CONSUMER, REQUEUE_DEAD
 
-__all__ = ["ConsumerInfo", "DeadLetter", "QueueAdmin", "QueueStats"]
+__all__ = ["ConsumerInfo", "DeadLetter", "QueueAdmin", "QueueStats", "WorkerBeat"]
 
 _SCAN_BATCH: Final = 100
+# A worker is live while its last heartbeat is younger than this many of its intervals.
+LIVE_WITHIN_BEATS: Final = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,35 @@ class DeadLetter:
         if isinstance(task, dict):
             return [str(a) for field in ("to", "cc", "bcc") for a in _as_list(task.get(field))]
         return []
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerBeat:
+    """A worker's latest heartbeat, and whether it is recent enough to call the worker live."""
+
+    consumer: str
+    live: bool
+    state: str  # starting, sending, paused, draining
+    age_s: float  # since the last heartbeat
+    state_for_s: float
+    host: str
+    pid: int
+    outcomes: dict[str, int]
+
+    @staticmethod
+    def from_record(record: dict[str, Any], now: float) -> WorkerBeat:
+        """Read one heartbeat record as the worker wrote it."""
+        age = now - float(record["beat_at"])
+        return WorkerBeat(
+            consumer=str(record["consumer"]),
+            live=age <= LIVE_WITHIN_BEATS * float(record["interval_s"]),
+            state=str(record["state"]),
+            age_s=round(age, 1),
+            state_for_s=round(now - float(record["state_since"]), 1),
+            host=str(record["host"]),
+            pid=int(record["pid"]),
+            outcomes={str(k): int(v) for k, v in record.get("outcomes", {}).items()},
+        )
 
 
 class QueueAdmin:
@@ -156,8 +187,26 @@ class QueueAdmin:
             count += await self.purge(batch)
         return count
 
+    async def workers(self) -> list[WorkerBeat]:
+        """Every worker with a heartbeat record, live ones first."""
+        records: Any = await self._redis.hgetall(self._keys.workers)
+        now = time.time()
+        beats = []
+        for raw in records.values():
+            try:
+                beats.append(WorkerBeat.from_record(orjson.loads(raw), now))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue  # not written by a worker: not a worker
+        return sorted(beats, key=lambda beat: (not beat.live, beat.consumer))
+
     async def prune_consumers(self, *, min_idle_ms: int) -> list[str]:
-        """Remove consumers idle for `min_idle_ms` that own nothing; return their names."""
+        """Remove consumers idle for `min_idle_ms` that own nothing; return their names.
+
+        Heartbeat records of workers dead for as long go too.
+        """
+        for beat in await self.workers():
+            if not beat.live and beat.age_s * 1000 >= min_idle_ms:
+                await self._redis.hdel(self._keys.workers, beat.consumer)
         _, consumers = await self._group()
         removed = []
         for consumer in consumers:

@@ -18,6 +18,8 @@ from ..logs import configure_logging
 from ..settings import WorkerSettings, load_settings, redact_url
 from .breaker import SmtpBreaker
 from .delivery import Delivery
+from .heartbeat import Heartbeat
+from .metrics import WorkerMetrics
 from .smtp import SmtpPool
 from .stream import TaskStream
 from .supervision import Supervision
@@ -48,9 +50,22 @@ async def serve(settings: WorkerSettings) -> int:
     # Looked up once, off the event loop: getfqdn() can block on DNS.
     local_hostname = await asyncio.to_thread(socket.getfqdn)
     smtp = SmtpPool(settings, size=settings.worker_concurrency, local_hostname=local_hostname)
-    stream = TaskStream(redis, QueueKeys(settings.email_queue), consumer_name(settings))
+    keys = QueueKeys(settings.email_queue)
+    stream = TaskStream(redis, keys, consumer_name(settings))
     breaker = SmtpBreaker(smtp.probe)
-    worker = Worker(settings, stream, Delivery(settings, stream, smtp, breaker), breaker)
+    metrics = WorkerMetrics(settings.email_queue)
+    if settings.metrics_port is not None:
+        metrics.serve(settings.metrics_host, settings.metrics_port)
+    worker = Worker(settings, stream, Delivery(settings, stream, smtp, breaker, metrics), breaker)
+    heartbeat = Heartbeat(
+        redis,
+        keys,
+        stream,
+        metrics,
+        interval=settings.worker_heartbeat_seconds,
+        state=lambda: worker.state,
+        smtp_connections=lambda: {"busy": worker.in_flight, "idle": smtp.idle_connections},
+    )
     supervision = Supervision(redis, status=f"delivering queue {settings.email_queue}")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -60,12 +75,19 @@ async def serve(settings: WorkerSettings) -> int:
         redis=redact_url(redis_url),
         smtp=f"{settings.smtp_host}:{settings.smtp_port_or_default}",
         smtp_security=settings.smtp_security,
+        metrics=f"{settings.metrics_host}:{settings.metrics_port}"
+        if settings.metrics_port
+        else None,
         pid=os.getpid(),
     )
+    beating = asyncio.create_task(heartbeat.run(), name="heartbeat")
     try:
         async with supervision:  # systemd READY/STOPPING/WATCHDOG, Redis config check
             return await worker.run()
     finally:
+        beating.cancel("worker stopped")
+        await asyncio.gather(beating, return_exceptions=True)
+        await heartbeat.remove()
         await smtp.close()
         await redis.aclose()
 

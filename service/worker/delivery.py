@@ -22,6 +22,7 @@ from ..settings import WorkerSettings
 from ..wire import Envelope, dead_entry, decode_entry, retry_entry
 from .backoff import backoff_delay, retry_while_unavailable
 from .breaker import SmtpBreaker
+from .metrics import WorkerMetrics
 from .outcome import Settlement, Verdict, after_failure, after_send, classify_failure, is_poison
 from .render import Outgoing, render
 from .smtp import SmtpPool
@@ -47,12 +48,18 @@ class Delivery:
     """Delivers entries one at a time each; many `deliver` calls may run concurrently."""
 
     def __init__(
-        self, settings: WorkerSettings, stream: TaskStream, smtp: SmtpPool, breaker: SmtpBreaker
+        self,
+        settings: WorkerSettings,
+        stream: TaskStream,
+        smtp: SmtpPool,
+        breaker: SmtpBreaker,
+        metrics: WorkerMetrics,
     ) -> None:
         self._settings = settings
         self._stream = stream
         self._smtp = smtp
         self._breaker = breaker
+        self._metrics = metrics
         # Fate writes run shielded from cancellation; shutdown waits for them before closing.
         self.fate_writes: set[asyncio.Task[Any]] = set()
 
@@ -84,6 +91,7 @@ class Delivery:
         if await self._sent_elsewhere(entry, envelope):
             await self._record(lambda: self._stream.settle(entry, task_id=envelope.task_id))
             task_log.info("task_already_sent", outcome="skipped", **_elapsed(started))
+            self._metrics.record("skipped", time.monotonic() - started)
             return
         try:
             outgoing = render(envelope, default_sender=self._settings.mail_from)
@@ -174,6 +182,12 @@ class Delivery:
             details["queued_ms"] = time.time_ns() // 1_000_000 - envelope.dated_ms
         event, level = _EVENTS[settlement.outcome]
         task_log.log(level, event, **details)
+        self._metrics.record(
+            settlement.outcome,
+            time.monotonic() - started,
+            retried=bool(settlement.retry) and not settlement.paused,
+            dead=bool(settlement.dead),
+        )
 
     async def _give_up(
         self,
@@ -197,6 +211,7 @@ class Delivery:
             dead_letters=settled.dead_letters,
             **_elapsed(started),
         )
+        self._metrics.record("dead_letter", time.monotonic() - started, dead=True)
 
     def _dead_record(
         self, entry: Entry, reason: str, *, tries: int, recipients: tuple[str, ...] | None

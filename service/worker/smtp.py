@@ -82,6 +82,11 @@ class SmtpPool:
         finally:
             client.close()
 
+    @property
+    def idle_connections(self) -> int:
+        """Connections open and waiting for a message."""
+        return len(self._idle)
+
     async def close(self) -> None:
         """Say QUIT on every idle connection (best effort: the server may be gone)."""
         idle, self._idle = self._idle, []

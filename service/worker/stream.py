@@ -187,6 +187,19 @@ class TaskStream:
             stream, delayed, dead = await pipe.execute()
         return QueueSizes(stream=stream, delayed=delayed, dead=dead)
 
+    async def group_counts(self) -> tuple[int, int | None]:
+        """(pending, lag) of the consumer group; lag is None where Redis < 7 does not say."""
+        try:
+            groups: Any = await self._redis.xinfo_groups(self._stream)
+        except ResponseError as exc:
+            if "no such key" in str(exc):
+                return 0, None
+            raise
+        for group in groups:
+            if _text(group["name"]) == CONSUMER_GROUP:
+                return int(group["pending"]), group.get("lag")
+        return 0, None
+
     async def forget_consumer(self) -> bool:
         """Leave the group if this consumer owns no pending entry; whether it left."""
         try:

@@ -57,10 +57,25 @@ class Worker:
         self._forced = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._started = False
         # The reader and the reclaimer take turns between counting free slots and dispatching,
         # so together they never start more than WORKER_CONCURRENCY sends (an entry waiting for
         # an SMTP connection would age towards being reclaimed and sent twice).
         self._intake_turn = asyncio.Lock()
+
+    @property
+    def state(self) -> str:
+        """What the worker is doing: starting, sending, paused (SMTP unusable) or draining."""
+        if self._stopping.is_set():
+            return "draining"
+        if not self._started:
+            return "starting"
+        return "paused" if self._breaker.is_open else "sending"
+
+    @property
+    def in_flight(self) -> int:
+        """Sends under way (each holds one SMTP connection)."""
+        return len(self._in_flight)
 
     def request_stop(self, signal_name: str) -> None:
         """First call: drain, then stop. Second call: stop at once. Only sets state."""
@@ -92,6 +107,7 @@ class Worker:
             queue=self._settings.email_queue,
             concurrency=self._settings.worker_concurrency,
         )
+        self._started = True
         await self._resume_own_pending()
         async with asyncio.TaskGroup() as loops:
             loops.create_task(self._breaker.run())

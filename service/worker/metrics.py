@@ -1,0 +1,136 @@
+"""What the worker has done, counted: for its heartbeat and, optionally, for Prometheus.
+
+Counts always exist (the heartbeat in Redis carries them). With `METRICS_PORT` set, the same
+events also feed Prometheus metrics with the conventional names (`_total` counters, a
+`_seconds` histogram, gauges), served on their own registry from prometheus_client's HTTP thread;
+the queue's gauges are refreshed by the heartbeat loop, not on scrape, so a scrape never waits
+on Redis.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from .stream import QueueSizes
+
+__all__ = ["WorkerMetrics"]
+
+# From a fast local relay (milliseconds) to a slow remote one (tens of seconds).
+_SEND_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class WorkerMetrics:
+    """Counts of outcomes; Prometheus metrics too once `serve` was called."""
+
+    def __init__(self, queue: str) -> None:
+        self.queue = queue
+        self.outcomes: Tally[str] = Tally()
+        self._registry: CollectorRegistry | None = None
+
+    def serve(self, host: str, port: int) -> None:
+        """Expose the metrics over HTTP on `host`:`port` (`/metrics`)."""
+        registry = CollectorRegistry()
+        labels = ["queue"]
+        self._sent = Counter(
+            "email_worker_sent",
+            "Emails the SMTP server accepted (for some or all recipients).",
+            labels,
+            registry=registry,
+        )
+        self._failed = Counter(
+            "email_worker_failed",
+            "Attempts that did not reach every recipient, by outcome.",
+            [*labels, "outcome"],
+            registry=registry,
+        )
+        self._retried = Counter(
+            "email_worker_retried", "Retry copies scheduled.", labels, registry=registry
+        )
+        self._dead = Counter(
+            "email_worker_dead_lettered",
+            "Dead-letter records written.",
+            labels,
+            registry=registry,
+        )
+        self._duration = Histogram(
+            "email_worker_send_duration_seconds",
+            "One attempt, from taking the entry to settling it.",
+            labels,
+            buckets=_SEND_BUCKETS,
+            registry=registry,
+        )
+        self._queue = {
+            name: Gauge(f"email_queue_{name}", help_text, labels, registry=registry)
+            for name, help_text in (
+                ("backlog", "Entries in the stream: waiting or being sent."),
+                ("pending", "Entries handed to a worker and not yet settled."),
+                ("lag", "Entries never handed to a worker."),
+                ("delayed", "Retries and scheduled sends not yet due."),
+                ("dead_letters", "Records in the dead-letter stream."),
+            )
+        }
+        self._smtp = Gauge(
+            "email_worker_smtp_connections",
+            "SMTP connections of this worker, by state.",
+            [*labels, "state"],
+            registry=registry,
+        )
+        self._paused = Gauge(
+            "email_worker_smtp_paused",
+            "1 while the SMTP circuit breaker holds intake.",
+            labels,
+            registry=registry,
+        )
+        start_http_server(port, addr=host, registry=registry)
+        self._registry = registry
+
+    def record(
+        self, outcome: str, duration_s: float, *, retried: bool = False, dead: bool = False
+    ) -> None:
+        """Count one settled attempt.
+
+        `outcome` is the logs' word (sent, partly_sent, retry, requeued, dead_letter, skipped);
+        `retried` and `dead` say whether it scheduled a retry copy or wrote a dead letter.
+        """
+        self.outcomes[outcome] += 1
+        if self._registry is None:
+            return
+        queue = self.queue
+        self._duration.labels(queue).observe(duration_s)
+        if outcome in ("sent", "partly_sent"):
+            self._sent.labels(queue).inc()
+        if outcome not in ("sent", "skipped"):
+            self._failed.labels(queue, outcome).inc()
+        if retried:
+            self._retried.labels(queue).inc()
+        if dead:
+            self._dead.labels(queue).inc()
+
+    def observe_queue(
+        self,
+        sizes: QueueSizes,
+        *,
+        pending: int,
+        lag: int | None,
+        smtp: dict[str, int],
+        paused: bool,
+    ) -> None:
+        """Refresh the gauges (a no-op without Prometheus)."""
+        if self._registry is None:
+            return
+        values = {
+            "backlog": sizes.stream,
+            "pending": pending,
+            "lag": lag,
+            "delayed": sizes.delayed,
+            "dead_letters": sizes.dead,
+        }
+        for name, value in values.items():
+            if value is not None:
+                self._queue[name].labels(self.queue).set(value)
+        for state, count in smtp.items():
+            self._smtp.labels(self.queue, state).set(count)
+        self._paused.labels(self.queue).set(1 if paused else 0)
