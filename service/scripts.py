@@ -23,26 +23,32 @@ __all__ = ["ENQUEUE", "FORGET_CONSUMER", "PROMOTE_DUE", "REQUEUE_DEAD", "SETTLE"
 # ARGV: max_backlog (0: none), idempotency window ms, then per task: task id, due ms (0: now),
 #       '1' if it has an idempotency key else '0', n, and the entry's n fields and values
 # Returns {1, id, id, ...}: per task its id, or the original task's id when its idempotency key
-# was used within the window; {-1, backlog} when stream + delayed + the batch would pass the limit.
+# was used within the window; {-1, backlog} when stream + delayed + the new tasks would pass the
+# limit.
 ENQUEUE: Final = """
+local function original(i, task)
+  return ARGV[i + 2] == '1' and redis.call('GET', KEYS[3 + task])
+end
 local limit = tonumber(ARGV[1])
 if limit > 0 then
-  local backlog = redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2])
-  local batch, i = 0, 3
+  -- Only tasks not already enqueued under their idempotency key count against the limit, so a
+  -- retried request gets its original id back even from a full queue.
+  local new, i, task = 0, 3, 0
   while i <= #ARGV do
-    batch = batch + 1
+    task = task + 1
+    if not original(i, task) then new = new + 1 end
     i = i + 4 + tonumber(ARGV[i + 3])
   end
-  if backlog + batch > limit then return {-1, backlog} end
+  local backlog = redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2])
+  if new > 0 and backlog + new > limit then return {-1, backlog} end
 end
 local ids, i, task = {1}, 3, 0
 while i <= #ARGV do
   task = task + 1
   local task_id, due, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 3])
-  local keyed = ARGV[i + 2] == '1'
-  local original = keyed and redis.call('GET', KEYS[3 + task])
-  if original then
-    ids[#ids + 1] = original
+  local first = original(i, task)
+  if first then
+    ids[#ids + 1] = first
   else
     if due ~= '0' then
       redis.call('ZADD', KEYS[2], due, task_id)
@@ -50,7 +56,7 @@ while i <= #ARGV do
     else
       redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 4, i + 3 + n))
     end
-    if keyed then redis.call('SET', KEYS[3 + task], task_id, 'PX', ARGV[2]) end
+    if ARGV[i + 2] == '1' then redis.call('SET', KEYS[3 + task], task_id, 'PX', ARGV[2]) end
     ids[#ids + 1] = task_id
   end
   i = i + 4 + n

@@ -247,3 +247,15 @@ async def test_cli_reports_a_full_queue(redis_server: RedisServer, redis: Redis)
     full = _cli(redis_server.url, *args)
     assert full.returncode == 1
     assert "is full: 1 tasks waiting and the limit is 1; nothing was enqueued" in full.stderr
+
+
+async def test_a_full_queue_still_answers_a_known_idempotency_key(redis: Redis) -> None:
+    producer = Producer(redis, max_backlog=1)
+    task = EmailTask(to="a@example.com", subject="s", text="x")
+    first = await producer.enqueue(task, idempotency_key="order:7")
+    # A retried request for the same email gets its id back, full queue or not...
+    assert await producer.enqueue(task, idempotency_key="order:7") == first
+    # ...while a new email is refused.
+    with pytest.raises(QueueFull):
+        await producer.enqueue(task, idempotency_key="order:8")
+    assert await redis.xlen(STREAM) == 1
