@@ -54,9 +54,7 @@ class SmtpPool:
                         client = await self._checkout()
                     except Exception as exc:
                         raise SmtpUnavailableError(self._describe(exc)) from exc
-                    refused, _ = await client.send_message(
-                        outgoing.message, sender=outgoing.mail_from, recipients=outgoing.recipients
-                    )
+                    refused = await _transmit(client, outgoing)
             except TimeoutError as exc:
                 if client is None:  # the deadline passed while the session was still opening
                     raise SmtpUnavailableError(self._describe(exc)) from exc
@@ -110,6 +108,7 @@ class SmtpPool:
         client = self._new_client()
         try:
             await client.connect()
+            await _greet(client)
         except BaseException:
             client.close()
             raise
@@ -145,3 +144,32 @@ class SmtpPool:
             timeout=settings.smtp_timeout_seconds,
             local_hostname=self._local_hostname,
         )
+
+
+async def _greet(client: aiosmtplib.SMTP) -> None:
+    """EHLO (HELO if refused) unless the session already did it: extensions are known after."""
+    if not client.is_ehlo_or_helo_needed:
+        return
+    try:
+        await client.ehlo()
+    except aiosmtplib.SMTPHeloError:
+        if not client.is_connected:
+            raise
+        await client.helo()
+
+
+async def _transmit(
+    client: aiosmtplib.SMTP, outgoing: Outgoing
+) -> dict[str, aiosmtplib.SMTPResponse]:
+    """One message over `client`; the recipients the server refused."""
+    if isinstance(outgoing.content, bytes):
+        # Prebuilt 7-bit bytes: the same MAIL FROM options `send_message` would give them.
+        options = ["BODY=8BITMIME"] if client.supports_extension("8bitmime") else []
+        refused, _ = await client.sendmail(
+            outgoing.mail_from, outgoing.recipients, outgoing.content, mail_options=options
+        )
+    else:
+        refused, _ = await client.send_message(
+            outgoing.content, sender=outgoing.mail_from, recipients=outgoing.recipients
+        )
+    return refused
