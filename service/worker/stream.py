@@ -244,9 +244,14 @@ class TaskStream:
 
     async def forget_consumer(self) -> bool:
         """Leave the group if this consumer owns no pending entry; whether it left."""
-        removed: Any = await self._forget(
-            keys=[self._keys.stream], args=[CONSUMER_GROUP, self.consumer]
-        )
+        try:
+            removed: Any = await self._forget(
+                keys=[self._keys.stream], args=[CONSUMER_GROUP, self.consumer]
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            return True  # no group (stopped before creating it, or deleted): nothing to leave
         return bool(removed)
 
     async def _with_deliveries(self, ids: list[str], claimed: list[Any]) -> list[Entry]:

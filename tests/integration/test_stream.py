@@ -205,3 +205,8 @@ async def test_settles_fail_together_while_redis_is_down_and_succeed_when_retrie
     settled = await asyncio.gather(*(stream.settle(e, task_id="t") for e in entries))
     assert all(s.took_effect for s in settled)
     assert await redis.xlen(KEYS.stream) == 0
+
+
+async def test_forget_consumer_without_a_group_has_nothing_to_leave(redis: Redis) -> None:
+    # A worker stopped before it created the group (SIGTERM right after start) exits cleanly.
+    assert await TaskStream(redis, KEYS, "me").forget_consumer() is True
