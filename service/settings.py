@@ -82,6 +82,8 @@ class WorkerSettings(QueueSettings):
     smtp_security: Literal["none", "starttls", "tls"] = "starttls"
     # Bounds one whole send (connect, EHLO, DATA...), not just one socket read.
     smtp_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    # Messages one SMTP connection carries before it is closed and replaced; 0: no limit.
+    smtp_max_messages_per_connection: int = Field(default=0, ge=0, le=1_000_000)
     mail_from: EmailAddress
     worker_concurrency: int = Field(default=10, ge=1, le=500)
     worker_reclaim_idle_seconds: float = Field(default=60.0, gt=0, le=86_400)

@@ -10,6 +10,7 @@ cannot exhaust Redis or the SMTP server.
 from __future__ import annotations
 
 import email.policy
+import functools
 import re
 import unicodedata
 from email.headerregistry import Address
@@ -94,6 +95,13 @@ def _check_header_text(value: str) -> str:
     return value
 
 
+# Addresses repeat (a sender, a newsletter's list): a worker validates every task it decodes, and
+# parsing one address costs more than the rest of a task. Both are pure functions of a string;
+# a refused address raises and so is never cached.
+_ADDRESS_CACHE_SIZE: Final = 4096
+
+
+@functools.lru_cache(maxsize=_ADDRESS_CACHE_SIZE)
 def _parse_address(value: str) -> str:
     """Validate one mailbox (`a@example.com` or `Name <a@example.com>`); return it normalized."""
     _reject_control_characters(value)
@@ -178,6 +186,7 @@ class EmailTask(BaseModel):
         return [addr_spec(mailbox) for mailbox in (*self.to, *self.cc, *self.bcc)]
 
 
+@functools.lru_cache(maxsize=_ADDRESS_CACHE_SIZE)
 def addr_spec(mailbox: str) -> str:
     """The bare address (`a@example.com`) of an already validated mailbox."""
     return str(email.policy.default.header_factory("to", mailbox).addresses[0].addr_spec)

@@ -23,6 +23,7 @@ class Received:
     rcpt_tos: list[str]
     message: EmailMessage
     at: float  # time.time() when the server accepted it
+    peer: Any = None  # the client's (host, port): one per SMTP connection
 
 
 @dataclass
@@ -70,9 +71,16 @@ class _Handler:
             )
             assert isinstance(message, EmailMessage)
             self.server.received.append(
-                Received(envelope.mail_from, list(envelope.rcpt_tos), message, time.time())
+                Received(
+                    envelope.mail_from, list(envelope.rcpt_tos), message, time.time(), session.peer
+                )
             )
         return "250 OK queued"
+
+    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.server.lock:
+            self.server.quits += 1
+        return "221 Bye"
 
 
 class SmtpServer:
@@ -83,6 +91,7 @@ class SmtpServer:
         self.behaviour = Behaviour()
         self.received: list[Received] = []
         self.data_started = 0
+        self.quits = 0
         self.lock = threading.Lock()
         self._running = False
         self._controller = Controller(

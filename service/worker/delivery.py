@@ -19,6 +19,7 @@ import structlog
 
 from ..errors import WireFormatError
 from ..settings import WorkerSettings
+from ..task import addr_spec
 from ..wire import Envelope, dead_entry, decode_entry, retry_entry
 from .backoff import backoff_delay, retry_while_unavailable
 from .breaker import SmtpBreaker
@@ -60,6 +61,7 @@ class Delivery:
         self._smtp = smtp
         self._breaker = breaker
         self._metrics = metrics
+        self._default_mail_from = addr_spec(settings.mail_from)
         # Fate writes run shielded from cancellation; shutdown waits for them before closing.
         self.fate_writes: set[asyncio.Task[Any]] = set()
 
@@ -94,7 +96,11 @@ class Delivery:
             self._metrics.record("skipped", time.monotonic() - started)
             return
         try:
-            outgoing = render(envelope, default_sender=self._settings.mail_from)
+            outgoing = render(
+                envelope,
+                default_sender=self._settings.mail_from,
+                default_mail_from=self._default_mail_from,
+            )
         except ValueError as exc:  # the email library refused what validation let through
             reason = f"cannot build the message: {exc}"
             await self._give_up(entry, envelope, reason, task_log, started)

@@ -1,9 +1,11 @@
 """Sending over SMTP through a bounded pool of long-lived aiosmtplib connections.
 
 One aiosmtplib client sends one message at a time, so concurrent sends each take a connection
-of their own from the pool; connections are reused across messages (a new TCP + TLS + EHLO +
-AUTH per email would cost more than the email) and dropped whenever a send fails, so a client
-in an unknown state is never reused.
+of their own from the pool (as many as `WORKER_CONCURRENCY`); connections are reused across
+messages (a new TCP + TLS + EHLO + AUTH per email would cost more than the email), checked with
+NOOP when they were idle a while, retired with QUIT after `SMTP_MAX_MESSAGES_PER_CONNECTION`
+messages when that is set (some servers limit it), and dropped whenever a send fails (421, a
+disconnect, a timeout...), so a client in an unknown state is never reused.
 
 Failing to open a session (connection refused, TLS or AUTH failing, greeting refused) raises
 `SmtpUnavailableError`, distinct from a message's own failure: the worker then pauses rather
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import dataclass
 from typing import Final
 
 import aiosmtplib
@@ -27,6 +30,17 @@ __all__ = ["SmtpPool"]
 
 # A connection idle longer than this is checked with NOOP before it carries a message.
 _IDLE_CHECK_AFTER_SECONDS: Final = 5.0
+# How long a QUIT may take when a connection is retired or the pool closes.
+_QUIT_SECONDS: Final = 2.0
+
+
+@dataclass(slots=True)
+class _Connection:
+    """A pooled client, how many messages it carried, and when it was last used (monotonic)."""
+
+    client: aiosmtplib.SMTP
+    sent: int = 0
+    last_used: float = 0.0
 
 
 class SmtpPool:
@@ -36,8 +50,11 @@ class SmtpPool:
         self._settings = settings
         self._local_hostname = local_hostname
         self._slots = asyncio.Semaphore(size)
-        # Idle connections with the monotonic time they were last used; the newest last.
-        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
+        self._max_messages = settings.smtp_max_messages_per_connection
+        # Idle connections, the most recently used last.
+        self._idle: list[_Connection] = []
+        # QUITs of retired connections still running (close() waits for them).
+        self._retiring: set[asyncio.Task[None]] = set()
 
     async def send(self, outgoing: Outgoing) -> dict[str, aiosmtplib.SMTPResponse]:
         """Send one message; return the recipients the server refused (empty when none).
@@ -47,27 +64,24 @@ class SmtpPool:
         raises for the message itself.
         """
         async with self._slots:
-            client: aiosmtplib.SMTP | None = None
+            connection: _Connection | None = None
             try:
                 async with asyncio.timeout(self._settings.smtp_timeout_seconds):
                     try:
-                        client = await self._checkout()
+                        connection = await self._checkout()
                     except Exception as exc:
                         raise SmtpUnavailableError(self._describe(exc)) from exc
-                    refused, _ = await client.send_message(
-                        outgoing.message, sender=outgoing.mail_from, recipients=outgoing.recipients
-                    )
+                    refused = await _transmit(connection.client, outgoing)
             except TimeoutError as exc:
-                if client is None:  # the deadline passed while the session was still opening
+                if connection is None:  # the deadline passed while the session was still opening
                     raise SmtpUnavailableError(self._describe(exc)) from exc
-                client.close()
+                connection.client.close()
                 raise
             except BaseException:
-                if client is not None:
-                    client.close()
+                if connection is not None:
+                    connection.client.close()
                 raise
-            if client.is_connected:
-                self._idle.append((client, time.monotonic()))
+            self._checkin(connection)
             return refused
 
     async def probe(self) -> None:
@@ -88,22 +102,36 @@ class SmtpPool:
         return len(self._idle)
 
     async def close(self) -> None:
-        """Say QUIT on every idle connection (best effort: the server may be gone)."""
-        idle, self._idle = self._idle, []
-        for client, _ in idle:
-            with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
-                async with asyncio.timeout(2):
-                    await client.quit()
-            client.close()
+        """Say QUIT on every idle connection, all at once (best effort: the server may be gone).
 
-    async def _checkout(self) -> aiosmtplib.SMTP:
+        Called once sending has stopped; connections still retiring finish their QUIT first.
+        """
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*self._retiring, *(_quit(connection.client) for connection in idle))
+
+    def _checkin(self, connection: _Connection) -> None:
+        """Back to the pool after a successful send, or retired if it carried its quota."""
+        connection.sent += 1
+        connection.last_used = time.monotonic()
+        if not connection.client.is_connected:
+            return
+        if self._max_messages and connection.sent >= self._max_messages:
+            # QUIT off the send's path: the email's settle does not wait for it.
+            retiring = asyncio.create_task(_quit(connection.client), name="smtp-quit")
+            self._retiring.add(retiring)
+            retiring.add_done_callback(self._retiring.discard)
+            return
+        self._idle.append(connection)
+
+    async def _checkout(self) -> _Connection:
         """A connected client: a healthy idle one, else a new connection."""
         while self._idle:
-            client, last_used = self._idle.pop()
+            connection = self._idle.pop()
+            client = connection.client
             if not client.is_connected:
                 continue
-            if time.monotonic() - last_used < _IDLE_CHECK_AFTER_SECONDS:
-                return client
+            if time.monotonic() - connection.last_used < _IDLE_CHECK_AFTER_SECONDS:
+                return connection
             # Servers drop idle sessions (Postfix after 300 s): find out before sending on it,
             # so a stale connection costs a NOOP instead of a failed attempt.
             try:
@@ -111,14 +139,15 @@ class SmtpPool:
             except (aiosmtplib.SMTPException, OSError):
                 client.close()
                 continue
-            return client
+            return connection
         client = self._new_client()
         try:
             await client.connect()
+            await _greet(client)
         except BaseException:
             client.close()
             raise
-        return client
+        return _Connection(client)
 
     def _describe(self, exc: BaseException) -> str:
         """Why no session could be opened, without any credential."""
@@ -150,3 +179,40 @@ class SmtpPool:
             timeout=settings.smtp_timeout_seconds,
             local_hostname=self._local_hostname,
         )
+
+
+async def _quit(client: aiosmtplib.SMTP) -> None:
+    """QUIT, then close, whatever the server answers (or if it does not)."""
+    with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+        async with asyncio.timeout(_QUIT_SECONDS):
+            await client.quit()
+    client.close()
+
+
+async def _greet(client: aiosmtplib.SMTP) -> None:
+    """EHLO (HELO if refused) unless the session already did it: extensions are known after."""
+    if not client.is_ehlo_or_helo_needed:
+        return
+    try:
+        await client.ehlo()
+    except aiosmtplib.SMTPHeloError:
+        if not client.is_connected:
+            raise
+        await client.helo()
+
+
+async def _transmit(
+    client: aiosmtplib.SMTP, outgoing: Outgoing
+) -> dict[str, aiosmtplib.SMTPResponse]:
+    """One message over `client`; the recipients the server refused."""
+    if isinstance(outgoing.content, bytes):
+        # Prebuilt 7-bit bytes: the same MAIL FROM options `send_message` would give them.
+        options = ["BODY=8BITMIME"] if client.supports_extension("8bitmime") else []
+        refused, _ = await client.sendmail(
+            outgoing.mail_from, outgoing.recipients, outgoing.content, mail_options=options
+        )
+    else:
+        refused, _ = await client.send_message(
+            outgoing.content, sender=outgoing.mail_from, recipients=outgoing.recipients
+        )
+    return refused

@@ -3,16 +3,22 @@
 Every fate write is one Lua script (`service.scripts`): acknowledging also deletes the entry
 (the stream holds only live work), and a retry or a dead letter is added in the same step, so no
 crash can leave a task both scheduled and live, or neither.
+
+Settles that are due at the same time travel together: each is still its own script call (its
+own atomic step, with its own reply), but all of them share one pipeline round trip. Nothing
+waits to fill a batch: a settle goes out on the next turn of the event loop, together with the
+ones that came meanwhile, and those that arrive while a batch is in flight form the next one.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from ..keys import CONSUMER_GROUP, QueueKeys
 from ..scripts import FORGET_CONSUMER, PROMOTE_DUE, SETTLE
@@ -58,6 +64,9 @@ class TaskStream:
         self._stream = keys.stream
         self.consumer = consumer
         self._settle = redis.register_script(SETTLE)
+        # Settles waiting for the next pipeline: (keys and args, who waits for the reply).
+        self._settles_due: list[tuple[list[Any], asyncio.Future[Any]]] = []
+        self._settler: asyncio.Task[None] | None = None
         self._promote = redis.register_script(PROMOTE_DUE)
         self._forget = redis.register_script(FORGET_CONSUMER)
 
@@ -144,26 +153,72 @@ class TaskStream:
         a sent record keeps its retry copy from being sent again.
         """
         retry_items = _flatten(retry[1]) if retry else []
-        reply: Any = await self._settle(
-            keys=[
-                self._keys.stream,
-                self._keys.delayed,
-                self._keys.delayed_entries,
-                self._keys.dead,
-                self._keys.sent(task_id or "-"),
-            ],
-            args=[
-                CONSUMER_GROUP,
-                entry.entry_id,
-                task_id or "-",
-                SENT_RECORD_TTL_MS if sent_record and task_id else 0,
-                retry[0] if retry else 0,
-                len(retry_items),
-                *retry_items,
-                *(_flatten(dead) if dead else []),
-            ],
-        )
-        return Settled(took_effect=reply[0] == 1, dead_letters=int(reply[1]))
+        keys = [
+            self._keys.stream,
+            self._keys.delayed,
+            self._keys.delayed_entries,
+            self._keys.dead,
+            self._keys.sent(task_id or "-"),
+        ]
+        args = [
+            CONSUMER_GROUP,
+            entry.entry_id,
+            task_id or "-",
+            SENT_RECORD_TTL_MS if sent_record and task_id else 0,
+            retry[0] if retry else 0,
+            len(retry_items),
+            *retry_items,
+            *(_flatten(dead) if dead else []),
+        ]
+        reply = asyncio.get_running_loop().create_future()
+        self._settles_due.append(([len(keys), *keys, *args], reply))
+        if self._settler is None or self._settler.done():
+            self._settler = asyncio.create_task(self._send_settles(), name="settles")
+        result: Any = await reply
+        return Settled(took_effect=result[0] == 1, dead_letters=int(result[1]))
+
+    async def _send_settles(self) -> None:
+        """Send the settles due, one pipeline per batch, until none is left.
+
+        Each waiting settle gets its own reply or error (a Redis outage fails the whole batch,
+        and each settle's caller retries it as before).
+        """
+        load_script = loaded = False
+        while self._settles_due:
+            batch, self._settles_due = self._settles_due, []
+            try:
+                if load_script:  # Redis lost its scripts (a restart): load SETTLE again
+                    await self._redis.script_load(SETTLE)
+                    loaded = True
+                replies = await self._run_settles([call for call, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - handed to each waiting settle
+                for _, reply in batch:
+                    if not reply.done():
+                        reply.set_exception(exc)
+                continue
+            except BaseException:
+                for _, reply in batch:
+                    reply.cancel()
+                raise
+            load_script = False
+            for (call, reply), result in zip(batch, replies, strict=True):
+                if reply.done():
+                    continue  # its caller was cancelled meanwhile
+                if isinstance(result, NoScriptError) and not loaded:
+                    load_script = True
+                    self._settles_due.append((call, reply))  # sent again once loaded
+                elif isinstance(result, Exception):
+                    reply.set_exception(result)
+                else:
+                    reply.set_result(result)
+
+    async def _run_settles(self, calls: list[list[Any]]) -> list[Any]:
+        """One EVALSHA per settle in one round trip; replies (or errors) in order."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for call in calls:
+                pipe.evalsha(self._settle.sha, *call)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
 
     async def was_sent(self, task_id: str) -> bool:
         """Whether a worker that lost a settle race recorded this task as sent."""

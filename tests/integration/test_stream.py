@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service.keys import CONSUMER_GROUP, QueueKeys
 from service.worker.stream import SENT_RECORD_TTL_MS, TaskStream
@@ -158,3 +163,50 @@ async def test_take_own_pending_resumes_this_consumer_only(redis: Redis) -> None
 async def test_forget_consumer_before_the_group_exists(redis: Redis) -> None:
     # A worker stopped while Redis was still coming up never created the group.
     assert not await TaskStream(redis, KEYS, "early").forget_consumer()
+
+
+async def test_concurrent_settles_share_a_round_trip_each_with_its_own_reply(
+    redis: Redis,
+) -> None:
+    stream = await _stream(redis)
+    for i in range(20):
+        await redis.xadd(KEYS.stream, {"v": "1", "n": str(i)})
+    entries = await stream.read_new(20, block_ms=10)
+    await redis.script_flush()  # the first batch meets NOSCRIPT, loads the script, goes again
+    before = (await redis.info("stats"))["total_reads_processed"]
+    dead = {b"dead_reason": b"550"}
+    results = await asyncio.gather(
+        *(stream.settle(e, task_id=f"t{i}", dead=dead if i % 2 else None)
+          for i, e in enumerate(entries)),
+        stream.settle(entries[0], task_id="t0"),  # a second settle of one entry: no effect
+    )  # fmt: skip
+    # Redis reads once per round trip (a pipeline this small arrives in one read).
+    reads = (await redis.info("stats"))["total_reads_processed"] - before
+    assert [r.took_effect for r in results] == [True] * 20 + [False]
+    assert sorted(r.dead_letters for r in results if r.dead_letters) == list(range(1, 11))
+    # One pipeline (all NOSCRIPT), SCRIPT LOAD, the pipeline again, this INFO: not one per settle.
+    assert reads <= 5
+    assert await redis.xlen(KEYS.stream) == 0
+    assert await redis.xlen(KEYS.dead) == 10
+
+
+async def test_settles_fail_together_while_redis_is_down_and_succeed_when_retried(
+    redis: Redis,
+) -> None:
+    stream = await _stream(redis)
+    for _ in range(3):
+        await redis.xadd(KEYS.stream, {"v": "1"})
+    entries = await stream.read_new(3, block_ms=10)
+    # Nothing listens on port 1; no retries inside redis-py: the outage reaches the settles.
+    broken = Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    down = TaskStream(broken, KEYS, "me")
+    try:
+        results = await asyncio.gather(
+            *(down.settle(e, task_id="t") for e in entries), return_exceptions=True
+        )
+    finally:
+        await broken.aclose()
+    assert all(isinstance(r, RedisConnectionError) for r in results)
+    settled = await asyncio.gather(*(stream.settle(e, task_id="t") for e in entries))
+    assert all(s.took_effect for s in settled)
+    assert await redis.xlen(KEYS.stream) == 0

@@ -267,3 +267,23 @@ def test_make_run_style_local_stack_delivers_to_var_mail(tmp_path: Path) -> None
     finally:
         stack.send_signal(signal.SIGTERM)
         assert stack.wait(timeout=15) == 0
+
+
+@pytest.mark.parametrize(("cap", "connections"), [("0", 1), ("3", 4)])
+def test_connections_carry_at_most_the_cap_and_quit_on_shutdown(
+    redis_server: RedisServer,
+    smtp: SmtpServer,
+    start_worker: StartWorker,
+    cap: str,
+    connections: int,
+) -> None:
+    tasks = [EmailTask(to=f"u{i}@example.com", subject=str(i), text="x") for i in range(10)]
+    # One send at a time, so that the sends share connections rather than open ten at once.
+    worker = start_worker(WORKER_CONCURRENCY="1", SMTP_MAX_MESSAGES_PER_CONNECTION=cap)
+    enqueue(redis_server.url, tasks)
+    wait_until(lambda: len(smtp.received) == 10, 15, "ten deliveries")
+    per_connection = Counter(received.peer for received in smtp.received)
+    assert len(per_connection) == connections
+    assert max(per_connection.values()) <= (int(cap) or 10)
+    assert worker.stop() == 0
+    assert smtp.quits == connections  # retired ones and, at shutdown, the open one

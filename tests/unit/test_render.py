@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
+import random
+import re
+import string
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime
+from typing import Any
+
+import pytest
+from aiosmtplib.email import flatten_message
+
 from service import EmailTask
+from service.task import addr_spec
 from service.wire import Envelope
-from service.worker.render import render
+from service.worker.render import _header_line, render
 
 TASK_ID = "0123456789abcdef0123456789abcdef"
 
@@ -58,3 +72,112 @@ def test_same_task_renders_the_same_message() -> None:
     first = render(Envelope(TASK_ID, 5, task), default_sender="d@example.com")
     second = render(Envelope(TASK_ID, 5, task), default_sender="d@example.com")
     assert first.message.as_bytes() == second.message.as_bytes()
+
+
+# The fast path writes bytes itself; the library's rendering of the same email is the reference.
+_BOUNDARY = re.compile(rb"={15}\d{19}==")
+_SENDER = "D <d@example.com>"
+
+
+def _by_the_library(envelope: Envelope) -> bytes:
+    """What the email library (and aiosmtplib's flattening) makes of the same email."""
+    task = envelope.task
+    sender = task.sender or _SENDER
+    domain = addr_spec(sender).rpartition("@")[2]
+    message = EmailMessage(policy=email.policy.SMTP)
+    message["From"] = sender
+    message["To"] = ", ".join(task.to)
+    if task.cc:
+        message["Cc"] = ", ".join(task.cc)
+    if task.reply_to:
+        message["Reply-To"] = ", ".join(task.reply_to)
+    message["Subject"] = task.subject
+    message["Date"] = format_datetime(datetime.fromtimestamp(envelope.dated_ms / 1000, tz=UTC))
+    message["Message-ID"] = f"<{envelope.task_id}@{domain}>"
+    for name, value in task.headers.items():
+        message[name] = value
+    if task.text is not None:
+        message.set_content(task.text)
+        if task.html is not None:
+            message.add_alternative(task.html, subtype="html")
+    elif task.html is not None:
+        message.set_content(task.html, subtype="html")
+    return flatten_message(message)
+
+
+def _sent_bytes(envelope: Envelope) -> tuple[bool, bytes]:
+    """(whether render wrote the bytes itself, the bytes that go out)."""
+    content = render(envelope, default_sender=_SENDER).content
+    if isinstance(content, bytes):
+        return True, content
+    return False, flatten_message(content)
+
+
+LONG = "word " * 30
+EXACT_CASES = {
+    "plain text": ({"text": "Hello\nsecond line"}, True),
+    "html only": ({"html": "<p>Hi</p>"}, True),
+    "text and html": ({"text": "t", "html": "<p>h</p>"}, True),
+    "cc, reply-to, names with specials": (
+        {"to": ['"Doe, John" <j@example.com>', "b@example.com"], "cc": "c@example.com",
+         "reply_to": "O'Hara <r@example.com>", "text": "x"},
+        True,
+    ),
+    "extra headers": ({"headers": {"X-Campaign": "spring", "List-Unsubscribe": "<u@x.io>"}}, True),
+    "CR, CRLF and blank lines in the body": ({"text": "a\r\nb\rc\n\n\nd\n"}, True),
+    "a lone newline as body": ({"text": "\n"}, True),
+    "line of exactly 78": ({"text": "x" * 78}, True),
+    "spaces inside the subject": ({"subject": "  two  spaces  "}, True),
+    "non-ASCII subject (RFC 2047)": ({"subject": "Grüße — ünïcode"}, True),
+    "non-ASCII display name": ({"to": "Jürgen <j@example.com>"}, True),
+    "long subject (folded)": ({"subject": LONG}, True),
+    "long To list (folded)": ({"to": [f"Person {i} <p{i}@example.com>" for i in range(9)]}, True),
+    "IDNA domain in Message-ID": ({"sender": "a@bücher.example"}, True),
+    "line of 79 (quoted-printable)": ({"text": "x" * 79}, False),
+    "non-ASCII body (8bit)": ({"text": "Grüße"}, False),
+    "non-ASCII html beside ASCII text": ({"text": "t", "html": "<p>é</p>"}, False),
+    "empty body": ({"text": ""}, False),
+    "a header the library parses (Resent-To)": ({"headers": {"Resent-To": "x@example.com"}}, False),
+    "Resent-Bcc, which aiosmtplib strips": ({"headers": {"Resent-Bcc": "x@example.com"}}, False),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("fields", "fast"), EXACT_CASES.values(), ids=EXACT_CASES.keys())
+def test_bytes_are_the_libraries_bytes(fields: dict[str, Any], fast: bool) -> None:
+    task = EmailTask(**{"to": "a@example.com", "subject": "s", "text": "x", **fields})
+    envelope = Envelope(TASK_ID, 1_700_000_000_000, task)
+    written_by_render, sent = _sent_bytes(envelope)
+    assert written_by_render is fast
+    # Only the multipart boundary is random.
+    assert _BOUNDARY.sub(b"B", sent) == _BOUNDARY.sub(b"B", _by_the_library(envelope))
+    assert all(len(line) <= 998 for line in sent.split(b"\r\n"))
+    assert sent.endswith(b"\r\n")
+    assert b"\n" not in sent.replace(b"\r\n", b"")
+    assert sent.isascii() or not fast
+
+
+def test_non_ascii_headers_are_encoded_words_that_parse_back() -> None:
+    task = EmailTask(
+        to="Jürgen Groß <j@example.com>", subject="Grüße — " + "ü" * 80, text="x", html="<b>y</b>"
+    )
+    written_by_render, sent = _sent_bytes(Envelope(TASK_ID, 0, task))
+    assert written_by_render
+    assert sent.isascii()
+    assert b"=?utf-8?" in sent
+    parsed = email.message_from_bytes(sent, _class=EmailMessage, policy=email.policy.default)
+    assert parsed["Subject"] == task.subject
+    assert parsed["To"] == "Jürgen Groß <j@example.com>"
+    assert parsed.get_body(("html",)).get_content() == "<b>y</b>\r\n"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_plain_headers_fold_as_the_library_folds_them(seed: int) -> None:
+    rng = random.Random(seed)  # noqa: S311 - reproducible test data, not a secret
+    alphabet = string.printable[:-5] + "  é"  # printable ASCII without tab/CR/LF/VT/FF
+    for _ in range(2_000):
+        name = rng.choice(["Subject", "X-Tag", "Comments", "X-" + "h" * 40])
+        value = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 90)))
+        if "=?" in value:
+            continue  # encoded words never reach render: validation refuses them
+        expected = email.policy.SMTP.header_factory(name, value).fold(policy=email.policy.SMTP)
+        assert _header_line(name, value) == expected, (name, value)
