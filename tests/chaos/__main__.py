@@ -10,8 +10,10 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
+
+import orjson
 
 from tests.chaos.harness import run
 from tests.chaos.plan import RunConfig, draw_faults
@@ -21,8 +23,18 @@ __all__ = ["main", "run_and_judge"]
 
 
 async def run_and_judge(config: RunConfig, workdir: Path) -> Summary:
-    """One run of `config`, judged."""
-    return summarize(await run(config, workdir))
+    """One run of `config`, judged; `workdir/run.json` keeps the evidence beside the logs."""
+    facts = await run(config, workdir)
+    summary = summarize(facts)
+    evidence = {
+        "failures": summary.failures,
+        "duplicates": summary.duplicates,
+        "faults": [asdict(d) for d in facts.disruptions],
+        "workers": {n: {"end": end, "at": at} for n, (end, at) in facts.endings.items()},
+        "lost": summary.lost,
+    }
+    (workdir / "run.json").write_bytes(orjson.dumps(evidence, option=orjson.OPT_INDENT_2))
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,12 +6,14 @@ fault was active. A copy is *recorded* when its own worker logged the send as se
 (`task_sent` / `task_partly_sent`, not `settled_elsewhere`). Any other copy is a resend risk,
 and it is put in the README's duplicate windows ("Delivery guarantee") only on evidence:
 
-- W1: its worker was SIGKILLed (or stopped while cut off from Redis) after the server accepted
-  and before any outcome was logged; or the entry was held by two workers at once (one logged
-  `settled_elsewhere`) while a Redis fault (restart, pause, link fault) hit one of them, so
-  the entry outlived WORKER_RECLAIM_IDLE_SECONDS before its settle;
+- W1: its worker was SIGKILLed after the server accepted and before any outcome was logged, or
+  SIGTERMed (a deploy) while cut off from Redis, so its settle was never written; or the entry
+  was held by two workers at once (one logged `settled_elsewhere`) while a Redis fault
+  (restart, pause, link fault) hit one of them, so the entry outlived
+  WORKER_RECLAIM_IDLE_SECONDS before its settle;
 - W2: the server closed the connection after the final dot instead of replying, or the worker
-  logged a timeout or disconnect for that attempt (it never saw the 250);
+  logged a timeout or disconnect for that attempt (it never saw the 250), or a stalled SMTP
+  link delivered the final dot after the worker had timed out and logged the failure;
 - W3: as W1's second case, but the fault was the worker itself being frozen (SIGSTOP).
 
 A duplicate (two copies or more) is explained when at most one of its copies is recorded and
@@ -47,6 +49,8 @@ _OUTCOME_EVENTS: Final = frozenset(
 # Failure reasons meaning the worker never got the server's reply to the final dot.
 _REPLY_LOST: Final = ("timed out", "Disconnected", "Connection", "Reset", "closed", "EOF")
 _SLACK_S: Final = 1.0  # clock and scheduling slack around a fault's edges
+# After SIGTERM a worker's fate writes get WORKER_SHUTDOWN_SECONDS (3 in a run) plus 5 s.
+_FATE_GRACE_S: Final = 8.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,18 +125,19 @@ def attribute(
     for copy in copies:
         by_task[copy.task_id].append(copy)
     duplicated = {task: sorted(c, key=lambda c: c.at) for task, c in by_task.items() if len(c) > 1}
-    next_outcome = _matcher(outcomes)
     verdicts: dict[str, list[str]] = {}
     explained: dict[str, bool] = {}
     for task_id, task_copies in duplicated.items():
         senders = {copy.incarnation for copy in task_copies}
+        matches = _match(task_copies, outcomes)
         windows = []
         for copy in task_copies:
-            outcome = next_outcome(copy)
+            outcome, before = matches[copy]
             windows.append(
                 _window(
                     copy,
                     outcome,
+                    given_up=before,
                     senders=senders,
                     endings=endings,
                     disruptions=disruptions,
@@ -147,27 +152,28 @@ def attribute(
     return Verdicts(verdicts, explained)
 
 
-def _matcher(outcomes: Mapping[int, Sequence[Outcome]]) -> _NextOutcome:
+def _match(
+    copies: Sequence[Copy], outcomes: Mapping[int, Sequence[Outcome]]
+) -> dict[Copy, tuple[Outcome | None, Outcome | None]]:
+    """Per copy: the outcome of its attempt and the last outcome before it, same worker.
+
+    The outcome of the attempt that produced a copy is the first one its worker logged for the
+    task after the copy and before that worker's next copy of the task (if any).
+    """
     per_sender: dict[tuple[int, str], list[Outcome]] = defaultdict(list)
     for incarnation, events in outcomes.items():
-        for outcome in sorted(events, key=lambda o: o.at):
+        for outcome in events:
             per_sender[incarnation, outcome.task_id].append(outcome)
-    return _NextOutcome(per_sender)
-
-
-class _NextOutcome:
-    """The first outcome its worker logged for a task after a copy was accepted, used once."""
-
-    def __init__(self, per_sender: dict[tuple[int, str], list[Outcome]]) -> None:
-        self._per_sender = per_sender
-
-    def __call__(self, copy: Copy) -> Outcome | None:
-        events = self._per_sender.get((copy.incarnation, copy.task_id), [])
-        for n, outcome in enumerate(events):
-            if outcome.at >= copy.at - 0.005:  # log stamps and the server's clock: one clock
-                del events[: n + 1]
-                return outcome
-        return None
+    matched: dict[Copy, tuple[Outcome | None, Outcome | None]] = {}
+    for copy in copies:
+        events = sorted(per_sender.get((copy.incarnation, copy.task_id), []), key=lambda o: o.at)
+        later = [c.at for c in copies if c.incarnation == copy.incarnation and c.at > copy.at]
+        until = min(later, default=float("inf"))
+        # Log stamps and the server's clock are one clock; 5 ms covers rounding.
+        after = [o for o in events if copy.at - 0.005 <= o.at < until]
+        before = [o for o in events if o.at < copy.at - 0.005]
+        matched[copy] = (after[0] if after else None, before[-1] if before else None)
+    return matched
 
 
 def _window(  # noqa: PLR0911 - one return per window, in the order the module docstring gives
@@ -179,6 +185,7 @@ def _window(  # noqa: PLR0911 - one return per window, in the order the module d
     disruptions: Sequence[Disruption],
     reclaim_idle_s: float,
     task_copies: Sequence[Copy],
+    given_up: Outcome | None,
 ) -> str:
     if copy.dropped:
         return "W2 dropped after the final dot"
@@ -186,9 +193,17 @@ def _window(  # noqa: PLR0911 - one return per window, in the order the module d
     if outcome is None:
         if end.startswith("SIGKILL") and ended_at is not None and ended_at >= copy.at:
             return "W1 killed between accept and settle"
-        stop = ended_at if ended_at is not None else copy.at
-        if any(_redis_fault(d) and d.hits([copy.incarnation], copy.at, stop) for d in disruptions):
+        if (
+            end == "SIGTERM"
+            and ended_at is not None
+            and any(
+                _redis_fault(d) and d.hits([copy.incarnation], ended_at, ended_at + _FATE_GRACE_S)
+                for d in disruptions
+            )
+        ):
             return "W1 stopped while cut off from Redis"
+        if _dot_arrived_late(copy, given_up, disruptions):
+            return "W2 final dot arrived after the worker gave up"
         return f"unexplained: no outcome logged (worker {end or 'still running'})"
     if outcome.event in ("task_sent", "task_partly_sent"):
         if not outcome.settled_elsewhere:
@@ -207,6 +222,19 @@ def _window(  # noqa: PLR0911 - one return per window, in the order the module d
     if outcome.event != "task_error" and any(word in outcome.reason for word in _REPLY_LOST):
         return "W2 reply to the final dot lost"
     return f"unexplained: accepted, but the worker logged {outcome.event} ({outcome.reason})"
+
+
+def _dot_arrived_late(
+    copy: Copy, given_up: Outcome | None, disruptions: Sequence[Disruption]
+) -> bool:
+    """A stalled SMTP link held the message; the worker timed out and went on; the link then
+    delivered the final dot to the server: the worker sent it and never got the reply."""
+    if given_up is None or not any(word in given_up.reason for word in _REPLY_LOST):
+        return False
+    return any(
+        d.kind.startswith("smtp link") and d.hits([copy.incarnation], given_up.at, copy.at)
+        for d in disruptions
+    )
 
 
 def _redis_fault(disruption: Disruption) -> bool:

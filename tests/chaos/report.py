@@ -23,6 +23,7 @@ class Summary:
     delivered_more: int = 0
     duplicate_windows: Counter[str] = field(default_factory=Counter)
     unexplained_duplicates: list[str] = field(default_factory=list)
+    duplicates: dict[str, list[str]] = field(default_factory=dict)  # "#seq" -> window per copy
     dead_meant: int = 0  # emails with a 5xx recipient, dead-lettered as they should be
     rejected: int = 0
     dead_unexpected: list[str] = field(default_factory=list)
@@ -72,6 +73,7 @@ def summarize(facts: RunFacts) -> Summary:
     seq_of = {task_id: seq for seq, task_id in facts.task_ids.items()}
     for task_id, windows in verdicts.copies.items():
         summary.duplicate_windows.update(w for w in windows if w != "recorded")
+        summary.duplicates[f"#{seq_of.get(task_id)}"] = list(windows)
         if not verdicts.explained[task_id]:
             summary.unexplained_duplicates.append(f"#{seq_of.get(task_id)}: {list(windows)}")
     summary.malformed_written = len(facts.malformed_written)

@@ -103,6 +103,35 @@ ALIVE = ("stopped at the end", None)
             ["W1 lost Redis around the settle", "recorded"],
             True,
         ),
+        # The SMTP link stalled mid-DATA: the worker timed out and scheduled a retry, then the
+        # link let the final dot through; the retry (same worker) was sent again.
+        (
+            [_copy(3.5, 0), _copy(4.0, 0)],
+            {
+                0: [
+                    Outcome("t", "task_retry_scheduled", 3.0, reason="SMTP send timed out"),
+                    _sent(4.1),
+                ]
+            },
+            {0: ALIVE},
+            [Disruption("smtp link stall", 1.0, 3.4, 0)],
+            ["W2 final dot arrived after the worker gave up", "recorded"],
+            True,
+        ),
+        # No outcome and no fault to explain it.
+        (
+            [_copy(3.5, 0), _copy(4.0, 0)],
+            {
+                0: [
+                    Outcome("t", "task_retry_scheduled", 3.0, reason="SMTP send timed out"),
+                    _sent(4.1),
+                ]
+            },
+            {0: ALIVE},
+            [],
+            ["unexplained: no outcome logged (worker stopped at the end)", "recorded"],
+            False,
+        ),
         # The same race with no fault anywhere near it: a bug, not a window.
         (
             [_copy(1.0, 0), _copy(4.5, 1)],
