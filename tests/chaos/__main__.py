@@ -30,7 +30,7 @@ async def run_and_judge(config: RunConfig, workdir: Path) -> Summary:
         "failures": summary.failures,
         "duplicates": summary.duplicates,
         "faults": [asdict(d) for d in facts.disruptions],
-        "workers": {n: {"end": end, "at": at} for n, (end, at) in facts.endings.items()},
+        "workers": {str(n): {"end": end, "at": at} for n, (end, at) in facts.endings.items()},
         "lost": summary.lost,
     }
     (workdir / "run.json").write_bytes(orjson.dumps(evidence, option=orjson.OPT_INDENT_2))
