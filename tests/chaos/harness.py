@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,10 @@ def worker_env(config: RunConfig) -> dict[str, str]:
 async def run(config: RunConfig, workdir: Path) -> RunFacts:
     """Run the plan of `config.seed` against fresh Redis, SMTP server and workers."""
     facts = RunFacts(config, rejected=draw_rejected(config))
+    # A fresh start: an AOF left by an earlier run would replay its idempotency keys and entries.
+    shutil.rmtree(workdir / "redis", ignore_errors=True)
+    for old_log in workdir.glob("worker-*.log"):
+        old_log.unlink()
     redis = ChaosRedis(workdir / "redis")
     await asyncio.to_thread(redis.start)
     admin = connect_redis(redis.url)
