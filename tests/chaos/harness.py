@@ -80,10 +80,7 @@ def worker_env(config: RunConfig) -> dict[str, str]:
 async def run(config: RunConfig, workdir: Path) -> RunFacts:
     """Run the plan of `config.seed` against fresh Redis, SMTP server and workers."""
     facts = RunFacts(config, rejected=draw_rejected(config))
-    # A fresh start: an AOF left by an earlier run would replay its idempotency keys and entries.
-    shutil.rmtree(workdir / "redis", ignore_errors=True)
-    for old_log in workdir.glob("worker-*.log"):
-        old_log.unlink()
+    await asyncio.to_thread(_clear, workdir)
     redis = ChaosRedis(workdir / "redis")
     await asyncio.to_thread(redis.start)
     admin = connect_redis(redis.url)
@@ -111,6 +108,13 @@ async def run(config: RunConfig, workdir: Path) -> RunFacts:
         redis.resume()
         await asyncio.to_thread(redis.stop)
     return facts
+
+
+def _clear(workdir: Path) -> None:
+    """A fresh start: an AOF left by an earlier run would replay its idempotency keys."""
+    shutil.rmtree(workdir / "redis", ignore_errors=True)
+    for old_log in workdir.glob("worker-*.log"):
+        old_log.unlink()
 
 
 async def _chaos(config: RunConfig, facts: RunFacts, redis: ChaosRedis, injector: Injector) -> None:
