@@ -35,7 +35,7 @@ class Copy:
     seq: int | None  # the email's number (X-Chaos-Seq), None when absent
     task_id: str  # from Message-ID: <task_id@domain>
     incarnation: int  # which worker process sent it (by the port it came in on)
-    at: float  # time.time() when the server accepted it
+    at: float  # time.time() when the final dot arrived
     dropped: bool  # the server closed the connection instead of replying 250
 
 
@@ -151,7 +151,10 @@ class MailServer:
         if self._storming():
             self.tally.storm_replies += 1
             return b"451 4.3.0 chaos: try again later\r\n"
-        if time.time() < behaviour.slow_until:
+        # The server has the message once the dot is in; a slow reply comes after that moment
+        # (the client may give up meanwhile: the duplicate window 2).
+        received_at = time.time()
+        if received_at < behaviour.slow_until:
             self.tally.slow_replies += 1
             await asyncio.sleep(behaviour.slow_data_s)
         dropped = behaviour.drop_next > 0
@@ -165,7 +168,7 @@ class MailServer:
                 seq=int(seq[1]) if seq else None,
                 task_id=task_id[1].decode() if task_id else "",
                 incarnation=incarnation,
-                at=time.time(),
+                at=received_at,
                 dropped=dropped,
             )
         )
