@@ -52,6 +52,7 @@ class RunFacts:
     disruptions: list[Disruption] = field(default_factory=list)
     fault_counts: dict[str, int] = field(default_factory=dict)
     tally: Tally = field(default_factory=Tally)
+    last_enqueue_at: float = 0.0  # time.time() of the last enqueue
     drained: bool = False
     drain_s: float = 0.0
     leftover: dict[str, int] = field(default_factory=dict)  # stream, delayed, pending at the end
@@ -159,6 +160,7 @@ async def _produce(config: RunConfig, facts: RunFacts, url: str, number: int) ->
                     facts.task_ids[seq] = await producer.enqueue(
                         task, idempotency_key=f"chaos:{config.seed}:{seq}"
                     )
+                    facts.last_enqueue_at = max(facts.last_enqueue_at, time.time())
                     break
                 except (RedisError, OSError):
                     await asyncio.sleep(0.2)  # Redis restarting or frozen: try again

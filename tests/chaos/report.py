@@ -31,6 +31,7 @@ class Summary:
     malformed_dead: int = 0
     lost: list[int] = field(default_factory=list)
     drain_s: float = 0.0
+    tail_s: float = 0.0  # from the last enqueue to the last delivery
     workers_started: int = 0
     faults: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
@@ -79,6 +80,8 @@ def summarize(facts: RunFacts) -> Summary:
     summary.malformed_written = len(facts.malformed_written)
     summary.malformed_dead = len(set(facts.malformed_written) & facts.dead_malformed)
     summary.drain_s = facts.drain_s
+    if facts.copies:
+        summary.tail_s = max(c.at for c in facts.copies) - facts.last_enqueue_at
     summary.workers_started = len(facts.endings)
     summary.faults = dict(sorted(facts.fault_counts.items()))
     _check(facts, summary)
@@ -135,7 +138,8 @@ def format_table(summaries: Sequence[Summary]) -> str:
         ),
         row("dead-lettered: not meant to", lambda s: str(len(s.dead_unexpected))),
         row("**lost**", lambda s: f"**{len(s.lost)}**"),
-        row("time to drain after the faults", lambda s: f"{s.drain_s:.1f} s"),
+        row("time to drain after the faults end", lambda s: f"{s.drain_s:.1f} s"),
+        row("last enqueue to last delivery", lambda s: f"{s.tail_s:.1f} s"),
         row("worker processes started", lambda s: str(s.workers_started)),
     ]
     kinds = sorted({k for s in summaries for k in s.faults})
