@@ -32,6 +32,7 @@ async def run_and_judge(config: RunConfig, workdir: Path) -> Summary:
         "faults": [asdict(d) for d in facts.disruptions],
         "workers": {str(n): {"end": end, "at": at} for n, (end, at) in facts.endings.items()},
         "lost": summary.lost,
+        "smtp_server": asdict(facts.tally),  # 4xx storm replies, slow replies, drops, 550s
     }
     (workdir / "run.json").write_bytes(orjson.dumps(evidence, option=orjson.OPT_INDENT_2))
     return summary
