@@ -1,0 +1,166 @@
+"""The chaos harness under `make test`: a short run must pass, and a broken worker must fail it.
+
+The long runs (`make chaos`) are run by hand; their figures are in the README ("Reliability").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.chaos.__main__ import run_and_judge
+from tests.chaos.attribution import Disruption, Outcome, attribute
+from tests.chaos.mailserver import Copy
+from tests.chaos.plan import FAULT_KINDS, RunConfig, draw_faults, draw_rejected
+from tests.chaos.report import format_table
+
+# About 20 s of faults, a few seconds of drain: the whole test stays well under a minute.
+SHORT = RunConfig(seed=20261127, duration_s=18.0, emails=900, producers=3, workers=3)
+
+
+@pytest.mark.timeout(110)
+async def test_a_short_chaos_run_loses_nothing_and_every_duplicate_is_explained(
+    tmp_path: Path,
+) -> None:
+    summary = await run_and_judge(SHORT, tmp_path)
+    print(format_table([summary]))  # shown by pytest when the test fails
+    assert summary.failures == []
+    assert summary.lost == []
+    assert summary.enqueued == SHORT.emails
+    assert summary.dead_meant == summary.rejected > 0
+    assert summary.malformed_dead == summary.malformed_written > 0
+    assert set(FAULT_KINDS) <= set(summary.faults)
+
+
+@pytest.mark.timeout(110)
+async def test_a_worker_that_acknowledges_before_sending_fails_the_run(tmp_path: Path) -> None:
+    config = RunConfig(
+        seed=7,
+        duration_s=10.0,
+        emails=400,
+        workers=2,
+        oversized_entry=False,
+        worker_module="tests.chaos.broken_worker",
+    )
+    summary = await run_and_judge(config, tmp_path)
+    assert not summary.passed
+    assert summary.lost, summary.failures  # 4xx storms and kills lose emails it acked early
+    assert any("emails lost" in failure for failure in summary.failures)
+
+
+def test_the_plan_is_a_function_of_the_seed() -> None:
+    assert draw_faults(SHORT) == draw_faults(SHORT)
+    assert draw_rejected(SHORT) == draw_rejected(SHORT)
+    other = RunConfig(seed=SHORT.seed + 1, duration_s=SHORT.duration_s, emails=SHORT.emails)
+    assert draw_faults(other) != draw_faults(SHORT)
+    assert {fault.kind for fault in draw_faults(SHORT)} == set(FAULT_KINDS)
+
+
+def _copy(at: float, incarnation: int, *, dropped: bool = False) -> Copy:
+    return Copy(seq=1, task_id="t", incarnation=incarnation, at=at, dropped=dropped)
+
+
+def _sent(at: float, *, elsewhere: bool = False) -> Outcome:
+    return Outcome("t", "task_sent", at, settled_elsewhere=elsewhere)
+
+
+ALIVE = ("stopped at the end", None)
+
+
+@pytest.mark.parametrize(
+    ("copies", "outcomes", "endings", "disruptions", "windows", "explained"),
+    [
+        # A drop after the final dot, then the retry that got its 250.
+        (
+            [_copy(1.0, 0, dropped=True), _copy(2.0, 0)],
+            {
+                0: [
+                    Outcome("t", "task_retry_scheduled", 1.1, reason="SMTPServerDisconnected"),
+                    _sent(2.1),
+                ]
+            },
+            {0: ALIVE},
+            [],
+            ["W2 dropped after the final dot", "recorded"],
+            True,
+        ),
+        # Killed after the server accepted, before any outcome; another worker resent it.
+        (
+            [_copy(1.0, 0), _copy(5.0, 1)],
+            {0: [], 1: [_sent(5.1)]},
+            {0: ("SIGKILL", 1.2), 1: ALIVE},
+            [],
+            ["W1 killed between accept and settle", "recorded"],
+            True,
+        ),
+        # Cut off from Redis past the reclaim idle time: its late settle lost the race.
+        (
+            [_copy(1.0, 0), _copy(4.5, 1)],
+            {0: [_sent(9.0, elsewhere=True)], 1: [_sent(4.6)]},
+            {0: ALIVE, 1: ALIVE},
+            [Disruption("redis link stall", 0.9, 8.9, 0)],
+            ["W1 lost Redis around the settle", "recorded"],
+            True,
+        ),
+        # The SMTP link stalled mid-DATA: the worker timed out and scheduled a retry, then the
+        # link let the final dot through; the retry (same worker) was sent again.
+        (
+            [_copy(3.5, 0), _copy(4.0, 0)],
+            {
+                0: [
+                    Outcome("t", "task_retry_scheduled", 3.0, reason="SMTP send timed out"),
+                    _sent(4.1),
+                ]
+            },
+            {0: ALIVE},
+            [Disruption("smtp link stall", 1.0, 3.4, 0)],
+            ["W2 final dot arrived after the worker gave up", "recorded"],
+            True,
+        ),
+        # No outcome and no fault to explain it.
+        (
+            [_copy(3.5, 0), _copy(4.0, 0)],
+            {
+                0: [
+                    Outcome("t", "task_retry_scheduled", 3.0, reason="SMTP send timed out"),
+                    _sent(4.1),
+                ]
+            },
+            {0: ALIVE},
+            [],
+            ["unexplained: no outcome logged (worker stopped at the end)", "recorded"],
+            False,
+        ),
+        # The same race with no fault anywhere near it: a bug, not a window.
+        (
+            [_copy(1.0, 0), _copy(4.5, 1)],
+            {0: [_sent(9.0, elsewhere=True)], 1: [_sent(4.6)]},
+            {0: ALIVE, 1: ALIVE},
+            [Disruption("redis link stall", 20.0, 25.0, 0)],
+            ["unexplained: settled elsewhere with no fault to explain it", "recorded"],
+            False,
+        ),
+        # Two copies both settled as sent: sent again after being recorded.
+        (
+            [_copy(1.0, 0), _copy(3.0, 1)],
+            {0: [_sent(1.1)], 1: [_sent(3.1)]},
+            {0: ALIVE, 1: ALIVE},
+            [],
+            ["recorded", "recorded"],
+            False,
+        ),
+    ],
+)
+def test_duplicates_are_put_in_a_window_only_on_evidence(
+    *,
+    copies: list[Copy],
+    outcomes: dict[int, list[Outcome]],
+    endings: dict[int, tuple[str, float | None]],
+    disruptions: list[Disruption],
+    windows: list[str],
+    explained: bool,
+) -> None:
+    verdicts = attribute(copies, outcomes, endings, disruptions, reclaim_idle_s=3.0)
+    assert list(verdicts.copies["t"]) == windows
+    assert verdicts.explained["t"] is explained

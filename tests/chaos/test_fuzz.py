@@ -1,0 +1,205 @@
+"""Whatever bytes are in the stream, the worker dead-letters or delivers: never crashes or hangs.
+
+Property tests (hypothesis) of the two functions every entry goes through, the wire decoder and
+task validation (plus rendering, which the worker runs on what validation let through), and one
+end-to-end property: a real worker subprocess fed generated entries settles every one of them.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from email.message import EmailMessage
+
+import orjson
+import pydantic
+import redis as redis_sync
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from service import EmailTask, WireFormatError
+from service.wire import Envelope, decode_entry, encode_entry
+from service.worker.render import render
+from tests.conftest import DEAD, STREAM, WorkerProcess, as_entries, pending_count, wait_until
+from tests.integration.test_worker import StartWorker
+from tests.smtp_server import SmtpServer
+
+# No example database: the tests leave no files behind, and runs stay independent.
+FAST = settings(max_examples=300, deadline=None, database=None)
+
+_FIELD_NAMES = (b"v", b"id", b"at", b"task", b"due", b"tries", b"rcpt", b"err", b"rq")
+_TASK_ID = b"0123456789abcdef0123456789abcdef"
+
+# Text that reaches header and address parsing: control characters, encoded words, brackets...
+_nasty_text = st.text(
+    alphabet=st.sampled_from(list("aZ@.<> \"',:;=?()\\\r\n\t\x00\u2028é\U0001f600-_"))
+    | st.characters(codec="utf-8"),
+    max_size=40,
+)
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False)
+    | _nasty_text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_nasty_text, inner, max_size=4),
+    max_leaves=12,
+)
+_task_json = st.fixed_dictionaries(
+    {},
+    optional={
+        "to": _nasty_text | st.lists(_nasty_text, max_size=3) | _json_values,
+        "cc": st.lists(_nasty_text, max_size=2),
+        "sender": _nasty_text,
+        "subject": _nasty_text | _json_values,
+        "text": _nasty_text | _json_values,
+        "html": _nasty_text,
+        "headers": st.dictionaries(_nasty_text, _nasty_text | _json_values, max_size=3),
+    },
+).map(orjson.dumps)
+
+
+def _valid_fields(task_json: bytes) -> dict[bytes, bytes]:
+    return {b"v": b"1", b"id": _TASK_ID, b"at": b"1700000000000", b"task": task_json}
+
+
+_plain = st.from_regex(r"[A-Za-z0-9 .,!]{0,30}", fullmatch=True)
+# Entries a producer could have written (sendable), with the optional fields set to anything.
+_good_entries = st.builds(
+    lambda n, subject, text, extra: {
+        **{
+            k.encode(): v
+            for k, v in encode_entry(
+                EmailTask(to=f"user{n}@example.com", subject=subject, text=text),
+                _TASK_ID.decode(),
+                1_700_000_000_000,
+            ).items()
+        },
+        **extra,
+    },
+    st.integers(0, 999),
+    _plain,
+    _plain,
+    st.dictionaries(
+        st.sampled_from((b"due", b"tries", b"rcpt", b"err", b"rq")),
+        st.binary(max_size=20) | st.from_regex(rb"[0-9]{1,3}", fullmatch=True),
+        max_size=2,
+    ),
+)
+# Sendable entries, mostly-right ones (so the fuzzing reaches past the first check) and
+# anything at all.
+_entries = st.one_of(
+    _good_entries,
+    st.builds(
+        lambda task, changes, dropped: {
+            **{k: v for k, v in _valid_fields(task).items() if k not in dropped},
+            **changes,
+        },
+        _task_json,
+        st.dictionaries(st.sampled_from(_FIELD_NAMES), st.binary(max_size=60), max_size=3),
+        st.sets(st.sampled_from(_FIELD_NAMES), max_size=2),
+    ),
+    st.dictionaries(
+        st.sampled_from(_FIELD_NAMES) | st.binary(min_size=1, max_size=8),
+        st.binary(max_size=200),
+        min_size=1,
+        max_size=8,
+    ),
+)
+
+
+@FAST
+@given(_entries)
+def test_the_decoder_returns_an_envelope_or_raises_wire_format_error(
+    fields: dict[bytes, bytes],
+) -> None:
+    try:
+        envelope = decode_entry(fields)
+    except WireFormatError:
+        return
+    assert isinstance(envelope, Envelope)
+    # What decodes is something the worker can render, or refuses with ValueError (it then
+    # dead-letters it); nothing else may escape.
+    _render_or_value_error(envelope)
+
+
+@FAST
+@given(
+    to=_nasty_text | st.lists(_nasty_text, max_size=3),
+    subject=_nasty_text,
+    text=_nasty_text,
+    headers=st.dictionaries(_nasty_text, _nasty_text, max_size=3),
+    sender=st.none() | _nasty_text,
+)
+def test_task_validation_raises_only_validation_error(
+    to: str | list[str], subject: str, text: str, headers: dict[str, str], sender: str | None
+) -> None:
+    try:
+        task = EmailTask(to=to, subject=subject, text=text, headers=headers, sender=sender)
+    except pydantic.ValidationError:
+        return
+    fields = {k.encode(): v for k, v in encode_entry(task, _TASK_ID.decode(), 1).items()}
+    envelope = decode_entry(fields)  # a task that validates survives the wire unchanged
+    assert envelope.task == task
+    _render_or_value_error(envelope)
+
+
+def _render_or_value_error(envelope: Envelope) -> None:
+    try:
+        outgoing = render(envelope, default_sender="Worker <worker@example.com>")
+    except ValueError:
+        return
+    assert isinstance(outgoing.message, EmailMessage)
+    outgoing.message.as_bytes()  # what aiosmtplib will do with it
+
+
+@settings(
+    max_examples=3,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(batch=st.lists(_entries, min_size=30, max_size=40))
+def test_a_worker_settles_every_entry_whatever_its_bytes(
+    batch: list[dict[bytes, bytes]],
+    db: redis_sync.Redis,
+    smtp: SmtpServer,
+    start_worker: StartWorker,
+) -> None:
+    # One worker serves every example: it must survive them all.
+    worker = _the_worker(start_worker)
+    db.delete(DEAD)
+    with smtp.lock:
+        smtp.received.clear()
+    # Entries that carry the well-formed task id get one of their own, to be told apart.
+    batch = [
+        {**fields, b"id": uuid.uuid4().hex.encode()} if fields.get(b"id") == _TASK_ID else fields
+        for fields in batch
+    ]
+    ids = [db.xadd(STREAM, fields) for fields in batch]  # type: ignore[arg-type]
+    wait_until(lambda: db.xlen(STREAM) == 0 and pending_count(db) == 0, 30, "every entry settled")
+    time.sleep(0.1)  # the SMTP server records a message just before it replies 250
+    assert worker.process.poll() is None, worker.output()[-3000:]
+    dead = {f[b"dead_entry_id"] for _, f in as_entries(db.xrange(DEAD))}
+    delivered = set(smtp.task_ids())
+    for entry_id, fields in zip(ids, batch, strict=True):
+        try:
+            sendable = render(decode_entry(fields), default_sender="w@example.com") is not None
+        except ValueError:  # WireFormatError is one
+            sendable = False
+        if sendable:
+            assert fields[b"id"].decode() in delivered, fields
+            assert entry_id not in dead, fields
+        else:
+            assert entry_id in dead, fields
+
+
+_WORKERS: dict[int, WorkerProcess] = {}
+
+
+def _the_worker(start_worker: StartWorker) -> WorkerProcess:
+    key = id(start_worker)
+    if key not in _WORKERS:
+        _WORKERS.clear()
+        _WORKERS[key] = start_worker()
+    return _WORKERS[key]
