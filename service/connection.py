@@ -6,7 +6,7 @@ from typing import Final
 
 from redis.asyncio import Redis
 
-__all__ = ["READ_BLOCK_MS", "connect_redis"]
+__all__ = ["READ_BLOCK_MS", "connect_redis", "text"]
 
 # How long one XREADGROUP waits for new entries. redis-py raises TimeoutError when a blocking
 # read outlasts socket_timeout (redis-py #2807), so the socket timeout below must stay above it.
@@ -29,3 +29,8 @@ def connect_redis(url: str) -> Redis:
         socket_connect_timeout=_CONNECT_TIMEOUT_SECONDS,
         health_check_interval=30,
     )
+
+
+def text(value: bytes | str) -> str:
+    """A reply value (an entry id, a consumer name) as text: the client returns bytes."""
+    return value.decode() if isinstance(value, bytes) else value

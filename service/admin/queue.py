@@ -15,6 +15,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from ..connection import text
 from ..keys import CONSUMER_GROUP, QueueKeys
 from ..scripts import FORGET_CONSUMER, REQUEUE_DEAD
 
@@ -166,7 +167,7 @@ class QueueAdmin:
                 keys=[self._keys.dead, self._keys.stream, self._keys.sent(task_id)],
                 args=[dead_id],
             )
-            requeued[dead_id] = _text(new_id) if new_id else None
+            requeued[dead_id] = text(new_id) if new_id else None
         return requeued
 
     async def requeue_all(self) -> int:
@@ -228,9 +229,9 @@ class QueueAdmin:
             if "no such key" in str(exc) or "NOGROUP" in str(exc):
                 return {}, ()
             raise
-        group: dict[str, Any] = next((g for g in groups if _text(g["name"]) == CONSUMER_GROUP), {})
+        group: dict[str, Any] = next((g for g in groups if text(g["name"]) == CONSUMER_GROUP), {})
         return group, tuple(
-            ConsumerInfo(_text(c["name"]), int(c["pending"]), int(c["idle"])) for c in consumers
+            ConsumerInfo(text(c["name"]), int(c["pending"]), int(c["idle"])) for c in consumers
         )
 
     async def _dead_id_batches(self) -> AsyncIterator[list[str]]:
@@ -239,14 +240,14 @@ class QueueAdmin:
             reply: Any = await self._redis.xrange(self._keys.dead, min=after, count=_SCAN_BATCH)
             if not reply:
                 return
-            ids = [_text(entry_id) for entry_id, _ in reply]
+            ids = [text(entry_id) for entry_id, _ in reply]
             yield ids
             after = "(" + ids[-1]
 
 
 def _dead_letter(entry_id: bytes | str, fields: dict[bytes, bytes]) -> DeadLetter:
     return DeadLetter(
-        _text(entry_id),
+        text(entry_id),
         {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()},
     )
 
@@ -265,8 +266,4 @@ def _as_list(value: object) -> list[object]:
 
 
 def _id_ms(entry_id: bytes | str) -> int:
-    return int(_text(entry_id).partition("-")[0])
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    return int(text(entry_id).partition("-")[0])

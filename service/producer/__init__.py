@@ -19,7 +19,7 @@ from typing import Any, Final, Self
 from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
-from ..connection import connect_redis
+from ..connection import connect_redis, text
 from ..errors import QueueFull
 from ..keys import QueueKeys
 from ..scripts import ENQUEUE
@@ -150,7 +150,7 @@ class Producer:
             raise QueueFull(self.queue, backlog=None, limit=None) from None
         if reply[0] == -1:
             raise QueueFull(self.queue, backlog=int(reply[1]), limit=self._max_backlog)
-        return [_text(task_id) for task_id in reply[1:]]
+        return [text(task_id) for task_id in reply[1:]]
 
     async def aclose(self) -> None:
         """Close the Redis client if this producer created it."""
@@ -205,7 +205,3 @@ def _check_key(key: str) -> None:
         raise ValueError(f"idempotency_key must be a string of 1 to {_MAX_KEY_CHARS} characters")
     if not key.isprintable():
         raise ValueError("idempotency_key must not contain control characters")
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -81,6 +81,8 @@ class Heartbeat:
             "outcomes": dict(self._metrics.outcomes),
         }
         await self._redis.hset(self._key, self._stream.consumer, orjson.dumps(record))
+        if not self._metrics.serving:
+            return  # the queue's gauges are for Prometheus only: no Redis reads for nothing
         sizes = await self._stream.sizes()
         pending, lag = await self._stream.group_counts()
         self._metrics.observe_queue(

@@ -87,6 +87,11 @@ class WorkerMetrics:
         start_http_server(port, addr=host, registry=registry)
         self._registry = registry
 
+    @property
+    def serving(self) -> bool:
+        """Whether Prometheus metrics are served (`METRICS_PORT` set)."""
+        return self._registry is not None
+
     def record(
         self, outcome: str, duration_s: float, *, retried: bool = False, dead: bool = False
     ) -> None:

@@ -20,6 +20,7 @@ from typing import Any, Final
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
+from ..connection import text
 from ..keys import CONSUMER_GROUP, QueueKeys
 from ..scripts import FORGET_CONSUMER, PROMOTE_DUE, SETTLE
 
@@ -95,14 +96,14 @@ class TaskStream:
             return []
         if not reply:
             return []
-        return [Entry(_text(eid), fields, 1) for eid, fields in reply[0][1]]
+        return [Entry(text(eid), fields, 1) for eid, fields in reply[0][1]]
 
     async def take_own_pending(self, count: int) -> list[Entry]:
         """Entries still pending under this consumer's name (left by an earlier run of it)."""
         pending: Any = await self._redis.xpending_range(
             self._stream, CONSUMER_GROUP, "-", "+", count, consumername=self.consumer
         )
-        ids: list[Any] = [_text(item["message_id"]) for item in pending]
+        ids: list[Any] = [text(item["message_id"]) for item in pending]
         if not ids:
             return []
         claimed: Any = await self._redis.xclaim(
@@ -126,8 +127,8 @@ class TaskStream:
             return "0-0", []
         # Redis 7 adds a third element: ids deleted while pending, which it has already dropped
         # from the pending list; Redis 6.2 replies with two and leaves a nil entry instead.
-        next_cursor, claimed = _text(reply[0]), reply[1]
-        ids = [_text(eid) for eid, _ in claimed if eid is not None]
+        next_cursor, claimed = text(reply[0]), reply[1]
+        ids = [text(eid) for eid, _ in claimed if eid is not None]
         return next_cursor, await self._with_deliveries(ids, claimed)
 
     async def _recreate_group_if_gone(self, exc: ResponseError) -> None:
@@ -251,7 +252,7 @@ class TaskStream:
                 return 0, None
             raise
         for group in groups:
-            if _text(group["name"]) == CONSUMER_GROUP:
+            if text(group["name"]) == CONSUMER_GROUP:
                 return int(group["pending"]), group.get("lag")
         return 0, None
 
@@ -269,7 +270,7 @@ class TaskStream:
 
     async def _with_deliveries(self, ids: list[str], claimed: list[Any]) -> list[Entry]:
         """Pair claimed entries with their delivery counts; drop ids deleted while pending."""
-        fields_by_id = {_text(eid): fields for eid, fields in claimed if eid is not None}
+        fields_by_id = {text(eid): fields for eid, fields in claimed if eid is not None}
         live = [(eid, fields) for eid in ids if (fields := fields_by_id.get(eid)) is not None]
         gone = [eid for eid in ids if fields_by_id.get(eid) is None]
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -288,7 +289,3 @@ class TaskStream:
 
 def _flatten(fields: Mapping[bytes, bytes]) -> list[bytes]:
     return [item for pair in fields.items() for item in pair]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
