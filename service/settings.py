@@ -7,6 +7,7 @@ are `SecretStr`, so neither `repr()` nor a validation error ever shows them.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import sys
 from typing import Literal, Self, TypeVar
@@ -93,6 +94,8 @@ class WorkerSettings(QueueSettings):
     worker_max_attempts: int = Field(default=25, ge=1, le=1_000)
     worker_retry_base_seconds: float = Field(default=60.0, gt=0, le=86_400)
     worker_retry_max_seconds: float = Field(default=3_600.0, gt=0, le=7 * 86_400)
+    # auto: uvloop when installed (it is, on Linux and macOS), else asyncio's own loop.
+    worker_event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     # How often the worker writes its heartbeat to Redis (`python -m service.admin health`).
     worker_heartbeat_seconds: float = Field(default=10.0, ge=0.1, le=300)
     # Prometheus metrics on http://METRICS_HOST:METRICS_PORT/metrics; unset: not served.
@@ -117,6 +120,8 @@ class WorkerSettings(QueueSettings):
                 f"'none' would send SMTP credentials in clear text to {self.smtp_host}; "
                 "use starttls or tls",
             )
+        if self.worker_event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            raise ConfigError("WORKER_EVENT_LOOP", "uvloop is not installed; use auto or asyncio")
         if self.worker_retry_base_seconds > self.worker_retry_max_seconds:
             raise ConfigError(
                 "WORKER_RETRY_BASE_SECONDS",

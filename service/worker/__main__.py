@@ -16,6 +16,7 @@ from ..errors import ConfigError
 from ..keys import QueueKeys
 from ..logs import configure_logging
 from ..settings import WorkerSettings, load_settings, redact_url
+from . import eventloop
 from .breaker import SmtpBreaker
 from .delivery import Delivery
 from .heartbeat import Heartbeat
@@ -37,7 +38,7 @@ def main() -> int:
         return 2
     configure_logging(level=settings.log_level, json=settings.json_logs)
     try:
-        return asyncio.run(serve(settings))
+        return eventloop.run(serve(settings), choice=settings.worker_event_loop)
     except Exception:
         log.exception("worker_crashed")
         return 1
@@ -75,6 +76,7 @@ async def serve(settings: WorkerSettings) -> int:
         redis=redact_url(redis_url),
         smtp=f"{settings.smtp_host}:{settings.smtp_port_or_default}",
         smtp_security=settings.smtp_security,
+        event_loop=eventloop.loop_name(settings.worker_event_loop),
         metrics=f"{settings.metrics_host}:{settings.metrics_port}"
         if settings.metrics_port
         else None,

@@ -287,3 +287,16 @@ def test_connections_carry_at_most_the_cap_and_quit_on_shutdown(
     assert max(per_connection.values()) <= (int(cap) or 10)
     assert worker.stop() == 0
     assert smtp.quits == connections  # retired ones and, at shutdown, the open one
+
+
+@pytest.mark.parametrize("loop", ["auto", "asyncio"])
+def test_runs_on_uvloop_by_default_and_on_asyncio_when_asked(
+    redis_server: RedisServer, db: redis_sync.Redis, smtp: SmtpServer, start_worker: StartWorker,
+    loop: str,
+) -> None:  # fmt: skip
+    (task_id,) = enqueue(redis_server.url, [EmailTask(to="a@example.com", subject="s", text="x")])
+    worker = start_worker(WORKER_EVENT_LOOP=loop)
+    wait_until(lambda: smtp.task_ids() == [task_id], 10, "the delivery")
+    assert worker.stop() == 0
+    expected = "uvloop" if loop == "auto" else "asyncio"
+    assert f'"event_loop":"{expected}"' in worker.output()
