@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import (
+    AbstractConnection,
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 __all__ = ["READ_BLOCK_MS", "connect_redis", "text"]
 
@@ -21,7 +29,7 @@ def connect_redis(url: str) -> Redis:
     RESP2 is pinned: the stream replies this package parses have the same shape on every
     supported server and redis-py version.
     """
-    return Redis.from_url(
+    client = Redis.from_url(
         url,
         protocol=2,
         decode_responses=False,
@@ -29,8 +37,52 @@ def connect_redis(url: str) -> Redis:
         socket_connect_timeout=_CONNECT_TIMEOUT_SECONDS,
         health_check_interval=30,
     )
+    # The URL picks redis-py's connection class (TCP, TLS or unix socket), and a class passed
+    # to from_url would be overridden by it: swap in ours before the pool opens a connection.
+    pool = client.connection_pool
+    pool.connection_class = _CLOSED_WRITE_SAFE.get(pool.connection_class, pool.connection_class)
+    return client
 
 
 def text(value: bytes | str) -> str:
     """A reply value (an entry id, a consumer name) as text: the client returns bytes."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+class _ClosedWriteIsConnectionError(AbstractConnection):
+    """A write to a connection the peer reset raises redis-py's ConnectionError on any loop.
+
+    asyncio's loop reports such a write as an OSError, which redis-py turns into ConnectionError
+    (and the worker rides out); uvloop raises RuntimeError("... the handler is closed"), which
+    redis-py lets through as if it were a bug. redis-py has already dropped the connection when
+    the error reaches here, so the next command opens a new one.
+    """
+
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        try:
+            await super().send_packed_command(command, check_health)
+        except RuntimeError as exc:
+            if "handler is closed" not in str(exc):
+                raise
+            raise RedisConnectionError("Error while writing to socket: connection closed") from exc
+
+
+class _TcpConnection(_ClosedWriteIsConnectionError, Connection):
+    pass
+
+
+class _TlsConnection(_ClosedWriteIsConnectionError, SSLConnection):
+    pass
+
+
+class _UnixConnection(_ClosedWriteIsConnectionError, UnixDomainSocketConnection):
+    pass
+
+
+_CLOSED_WRITE_SAFE: Final[dict[type[AbstractConnection], type[AbstractConnection]]] = {
+    Connection: _TcpConnection,
+    SSLConnection: _TlsConnection,
+    UnixDomainSocketConnection: _UnixConnection,
+}

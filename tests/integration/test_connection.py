@@ -1,0 +1,78 @@
+"""The Redis client the service builds, against a real redis-server behind a resetting proxy."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+import redis.exceptions
+import uvloop
+from redis.asyncio import Redis
+
+from service.connection import connect_redis
+from service.local.redis_server import RedisServer
+from tests.chaos.proxy import FaultProxy
+
+Runner = Callable[[Coroutine[Any, Any, Any]], Any]
+LOOPS: dict[str, Runner] = {"asyncio": asyncio.run, "uvloop": uvloop.run}
+
+
+async def _write_after_reset(redis_port: int, client_for: Callable[[str], Redis]) -> Any:
+    """A pipeline written on a connection the peer reset: what it raises; then a PING."""
+    proxy = FaultProxy(redis_port, "redis")
+    await proxy.start()
+    client = client_for(f"redis://127.0.0.1:{proxy.port}/0")
+    try:
+        assert await client.ping()
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.ping()
+            proxy.set_mode("reset")
+            await asyncio.sleep(0.2)  # the loop sees the RST and closes the transport
+            proxy.set_mode("pass")
+            with pytest.raises(Exception) as raised:
+                await pipe.execute()
+        # The broken connection was dropped: the next command opens a new one.
+        assert await client.ping()
+        return raised.value
+    finally:
+        await client.aclose()
+        await proxy.close()
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_a_write_on_a_reset_connection_is_a_connection_error(
+    redis_server: RedisServer, loop: str
+) -> None:
+    error = LOOPS[loop](_write_after_reset(redis_server.port, connect_redis))
+
+    # The worker rides out redis-py's ConnectionError; anything else would stop it.
+    assert isinstance(error, redis.exceptions.ConnectionError), repr(error)
+
+
+def test_plain_redis_py_on_uvloop_raises_runtime_error(redis_server: RedisServer) -> None:
+    """Why connect_redis wraps the connection: when this fails, the wrapper can go."""
+
+    def plain(url: str) -> Redis:
+        return Redis.from_url(url, protocol=2)
+
+    error = uvloop.run(_write_after_reset(redis_server.port, plain))
+
+    assert isinstance(error, RuntimeError), repr(error)
+    assert "handler is closed" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [
+        ("redis://127.0.0.1:6379/0", "Connection"),
+        ("rediss://user:secret@cache.example:6379", "SSLConnection"),
+        ("unix:///run/redis.sock", "UnixDomainSocketConnection"),
+    ],
+)
+def test_every_scheme_keeps_its_kind_of_connection(url: str, kind: str) -> None:
+    connection_class = connect_redis(url).connection_pool.connection_class
+
+    assert connection_class.__module__ == "service.connection"
+    assert connection_class.__bases__[-1].__name__ == kind
