@@ -22,6 +22,7 @@ from .delivery import Delivery
 from .heartbeat import Heartbeat
 from .metrics import WorkerMetrics
 from .smtp import SmtpPool
+from .stopping import cancel_and_wait
 from .stream import TaskStream
 from .supervision import Supervision
 from .worker import Worker
@@ -87,8 +88,7 @@ async def serve(settings: WorkerSettings) -> int:
         async with supervision:  # systemd READY/STOPPING/WATCHDOG, Redis config check
             return await worker.run()
     finally:
-        beating.cancel("worker stopped")
-        await asyncio.gather(beating, return_exceptions=True)
+        await cancel_and_wait([beating], "worker stopped")
         await heartbeat.remove()
         await smtp.close()
         await redis.aclose()

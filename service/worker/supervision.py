@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from .backoff import redis_retry_delay
 from .notify import Notifier, watchdog_interval
 from .redis_check import check_redis_config
+from .stopping import cancel_and_wait
 
 __all__ = ["Supervision"]
 
@@ -68,9 +69,7 @@ class Supervision:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        for task in self._tasks:
-            task.cancel("worker stopped")
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks, "worker stopped")
 
     async def _announce_ready(self) -> None:
         self._notifier.status("connecting to Redis")

@@ -28,6 +28,7 @@ from ..settings import WorkerSettings
 from .backoff import TRANSIENT_REDIS_ERRORS, retry_while_unavailable
 from .breaker import SmtpBreaker
 from .delivery import Delivery
+from .stopping import cancel_and_wait
 from .stream import Entry, TaskStream
 from .upkeep import promote_forever, report_forever
 
@@ -90,9 +91,7 @@ class Worker:
         intake = asyncio.create_task(self._intake(), name="intake")
         stop = asyncio.create_task(self._stopping.wait())
         done, _ = await asyncio.wait([intake, stop], return_when=asyncio.FIRST_COMPLETED)
-        intake.cancel()
-        stop.cancel()
-        await asyncio.gather(intake, stop, return_exceptions=True)
+        await cancel_and_wait([intake, stop], "worker stopping")
         failed = intake in done and intake.exception() is not None
         if failed:
             log.error("worker_failed", exc_info=intake.exception())
@@ -183,9 +182,9 @@ class Worker:
         log.info("draining", in_flight=len(in_flight))
         await self._wait_in_flight(in_flight)
         unfinished = [task for task in in_flight if not task.done()]
-        for task in unfinished:
-            task.cancel("worker shutdown: the entry stays pending and will be redelivered")
-        await asyncio.gather(*unfinished, return_exceptions=True)
+        await cancel_and_wait(
+            unfinished, "worker shutdown: the entry stays pending and will be redelivered"
+        )
         writes = self._delivery.fate_writes
         if writes and not self._forced.is_set():
             _, late = await asyncio.wait(writes, timeout=_FATE_WRITE_GRACE_SECONDS)

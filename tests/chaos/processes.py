@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -133,10 +134,23 @@ class WorkerFleet:
         while incarnation.process.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.1)
         if incarnation.process.poll() is None:
+            await self._dump_stacks(incarnation)
             incarnation.process.kill()
             incarnation.end += " (hung: SIGKILLed after 30 s)"
         incarnation.exit_code = incarnation.process.wait()
         await self._release(incarnation)
+
+    async def _dump_stacks(self, incarnation: Incarnation) -> None:
+        """Where a hung worker is stuck, into `worker-N.hang.txt`, if py-spy is installed."""
+        py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=Path(sys.executable).parent)
+        if py_spy is None:
+            return
+        dump = await asyncio.create_subprocess_exec(
+            py_spy, "dump", "--pid", str(incarnation.process.pid),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        output, _ = await dump.communicate()
+        incarnation.log_path.with_suffix(".hang.txt").write_bytes(output)
 
     async def reap(self) -> None:
         """Close the proxies of workers that are gone; note any that exited by itself."""
