@@ -65,12 +65,16 @@ class Delivery:
         # Fate writes run shielded from cancellation; shutdown waits for them before closing.
         self.fate_writes: set[asyncio.Task[Any]] = set()
 
-    async def deliver(self, entry: Entry) -> None:
-        """Attempt `entry` once. Whatever fails here leaves the entry pending, never lost."""
+    async def deliver(self, entry: Entry, release: Callable[[], None]) -> None:
+        """Attempt `entry` once. Whatever fails here leaves the entry pending, never lost.
+
+        `release` is called once the attempt needs SMTP no more and only its fate remains to be
+        recorded: the caller can start the next send while this one's settle travels.
+        """
         started = time.monotonic()
         task_log = log.bind(entry_id=entry.entry_id, deliveries=entry.deliveries)
         try:
-            await self._attempt(entry, task_log, started)
+            await self._attempt(entry, task_log, started, release)
         except asyncio.CancelledError:
             task_log.warning("task_interrupted", outcome="pending", **_elapsed(started))
             raise
@@ -79,19 +83,24 @@ class Delivery:
             # dead-lettered if it keeps failing this way (see `is_poison`).
             task_log.exception("task_error", outcome="pending", **_elapsed(started))
 
-    async def _attempt(self, entry: Entry, task_log: Any, started: float) -> None:
+    async def _attempt(
+        self, entry: Entry, task_log: Any, started: float, release: Callable[[], None]
+    ) -> None:
         try:
             envelope = decode_entry(entry.fields)
         except WireFormatError as exc:
-            await self._give_up(entry, None, f"undecodable entry: {exc}", task_log, started)
+            reason = f"undecodable entry: {exc}"
+            await self._give_up(entry, None, reason, task_log, started, release=release)
             return
         task_log = task_log.bind(task_id=envelope.task_id, attempt=envelope.tries + 1)
         if is_poison(entry.deliveries):
             reason = f"handed out {entry.deliveries} times without an outcome"
-            await self._give_up(entry, envelope, reason, task_log, started)
+            await self._give_up(entry, envelope, reason, task_log, started, release=release)
             return
         if await self._sent_elsewhere(entry, envelope):
-            await self._record(lambda: self._stream.settle(entry, task_id=envelope.task_id))
+            await self._record(
+                lambda: self._stream.settle(entry, task_id=envelope.task_id), release
+            )
             task_log.info("task_already_sent", outcome="skipped", **_elapsed(started))
             self._metrics.record("skipped", time.monotonic() - started)
             return
@@ -103,10 +112,10 @@ class Delivery:
             )
         except ValueError as exc:  # the email library refused what validation let through
             reason = f"cannot build the message: {exc}"
-            await self._give_up(entry, envelope, reason, task_log, started)
+            await self._give_up(entry, envelope, reason, task_log, started, release=release)
             return
         settlement = await self._send(outgoing, envelope)
-        await self._settle(entry, envelope, settlement, task_log, started)
+        await self._settle(entry, envelope, settlement, task_log, started, release=release)
 
     async def _sent_elsewhere(self, entry: Entry, envelope: Envelope) -> bool:
         """Whether another copy of this task was already sent (checked only for copies)."""
@@ -139,6 +148,8 @@ class Delivery:
         settlement: Settlement,
         task_log: Any,
         started: float,
+        *,
+        release: Callable[[], None],
     ) -> None:
         retry = None
         retry_in = 0.0
@@ -173,7 +184,8 @@ class Delivery:
                 sent_record=settlement.finished,
                 retry=retry,
                 dead=dead,
-            )
+            ),
+            release,
         )
         details: dict[str, Any] = {"outcome": settlement.outcome, **_elapsed(started)}
         if not settled.took_effect:
@@ -202,13 +214,15 @@ class Delivery:
         reason: str,
         task_log: Any,
         started: float,
+        *,
+        release: Callable[[], None],
     ) -> None:
         """Dead-letter an entry that no attempt could ever send."""
         tries = envelope.tries if envelope else 0
         record = self._dead_record(entry, reason, tries=tries, recipients=None)
         task_id = envelope.task_id if envelope else ""
         settled = await self._record(
-            lambda: self._stream.settle(entry, task_id=task_id, dead=record)
+            lambda: self._stream.settle(entry, task_id=task_id, dead=record), release
         )
         task_log.error(
             "task_dead_lettered",
@@ -232,15 +246,17 @@ class Delivery:
             recipients=recipients,
         )
 
-    async def _record(self, write: Callable[[], Awaitable[T]]) -> T:
+    async def _record(self, write: Callable[[], Awaitable[T]], release: Callable[[], None]) -> T:
         """Run a fate write to completion even if the delivery is cancelled meanwhile.
 
         A Redis outage delays the write (retried with backoff) rather than dropping it: after an
-        SMTP accept, an unrecorded ack would mean sending the email again.
+        SMTP accept, an unrecorded ack would mean sending the email again. The attempt's send
+        slot is released as the write starts.
         """
         task = asyncio.create_task(retry_while_unavailable("record_fate", write))
         self.fate_writes.add(task)
         task.add_done_callback(self.fate_writes.discard)
+        release()
         return await asyncio.shield(task)
 
 

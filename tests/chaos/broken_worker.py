@@ -8,6 +8,7 @@ SIGKILL between the two, or a send that fails, then loses the email; the chaos r
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from service.worker.__main__ import main
@@ -17,9 +18,11 @@ from service.worker.stream import Entry
 _attempt = Delivery._attempt
 
 
-async def _acknowledge_first(self: Delivery, entry: Entry, task_log: Any, started: float) -> None:
+async def _acknowledge_first(
+    self: Delivery, entry: Entry, task_log: Any, started: float, release: Callable[[], None]
+) -> None:
     await self._stream.settle(entry)  # the bug under test: the fate is written before the send
-    await _attempt(self, entry, task_log, started)
+    await _attempt(self, entry, task_log, started, release)
 
 
 if __name__ == "__main__":
