@@ -63,8 +63,12 @@ def smtp() -> Iterator[SmtpServer]:
 
 
 @pytest.fixture
-def worker_env(redis_server: RedisServer, smtp: SmtpServer) -> dict[str, str]:
-    """Environment for a worker subprocess wired to the test servers, with short timings."""
+def worker_env(redis_server: RedisServer, smtp: SmtpServer, db: redis_sync.Redis) -> dict[str, str]:
+    """Environment for a worker subprocess wired to the test servers, with short timings.
+
+    The database starts empty (`db`): a test that leaves tasks queued on purpose must not
+    hand them to the next test's worker.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(_SETTING_PREFIXES)}
     env.update(
         REDIS_URL=redis_server.url,

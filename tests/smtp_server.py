@@ -24,6 +24,8 @@ class Received:
     message: EmailMessage
     at: float  # time.time() when the server accepted it
     peer: Any = None  # the client's (host, port): one per SMTP connection
+    mail_options: list[str] = field(default_factory=list)  # MAIL FROM parameters (SIZE=...)
+    content: bytes = b""  # the message as received, before parsing
 
 
 @dataclass
@@ -33,6 +35,8 @@ class Behaviour:
     # Reply to RCPT TO for these recipients: always (a string, e.g. "550 5.1.1 no such user"),
     # or once per reply in a list, then accept.
     rcpt_replies: dict[str, str | list[str]] = field(default_factory=dict)
+    # Reply to MAIL FROM for the next N transactions, then accept again.
+    mail_replies: list[str] = field(default_factory=list)
     # Reply to the end of DATA for the next N messages, then accept again.
     data_replies: list[str] = field(default_factory=list)
     # Seconds to wait before answering the end of DATA.
@@ -44,6 +48,17 @@ class Behaviour:
 class _Handler:
     def __init__(self, server: SmtpServer) -> None:
         self.server = server
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        with self.server.lock:
+            replies = self.server.behaviour.mail_replies
+            if replies:
+                return replies.pop(0)
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: Any
@@ -72,7 +87,13 @@ class _Handler:
             assert isinstance(message, EmailMessage)
             self.server.received.append(
                 Received(
-                    envelope.mail_from, list(envelope.rcpt_tos), message, time.time(), session.peer
+                    envelope.mail_from,
+                    list(envelope.rcpt_tos),
+                    message,
+                    time.time(),
+                    session.peer,
+                    list(envelope.mail_options),
+                    envelope.original_content,
                 )
             )
         return "250 OK queued"

@@ -16,22 +16,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from dataclasses import dataclass
+from email.message import EmailMessage
 from typing import Final
 
 import aiosmtplib
+from aiosmtplib.typing import SMTPStatus
 
 from ..errors import SmtpUnavailableError
 from ..settings import WorkerSettings
 from .render import Outgoing
 
-__all__ = ["SmtpPool"]
+__all__ = ["SmtpPool", "is_plain", "send_prebuilt"]
 
 # A connection idle longer than this is checked with NOOP before it carries a message.
 _IDLE_CHECK_AFTER_SECONDS: Final = 5.0
 # How long a QUIT may take when a connection is retired or the pool closes.
 _QUIT_SECONDS: Final = 2.0
+# An address aiosmtplib would send as it is, in angle brackets: ASCII, unquoted, no comment,
+# no IP literal. Others go through aiosmtplib's own parsing.
+_PLAIN_ADDRESS: Final = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+")
+# RCPT replies that accept a recipient (251: not local, will forward).
+_RCPT_ACCEPTED: Final = frozenset({250, 251})
 
 
 @dataclass(slots=True)
@@ -205,14 +213,67 @@ async def _transmit(
     client: aiosmtplib.SMTP, outgoing: Outgoing
 ) -> dict[str, aiosmtplib.SMTPResponse]:
     """One message over `client`; the recipients the server refused."""
-    if isinstance(outgoing.content, bytes):
-        # Prebuilt 7-bit bytes: the same MAIL FROM options `send_message` would give them.
-        options = ["BODY=8BITMIME"] if client.supports_extension("8bitmime") else []
-        refused, _ = await client.sendmail(
-            outgoing.mail_from, outgoing.recipients, outgoing.content, mail_options=options
-        )
-    else:
+    content = outgoing.content
+    if isinstance(content, EmailMessage):
         refused, _ = await client.send_message(
-            outgoing.content, sender=outgoing.mail_from, recipients=outgoing.recipients
+            content, sender=outgoing.mail_from, recipients=outgoing.recipients
+        )
+        return refused
+    if is_plain(outgoing.mail_from, outgoing.recipients):
+        return await send_prebuilt(client, outgoing.mail_from, outgoing.recipients, content)
+    # Prebuilt 7-bit bytes: the same MAIL FROM options `send_message` would give them.
+    options = ["BODY=8BITMIME"] if client.supports_extension("8bitmime") else []
+    refused, _ = await client.sendmail(
+        outgoing.mail_from, outgoing.recipients, content, mail_options=options
+    )
+    return refused
+
+
+def is_plain(mail_from: str, recipients: list[str]) -> bool:
+    """Whether every address can go on the wire as it is (see `send_prebuilt`)."""
+    return bool(recipients) and all(
+        _PLAIN_ADDRESS.fullmatch(address) for address in (mail_from, *recipients)
+    )
+
+
+async def send_prebuilt(
+    client: aiosmtplib.SMTP, mail_from: str, recipients: list[str], content: bytes
+) -> dict[str, aiosmtplib.SMTPResponse]:
+    """`client.sendmail` for CRLF 7-bit `content` and plain addresses (`is_plain`), made lean.
+
+    The same commands, options and errors as aiosmtplib's sendmail (and `send_message` for
+    such an email), without parsing each address twice with the standard library: that took
+    a fifth of the worker's CPU. Returns the refused recipients; raises SMTPSenderRefused,
+    SMTPRecipientsRefused (all refused) or SMTPDataError, after an RSET as sendmail does.
+    """
+    options = [b"BODY=8BITMIME"] if client.supports_extension("8bitmime") else []
+    if client.supports_extension("size"):  # RFC 1870: octets as sent, CRLF pairs included
+        options.insert(0, b"SIZE=%d" % len(content))
+    try:
+        refused = await _open_envelope(client, mail_from, recipients, options)
+        await client.data(content)
+    except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
+        # Reset the envelope for the connection's next message, as sendmail does.
+        with contextlib.suppress(ConnectionError, aiosmtplib.SMTPResponseException):
+            await client.rset()
+        raise
+    return refused
+
+
+async def _open_envelope(
+    client: aiosmtplib.SMTP, mail_from: str, recipients: list[str], options: list[bytes]
+) -> dict[str, aiosmtplib.SMTPResponse]:
+    """MAIL FROM, then RCPT TO for each recipient; the refused ones (raises if all are)."""
+    reply = await client.execute_command(b"MAIL", b"FROM:<%s>" % mail_from.encode(), *options)
+    if reply.code != SMTPStatus.completed:
+        raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, mail_from)
+    refused: dict[str, aiosmtplib.SMTPResponse] = {}
+    for recipient in recipients:
+        reply = await client.execute_command(b"RCPT", b"TO:<%s>" % recipient.encode())
+        if reply.code not in _RCPT_ACCEPTED:
+            refused[recipient] = reply
+    if len(refused) == len(recipients):
+        raise aiosmtplib.SMTPRecipientsRefused(
+            [aiosmtplib.SMTPRecipientRefused(r.code, r.message, to) for to, r in refused.items()]
         )
     return refused

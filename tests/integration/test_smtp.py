@@ -1,0 +1,132 @@
+"""The worker's SMTP transaction against a real server (aiosmtpd): the lean path for prebuilt
+emails must do on the wire exactly what aiosmtplib's sendmail does, errors included."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiosmtplib
+import pytest
+
+from service.worker.smtp import is_plain, send_prebuilt
+from tests.smtp_server import SmtpServer
+
+SENDER = "app@example.com"
+CONTENT = (
+    b"From: App <app@example.com>\r\nTo: a@example.com, b@example.com\r\nSubject: hi\r\n"
+    b"Message-ID: <0123@example.com>\r\nMIME-Version: 1.0\r\n\r\n"
+    b"Hello.\r\n.a line that starts with a dot\r\n"
+)
+
+
+@pytest.fixture
+async def client(smtp: SmtpServer) -> AsyncIterator[aiosmtplib.SMTP]:
+    """One open SMTP session with the test server."""
+    session = aiosmtplib.SMTP(
+        hostname="127.0.0.1", port=smtp.port, start_tls=False, local_hostname="test"
+    )
+    await session.connect()
+    await session.ehlo()
+    yield session
+    session.close()
+
+
+async def test_the_lean_path_sends_what_sendmail_sends(
+    smtp: SmtpServer, client: aiosmtplib.SMTP
+) -> None:
+    recipients = ["a@example.com", "b@example.com"]
+
+    await client.sendmail(SENDER, recipients, CONTENT, mail_options=["BODY=8BITMIME"])
+    refused = await send_prebuilt(client, SENDER, recipients, CONTENT)
+
+    assert refused == {}
+    by_sendmail, by_lean_path = smtp.received
+    for received in (by_sendmail, by_lean_path):
+        assert received.mail_from == SENDER
+        assert received.rcpt_tos == recipients
+    assert by_lean_path.mail_options == by_sendmail.mail_options
+    assert by_lean_path.mail_options == [f"SIZE={len(CONTENT)}", "BODY=8BITMIME"]
+    assert by_lean_path.content == by_sendmail.content
+    assert by_lean_path.content == CONTENT  # dot-stuffed on the wire, unstuffed by the server
+
+
+async def test_refused_recipients_are_returned_and_the_others_get_the_message(
+    smtp: SmtpServer, client: aiosmtplib.SMTP
+) -> None:
+    smtp.behaviour.rcpt_replies = {"gone@example.com": "550 5.1.1 no such user"}
+
+    refused = await send_prebuilt(client, SENDER, ["gone@example.com", "a@example.com"], CONTENT)
+
+    assert {to: (r.code, r.message) for to, r in refused.items()} == {
+        "gone@example.com": (550, "5.1.1 no such user")
+    }
+    (received,) = smtp.received
+    assert received.rcpt_tos == ["a@example.com"]
+
+
+async def test_all_recipients_refused_raises_for_each_and_the_session_stays_usable(
+    smtp: SmtpServer, client: aiosmtplib.SMTP
+) -> None:
+    smtp.behaviour.rcpt_replies = {
+        "gone@example.com": "550 5.1.1 no such user",
+        "busy@example.com": "450 4.2.1 try later",
+    }
+
+    with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as raised:
+        await send_prebuilt(client, SENDER, ["gone@example.com", "busy@example.com"], CONTENT)
+
+    assert [(r.recipient, r.code) for r in raised.value.recipients] == [
+        ("gone@example.com", 550),
+        ("busy@example.com", 450),
+    ]
+    assert smtp.data_started == 0
+    # RSET cleared the envelope: the next message on this session goes to its own recipient.
+    await send_prebuilt(client, SENDER, ["a@example.com"], CONTENT)
+    (received,) = smtp.received
+    assert received.rcpt_tos == ["a@example.com"]
+
+
+async def test_a_refused_sender_raises_sender_refused(
+    smtp: SmtpServer, client: aiosmtplib.SMTP
+) -> None:
+    smtp.behaviour.mail_replies = ["553 5.7.1 sender not allowed"]
+
+    with pytest.raises(aiosmtplib.SMTPSenderRefused) as raised:
+        await send_prebuilt(client, SENDER, ["a@example.com"], CONTENT)
+
+    assert (raised.value.code, raised.value.sender) == (553, SENDER)
+    assert smtp.data_started == 0
+    await send_prebuilt(client, SENDER, ["a@example.com"], CONTENT)
+    assert len(smtp.received) == 1
+
+
+async def test_a_refused_message_raises_data_error(
+    smtp: SmtpServer, client: aiosmtplib.SMTP
+) -> None:
+    smtp.behaviour.data_replies = ["554 5.6.0 content rejected"]
+
+    with pytest.raises(aiosmtplib.SMTPDataError) as raised:
+        await send_prebuilt(client, SENDER, ["a@example.com"], CONTENT)
+
+    assert raised.value.code == 554
+    assert smtp.received == []
+
+
+@pytest.mark.parametrize(
+    ("mail_from", "recipients", "plain"),
+    [
+        ("app@example.com", ["a@example.com"], True),
+        ("app+tag@mail.example.com", ["first.last@example.co.uk", "x_y@e.io"], True),
+        ("app@example.com", [], False),  # nothing to send to: sendmail says so
+        ('"a b"@example.com', ["a@example.com"], False),  # quoted local part
+        ("app@example.com", ["jörg@example.com"], False),  # needs SMTPUTF8
+        ("app@example.com", ["a@bücher.example"], False),  # IDN domain
+        ("app@example.com", ["user@[192.0.2.1]"], False),  # address literal
+        ("app@example.com", ["a@example.com\r\nRCPT TO:<x@evil.test>"], False),
+        ("App <app@example.com>", ["a@example.com"], False),  # not a bare address
+    ],
+)
+def test_which_addresses_take_the_lean_path(
+    mail_from: str, recipients: list[str], plain: bool
+) -> None:
+    assert is_plain(mail_from, recipients) is plain
