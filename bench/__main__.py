@@ -131,26 +131,31 @@ async def measure_redis(lab: Lab, options: Options, results: Results) -> None:
 async def measure_smtp_floors(
     lab: Lab, options: Options, sinks: list[SinkKind], results: Results
 ) -> dict[tuple[SinkKind, int], float]:
-    """aiosmtplib resending one prebuilt message, per sink and connection count."""
+    """Resending one prebuilt message, per sink and connection count: the faster of aiosmtplib's
+    sendmail and the worker's own transaction is the floor."""
     medians: dict[tuple[SinkKind, int], float] = {}
     raw: dict[str, list[float]] = {}
     for kind in sinks:
         sink = start_sink(lab.children, kind, lab.workdir)
         try:
             for connections in (p * CONNECTIONS_PER_WORKER for p in PROCESSES):
-                medians[kind, connections], raw[f"{kind}/{connections}"] = await median_of(
-                    options.runs,
-                    functools.partial(
-                        floors.smtp_resend_rate, sink.port, connections, options.emails
-                    ),
-                )
-                results.rows.append(
-                    Row(
-                        f"floor: aiosmtplib resend, {connections} connections",
-                        kind,
-                        rate(medians[kind, connections]),
+                for lean, name in ((False, "aiosmtplib sendmail"), (True, "worker's transaction")):
+                    (
+                        median,
+                        raw[f"{kind}/{connections}/{'lean' if lean else 'sendmail'}"],
+                    ) = await median_of(
+                        options.runs,
+                        functools.partial(
+                            floors.smtp_resend_rate,
+                            sink.port,
+                            connections,
+                            options.emails,
+                            lean=lean,
+                        ),
                     )
-                )
+                    medians[kind, connections] = max(median, medians.get((kind, connections), 0))
+                    row = f"floor: {name} resend, {connections} connections"
+                    results.rows.append(Row(row, kind, rate(median)))
         finally:
             lab.children.stop(sink.process)
     results.raw["smtp_floor_per_s"] = raw

@@ -14,7 +14,9 @@ from typing import Any
 import aiosmtplib
 from redis.asyncio import Redis
 
-from .workload import MAIL_FROM, RECIPIENT, prebuilt_message, xadd_fields
+from service.worker.smtp import send_prebuilt
+
+from .workload import MAIL_ADDRESS, MAIL_FROM, RECIPIENT, prebuilt_message, xadd_fields
 
 __all__ = [
     "redis_client",
@@ -72,8 +74,12 @@ async def xreadgroup_ack_rate(redis: Redis, stream: str, count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-async def smtp_resend_rate(port: int, connections: int, count: int) -> float:
-    """Resend one prebuilt message `count` times over `connections` reused connections."""
+async def smtp_resend_rate(port: int, connections: int, count: int, *, lean: bool) -> float:
+    """Resend one prebuilt message `count` times over `connections` reused connections.
+
+    With `lean`, each send is the worker's own transaction (`send_prebuilt`), else aiosmtplib's
+    `sendmail`: the worker should be compared with the faster of the two.
+    """
     message = prebuilt_message()
     clients = [
         aiosmtplib.SMTP(
@@ -87,7 +93,10 @@ async def smtp_resend_rate(port: int, connections: int, count: int) -> float:
     async def send_until_done(client: aiosmtplib.SMTP) -> None:
         while remaining[0] > 0:
             remaining[0] -= 1
-            await client.sendmail(MAIL_FROM, [RECIPIENT], message)
+            if lean:
+                await send_prebuilt(client, MAIL_ADDRESS, [RECIPIENT], message)
+            else:
+                await client.sendmail(MAIL_FROM, [RECIPIENT], message)
 
     try:
         started = time.perf_counter()

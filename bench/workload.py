@@ -9,9 +9,18 @@ from typing import Final
 
 from service import EmailTask
 
-__all__ = ["MAIL_FROM", "RECIPIENT", "make_task", "make_tasks", "prebuilt_message", "xadd_fields"]
+__all__ = [
+    "MAIL_ADDRESS",
+    "MAIL_FROM",
+    "RECIPIENT",
+    "make_task",
+    "make_tasks",
+    "prebuilt_message",
+    "xadd_fields",
+]
 
 MAIL_FROM: Final = "Bench <bench@example.com>"
+MAIL_ADDRESS: Final = "bench@example.com"  # MAIL_FROM's address, as the worker sends it
 RECIPIENT: Final = "rcpt@example.com"
 # 11 lines of 68 characters: short lines keep the body 7-bit (no quoted-printable).
 _BODY: Final = "\n".join(

@@ -246,6 +246,7 @@ async def send_prebuilt(
     a fifth of the worker's CPU. Returns the refused recipients; raises SMTPSenderRefused,
     SMTPRecipientsRefused (all refused) or SMTPDataError, after an RSET as sendmail does.
     """
+    await _greet(client)  # as sendmail: the extensions are known after EHLO
     options = [b"BODY=8BITMIME"] if client.supports_extension("8bitmime") else []
     if client.supports_extension("size"):  # RFC 1870: octets as sent, CRLF pairs included
         options.insert(0, b"SIZE=%d" % len(content))

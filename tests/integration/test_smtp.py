@@ -130,3 +130,17 @@ def test_which_addresses_take_the_lean_path(
     mail_from: str, recipients: list[str], plain: bool
 ) -> None:
     assert is_plain(mail_from, recipients) is plain
+
+
+async def test_a_session_not_yet_greeted_is_greeted_first(smtp: SmtpServer) -> None:
+    session = aiosmtplib.SMTP(
+        hostname="127.0.0.1", port=smtp.port, start_tls=False, local_hostname="test"
+    )
+    await session.connect()
+    try:
+        await send_prebuilt(session, SENDER, ["a@example.com"], CONTENT)
+    finally:
+        session.close()
+
+    (received,) = smtp.received
+    assert received.mail_options == [f"SIZE={len(CONTENT)}", "BODY=8BITMIME"]
