@@ -22,14 +22,15 @@ __all__ = ["ENQUEUE", "FORGET_CONSUMER", "PROMOTE_DUE", "REQUEUE_DEAD", "SETTLE"
 #       tasks without one: every key must be declared, for Redis Cluster)
 # ARGV: max_backlog (0: none), idempotency window ms, then per task: task id, due ms (0: now),
 #       '1' if it has an idempotency key else '0', n, and the entry's n fields and values
-# Returns {1, id, id, ...}: per task its id, or the original task's id when its idempotency key
-# was used within the window; {-1, backlog} when stream + delayed + the new tasks would pass the
-# limit.
+# Returns {1, backlog, id, id, ...}: the backlog after the call (-1 when there is no limit), then
+# per task its id, or the original task's id when its idempotency key was used within the window;
+# {-1, backlog} when stream + delayed + the new tasks would pass the limit.
 ENQUEUE: Final = """
 local function original(i, task)
   return ARGV[i + 2] == '1' and redis.call('GET', KEYS[3 + task])
 end
 local limit = tonumber(ARGV[1])
+local backlog = -1
 if limit > 0 then
   -- Only tasks not already enqueued under their idempotency key count against the limit, so a
   -- retried request gets its original id back even from a full queue.
@@ -39,10 +40,11 @@ if limit > 0 then
     if not original(i, task) then new = new + 1 end
     i = i + 4 + tonumber(ARGV[i + 3])
   end
-  local backlog = redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2])
+  backlog = redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2])
   if new > 0 and backlog + new > limit then return {-1, backlog} end
+  backlog = backlog + new
 end
-local ids, i, task = {1}, 3, 0
+local ids, i, task = {1, backlog}, 3, 0
 while i <= #ARGV do
   task = task + 1
   local task_id, due, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 3])

@@ -14,10 +14,11 @@ import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
+from redis.typing import EncodableT, FieldT
 
 from ..connection import connect_redis, text
 from ..errors import QueueFull
@@ -25,6 +26,7 @@ from ..keys import QueueKeys
 from ..scripts import ENQUEUE
 from ..task import EmailTask
 from ..wire import encode_entry
+from .backlog import BacklogEstimate
 
 __all__ = ["DEFAULT_IDEMPOTENCY_WINDOW", "DEFAULT_MAX_BACKLOG", "Producer"]
 
@@ -69,6 +71,7 @@ class Producer:
         self._max_backlog = max_backlog or 0
         self._window_ms = int(idempotency_window.total_seconds() * 1000)
         self._enqueue = redis.register_script(ENQUEUE)
+        self._backlog = BacklogEstimate(self._max_backlog)
         self._owns_client = False
 
     @classmethod
@@ -112,8 +115,11 @@ class Producer:
         """
         if idempotency_key is not None:
             _check_key(idempotency_key)
-        due_ms = _due_ms(send_at, delay)
-        ids = await self._add([_prepare(task, due_ms)], [idempotency_key])
+        task_id, fields, due_ms = _prepare(task, _due_ms(send_at, delay))
+        plain = idempotency_key is None and not due_ms
+        if plain and self._backlog.allows_plain_add(time.monotonic()):
+            return await self._add_plain(task_id, fields)
+        ids = await self._add([(task_id, fields, due_ms)], [idempotency_key])
         return ids[0]
 
     async def enqueue_many(
@@ -150,7 +156,19 @@ class Producer:
             raise QueueFull(self.queue, backlog=None, limit=None) from None
         if reply[0] == -1:
             raise QueueFull(self.queue, backlog=int(reply[1]), limit=self._max_backlog)
-        return [text(task_id) for task_id in reply[1:]]
+        if (backlog := int(reply[1])) >= 0:
+            self._backlog.observe(backlog, time.monotonic())
+        return [text(task_id) for task_id in reply[2:]]
+
+    async def _add_plain(self, task_id: str, fields: dict[str, bytes]) -> str:
+        """A task due now, without a key, far below the limit: a bare XADD (see `backlog`)."""
+        try:
+            # str keys and bytes values are what xadd takes; dict invariance hides it from mypy.
+            await self._redis.xadd(self._keys.stream, cast("dict[FieldT, EncodableT]", fields))
+        except OutOfMemoryError:
+            raise QueueFull(self.queue, backlog=None, limit=None) from None
+        self._backlog.add()
+        return task_id
 
     async def aclose(self) -> None:
         """Close the Redis client if this producer created it."""

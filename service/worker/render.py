@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import functools
 import random
 import re
 import sys
@@ -86,13 +87,18 @@ def render(envelope: Envelope, *, default_sender: str, default_mail_from: str = 
     if task.reply_to:
         headers.append(("Reply-To", ", ".join(task.reply_to)))
     headers.append(("Subject", task.subject))
-    date = format_datetime(datetime.fromtimestamp(envelope.dated_ms / 1000, tz=UTC))
-    headers.append(("Date", date))
+    headers.append(("Date", _date_header(envelope.dated_ms // 1000)))
     headers.append(("Message-ID", f"<{envelope.task_id}@{mail_from.rpartition('@')[2]}>"))
     extra = list(task.headers.items())
     data = _as_bytes(headers, extra, task.text, task.html)
     content = data if data is not None else _as_message(headers + extra, task.text, task.html)
     return Outgoing(content, mail_from, envelope.envelope_recipients())
+
+
+@functools.lru_cache(maxsize=256)
+def _date_header(seconds: int) -> str:
+    """The Date value for a second since the epoch: a burst of emails shares a few of them."""
+    return format_datetime(datetime.fromtimestamp(seconds, tz=UTC))
 
 
 def _as_message(headers: list[tuple[str, str]], text: str | None, html: str | None) -> EmailMessage:

@@ -259,3 +259,37 @@ async def test_a_full_queue_still_answers_a_known_idempotency_key(redis: Redis) 
     with pytest.raises(QueueFull):
         await producer.enqueue(task, idempotency_key="order:8")
     assert await redis.xlen(STREAM) == 1
+
+
+async def _evalsha_calls(redis: Redis) -> int:
+    stats: Any = await redis.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_plain_enqueues_far_below_the_limit_skip_the_script(redis: Redis) -> None:
+    producer = Producer(redis)  # the default limit, 100,000
+    tasks = [EmailTask(to=f"u{i}@example.com", subject=str(i), text="x") for i in range(300)]
+    await redis.config_resetstat()
+
+    task_ids = [await producer.enqueue(task) for task in tasks]
+
+    # One script call reads the backlog, then bare XADDs until that read is 20 ms old.
+    assert 1 <= await _evalsha_calls(redis) < len(tasks) // 3
+    envelopes = [decode_entry(fields) for _, fields in as_entries(await redis.xrange(STREAM))]
+    assert [(e.task_id, e.task) for e in envelopes] == list(zip(task_ids, tasks, strict=True))
+
+
+async def test_near_the_limit_every_enqueue_is_checked_exactly(redis: Redis) -> None:
+    producer = Producer(redis, max_backlog=2_000)  # margin 1,000
+    task = EmailTask(to="a@example.com", subject="s", text="x")
+    await producer.enqueue_many([task] * 999)
+    await redis.config_resetstat()
+
+    for _ in range(1_001):
+        await producer.enqueue(task)
+    with pytest.raises(QueueFull) as caught:
+        await producer.enqueue(task)
+
+    assert (caught.value.backlog, await redis.xlen(STREAM)) == (2_000, 2_000)
+    # At most the first of those could skip the check (backlog 999 + margin < 2,000).
+    assert await _evalsha_calls(redis) >= 1_001
