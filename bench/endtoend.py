@@ -152,8 +152,8 @@ async def profiled_drain(
         with _workers(lab, config, 1) as (worker,):
             with (lab.workdir / f"py-spy-{fmt}.log").open("ab") as log:
                 recorder = lab.children.spawn(
-                    [py_spy, "record", "--idle", "--rate", "250", "--format", fmt,
-                     "--output", str(output), "--pid", str(worker.pid)],
+                    [py_spy, "record", "--idle", "--full-filenames", "--rate", "250",
+                     "--format", fmt, "--output", str(output), "--pid", str(worker.pid)],
                     stdout=log,
                 )  # fmt: skip
             await asyncio.sleep(1.0)  # py-spy attaches

@@ -3,7 +3,9 @@
 Each sample's stack is put in one group, the first that any of its frames belongs to, in this
 order: waiting in epoll (idle), start-up imports, pydantic/validation (decoding an entry),
 logging, email rendering (building and flattening the message, also when aiosmtplib flattens
-it), Redis I/O, aiosmtplib, the event loop itself, then anything else.
+it), Redis I/O, aiosmtplib, the event loop's own work (not the runner frames every stack passes
+through), the service's own code, then anything else. Under uvloop a sample with no Python frame
+below the runner is in uvloop's C code, waiting or dispatching: py-spy cannot tell which.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ __all__ = ["GROUPS", "group_of", "parse_collapsed", "summarize_collapsed"]
 _FRAME: Final = re.compile(r"(?P<function>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 Frame = tuple[str, str]  # (function, file)
 
+_LOOP_SCAFFOLDING: Final = frozenset(
+    {"run", "run_until_complete", "run_forever", "_run_once", "_run"}
+)
+
 # A group, and whether a frame belongs to it.
 GROUPS: Final[list[tuple[str, Callable[[str, str], bool]]]] = [
     ("start-up (imports)", lambda fn, f: fn == "_find_and_load"),
@@ -30,13 +36,15 @@ GROUPS: Final[list[tuple[str, Callable[[str, str], bool]]]] = [
         or fn == "addr_spec"),
     ("Redis I/O (redis-py)", lambda fn, f: _under(f, "redis")),
     ("aiosmtplib", lambda fn, f: _under(f, "aiosmtplib")),
-    ("event loop (asyncio)", lambda fn, f: _under(f, "asyncio", "selectors.py")),
+    # Not the runner and loop frames every stack passes through: only asyncio's own work.
+    ("event loop (asyncio)", lambda fn, f: _under(f, "asyncio", "selectors.py")
+        and fn.rpartition(".")[2] not in _LOOP_SCAFFOLDING),
+    ("the service's own code", lambda fn, f: _under(f, "service")),
 ]  # fmt: skip
 IDLE: Final = "idle (epoll wait)"
 IDLE_THREADS: Final = "idle (other threads)"
-_LOOP_SCAFFOLDING: Final = frozenset(
-    {"run", "run_until_complete", "run_forever", "_run_once", "_run"}
-)
+# uvloop's loop is C: with no Python frame under it, the thread waits in epoll or runs libuv.
+UVLOOP_C: Final = "uvloop C code (epoll wait or dispatch)"
 OTHER: Final = "other"
 
 
@@ -72,6 +80,8 @@ def _waiting(leaf: Frame) -> str | None:
     function, file = leaf
     if file.endswith("selectors.py") and function.endswith("select"):
         return IDLE
+    if file.endswith("asyncio/runners.py") and function.endswith("run"):
+        return UVLOOP_C
     if file.endswith(("threading.py", "concurrent/futures/thread.py", "queue.py")):
         return IDLE_THREADS
     return None
@@ -87,13 +97,13 @@ def summarize_collapsed(path: Path, top: int = 15) -> dict[str, Any]:
         samples += count
         group = group_of(frames)
         groups[group] += count
-        if group in {IDLE, IDLE_THREADS}:
+        if group in {IDLE, IDLE_THREADS, UVLOOP_C}:
             continue
         if frames:
             own[_name(frames[-1])] += count
         for name in {_name(frame) for frame in frames if not _is_scaffolding(frame)}:
             total[name] += count
-    busy = samples - groups[IDLE] - groups[IDLE_THREADS]
+    busy = samples - groups[IDLE] - groups[IDLE_THREADS] - groups[UVLOOP_C]
     summary = {
         "samples": samples,
         "busy_samples": busy,
@@ -129,17 +139,23 @@ def _text(summary: dict[str, Any], busy: int) -> str:
     def pct(count: int, of: int) -> str:
         return f"{100 * count / of:5.1f}%" if of else "  -  "
 
-    loop = busy + summary["groups"].get(IDLE, 0)
+    waiting = summary["groups"].get(IDLE, 0)
+    uvloop = summary["groups"].get(UVLOOP_C, 0)
+    loop = busy + waiting + uvloop
     lines = [
-        f"Profile: {busy} busy samples; the event loop thread was busy in "
+        f"Profile: {busy} busy samples; the event loop thread ran Python code in "
         f"{pct(busy, loop).strip()} of its samples",
-        "",
-        "Groups (% of busy samples):",
     ]
+    if uvloop:
+        lines.append(
+            f"and was in uvloop's C code (waiting in epoll, or libuv dispatching and doing "
+            f"socket I/O: py-spy cannot tell which) in {pct(uvloop, loop).strip()}"
+        )
+    lines += ["", "Groups (% of busy samples):"]
     lines += [
         f"  {pct(c, busy)}  {g}"
         for g, c in summary["groups"].items()
-        if g not in {IDLE, IDLE_THREADS}
+        if g not in {IDLE, IDLE_THREADS, UVLOOP_C}
     ]
     lines += ["", "Top own time (% of busy):"]
     lines += [f"  {pct(c, busy)}  {f}" for f, c in summary["own"].items()]
