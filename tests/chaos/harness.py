@@ -101,9 +101,7 @@ async def run(config: RunConfig, workdir: Path) -> RunFacts:
         await fleet.reap()
         await _collect(facts, admin, mail, fleet, injector)
     finally:
-        for incarnation in fleet.incarnations:
-            if incarnation.process.poll() is None:
-                incarnation.process.kill()
+        await fleet.close()
         mail.close()
         await admin.aclose()
         redis.resume()

@@ -167,6 +167,18 @@ class WorkerFleet:
         if incarnation.ended is None:
             incarnation.ended, incarnation.end = time.time(), how
 
+    async def close(self) -> None:
+        """Kill and reap every worker still running and close every proxy, whatever happened.
+
+        A worker may still run here when the run failed, or when a stop the injector began
+        (a deploy's SIGTERM) was still waiting for the drain as the run ended.
+        """
+        for incarnation in self.incarnations:
+            if incarnation.process.poll() is None:
+                incarnation.process.kill()
+            await asyncio.to_thread(incarnation.process.wait)
+            await self._release(incarnation)
+
     async def _release(self, incarnation: Incarnation) -> None:
         await incarnation.redis_link.close()
         await incarnation.smtp_link.close()
