@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any, Final, Self, cast
 
 from redis.asyncio import Redis
-from redis.exceptions import OutOfMemoryError
+from redis.exceptions import ExecAbortError, OutOfMemoryError
 from redis.typing import EncodableT, FieldT
 
 from ..connection import connect_redis, text
@@ -40,6 +40,8 @@ _MAX_KEY_CHARS: Final = 200
 _NO_KEY: Final = "-"
 
 Delay = timedelta | float | int
+# A task ready to go: (task id, entry fields, due ms or 0 for now).
+Prepared = tuple[str, dict[str, bytes], int]
 
 
 class Producer:
@@ -139,11 +141,12 @@ class Producer:
         prepared = [_prepare(task, due_ms) for task in tasks]
         if not prepared:
             return []
+        now = all(not due for _, _, due in prepared)
+        if now and self._backlog.allows_plain_add(time.monotonic(), len(prepared)):
+            return await self._add_plain_batch(prepared)
         return await self._add(prepared, [None] * len(prepared))
 
-    async def _add(
-        self, prepared: list[tuple[str, dict[str, bytes], int]], keys: list[str | None]
-    ) -> list[str]:
+    async def _add(self, prepared: list[Prepared], keys: list[str | None]) -> list[str]:
         args: list[str | bytes | int] = [self._max_backlog, self._window_ms]
         for (task_id, fields, due_ms), key in zip(prepared, keys, strict=True):
             args += [task_id, due_ms, 0 if key is None else 1, 2 * len(fields)]
@@ -170,6 +173,20 @@ class Producer:
         self._backlog.add()
         return task_id
 
+    async def _add_plain_batch(self, prepared: list[Prepared]) -> list[str]:
+        """Tasks due now, far below the limit: XADDs in one MULTI/EXEC, all or nothing."""
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for _, fields, _ in prepared:
+                    pipe.xadd(self._keys.stream, cast("dict[FieldT, EncodableT]", fields))
+                await pipe.execute()
+        except (OutOfMemoryError, ExecAbortError) as exc:
+            if isinstance(exc, ExecAbortError) and "OOM" not in str(exc):
+                raise
+            raise QueueFull(self.queue, backlog=None, limit=None) from None
+        self._backlog.add(len(prepared))
+        return [task_id for task_id, _, _ in prepared]
+
     async def aclose(self) -> None:
         """Close the Redis client if this producer created it."""
         if self._owns_client:
@@ -190,7 +207,7 @@ class Producer:
         return f"Producer(queue={self.queue!r})"
 
 
-def _prepare(task: EmailTask, due_ms: int | None) -> tuple[str, dict[str, bytes], int]:
+def _prepare(task: EmailTask, due_ms: int | None) -> Prepared:
     """(task id, entry fields, due ms or 0 for now) of a task about to be enqueued."""
     if not isinstance(task, EmailTask):
         raise TypeError(f"expected an EmailTask, got {type(task).__name__}")

@@ -293,3 +293,30 @@ async def test_near_the_limit_every_enqueue_is_checked_exactly(redis: Redis) -> 
     assert (caught.value.backlog, await redis.xlen(STREAM)) == (2_000, 2_000)
     # At most the first of those could skip the check (backlog 999 + margin < 2,000).
     assert await _evalsha_calls(redis) >= 1_001
+
+
+async def test_a_plain_batch_far_below_the_limit_is_one_multi_exec(redis: Redis) -> None:
+    producer = Producer(redis)  # the default limit, 100,000
+    tasks = [EmailTask(to=f"u{i}@example.com", subject=str(i), text="x") for i in range(100)]
+    await redis.config_resetstat()
+
+    first = await producer.enqueue_many(tasks[:50])  # reads the backlog: the script
+    second = await producer.enqueue_many(tasks[50:])  # within 20 ms of that read: MULTI/EXEC
+
+    stats: Any = await redis.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 1
+    assert stats["cmdstat_exec"]["calls"] == 1
+    envelopes = [decode_entry(fields) for _, fields in as_entries(await redis.xrange(STREAM))]
+    assert [(e.task_id, e.task) for e in envelopes] == list(zip(first + second, tasks, strict=True))
+
+
+async def test_redis_out_of_memory_refuses_a_plain_batch_whole(redis: Redis) -> None:
+    producer = Producer(redis, max_backlog=None)  # no limit: every batch takes the plain path
+    tasks = [EmailTask(to=f"u{i}@example.com", subject="s", text="x") for i in range(3)]
+    await redis.config_set("maxmemory", "1")
+    try:
+        with pytest.raises(QueueFull, match="Redis is out of memory"):
+            await producer.enqueue_many(tasks)
+    finally:
+        await redis.config_set("maxmemory", "0")
+    assert await redis.exists(STREAM) == 0

@@ -45,6 +45,14 @@ def test_margin(limit: int, expected: int) -> None:
     assert margin(limit) == expected
 
 
+@pytest.mark.parametrize(("count", "allowed"), [(1, True), (10_000, True), (10_001, False)])
+def test_a_batch_counts_whole(count: int, allowed: bool) -> None:
+    estimate = BacklogEstimate(100_000)
+    estimate.observe(80_000, NOW)  # the batch may fill up to the margin: 90,000
+
+    assert estimate.allows_plain_add(NOW, count) is allowed
+
+
 def test_a_new_read_forgets_the_enqueues_counted_since_the_last() -> None:
     estimate = BacklogEstimate(100_000)
     estimate.observe(80_000, NOW)
