@@ -269,7 +269,13 @@ class TaskStream:
         return bool(removed)
 
     async def _with_deliveries(self, ids: list[str], claimed: list[Any]) -> list[Entry]:
-        """Pair claimed entries with their delivery counts; drop ids deleted while pending."""
+        """Pair claimed entries with their delivery counts; drop ids deleted while pending.
+
+        An entry no longer pending when its count is read was settled after the claim: the
+        delivery that held it (here or in another worker) finished between the two round trips,
+        often after a Redis stall delayed its settle past the reclaim idle time. It is dropped,
+        not sent again.
+        """
         fields_by_id = {text(eid): fields for eid, fields in claimed if eid is not None}
         live = [(eid, fields) for eid in ids if (fields := fields_by_id.get(eid)) is not None]
         gone = [eid for eid in ids if fields_by_id.get(eid) is None]
@@ -280,11 +286,11 @@ class TaskStream:
                 # Nothing left to send: clear them from the pending list for good.
                 pipe.xack(self._stream, CONSUMER_GROUP, *gone)
             replies = await pipe.execute()
-        entries = []
-        for (eid, fields), pending in zip(live, replies, strict=False):
-            deliveries = pending[0]["times_delivered"] if pending else 1
-            entries.append(Entry(eid, fields, deliveries))
-        return entries
+        return [
+            Entry(eid, fields, pending[0]["times_delivered"])
+            for (eid, fields), pending in zip(live, replies, strict=False)
+            if pending
+        ]
 
 
 def _flatten(fields: Mapping[bytes, bytes]) -> list[bytes]:

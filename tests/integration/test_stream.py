@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -210,3 +211,21 @@ async def test_settles_fail_together_while_redis_is_down_and_succeed_when_retrie
     settled = await asyncio.gather(*(stream.settle(e, task_id="t") for e in entries))
     assert all(s.took_effect for s in settled)
     assert await redis.xlen(KEYS.stream) == 0
+
+
+async def test_an_entry_settled_between_claim_and_count_is_not_handed_out(redis: Redis) -> None:
+    # Seen in a chaos run: a worker's settle waited out a Redis stall past the reclaim idle
+    # time; its own reclaimer's XAUTOCLAIM ran first, the settle landed next, and the claimed
+    # entry (with a delivery count read as missing) was sent a second time.
+    holder, reclaimer = await _stream(redis, "holder"), await _stream(redis, "reclaimer")
+    await redis.xadd(KEYS.stream, {"v": "1", "n": "settled"})
+    await redis.xadd(KEYS.stream, {"v": "1", "n": "still pending"})
+    first, second = await holder.read_new(2, block_ms=10)
+    reply: Any = await redis.xautoclaim(KEYS.stream, CONSUMER_GROUP, "reclaimer", 0, "0-0")
+    await holder.settle(first, task_id="t")  # lands between the claim and the count
+
+    entries = await reclaimer._with_deliveries([first.entry_id, second.entry_id], reply[1])
+
+    assert [(e.entry_id, e.fields[b"n"], e.deliveries) for e in entries] == [
+        (second.entry_id, b"still pending", 2)
+    ]
