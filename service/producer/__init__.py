@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any, Final, Self, cast
 
 from redis.asyncio import Redis
-from redis.exceptions import ExecAbortError, OutOfMemoryError
+from redis.exceptions import OutOfMemoryError
 from redis.typing import EncodableT, FieldT
 
 from ..connection import connect_redis, text
@@ -180,9 +180,7 @@ class Producer:
                 for _, fields, _ in prepared:
                     pipe.xadd(self._keys.stream, cast("dict[FieldT, EncodableT]", fields))
                 await pipe.execute()
-        except (OutOfMemoryError, ExecAbortError) as exc:
-            if isinstance(exc, ExecAbortError) and "OOM" not in str(exc):
-                raise
+        except OutOfMemoryError:  # refused while queued in the MULTI: EXEC then runs nothing
             raise QueueFull(self.queue, backlog=None, limit=None) from None
         self._backlog.add(len(prepared))
         return [task_id for task_id, _, _ in prepared]
