@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import secrets
 import shlex
+import shutil
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -18,6 +19,9 @@ import orjson
 from tests.chaos.harness import run
 from tests.chaos.plan import RunConfig, draw_faults
 from tests.chaos.report import Summary, format_table, print_failures, summarize
+
+# Where a failing seed's logs stay when no --workdir is given.
+_FAILED_RUNS = Path("var/chaos")
 
 __all__ = ["main", "run_and_judge"]
 
@@ -51,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fault-gap", type=float, default=1.5, help="mean seconds between faults")
     parser.add_argument("--drain-timeout", type=float, default=180.0)
     parser.add_argument("--worker-module", default="service.worker")
-    parser.add_argument("--workdir", type=Path, help="keep logs here (default: a temporary dir)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="keep every seed's logs here (default: var/chaos/<time>/<seed>, failing seeds only)",
+    )
     args = parser.parse_args(argv)
     # SIGTERM acts as Ctrl-C: the run unwinds and stops every process it started.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -69,21 +77,30 @@ def main(argv: list[str] | None = None) -> int:
         worker_module=args.worker_module,
     )
     summaries = []
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     for seed in seeds:
         config = replace(base, seed=seed)
         replay = sys.argv[1:] if argv is None else argv
         planned = len(draw_faults(config))
         command = f"python -m tests.chaos {shlex.join(_with_seed(replay, seed))}"
         print(f"chaos seed {seed}: {planned} faults planned; replay: {command}", flush=True)
-        with tempfile.TemporaryDirectory(prefix=f"chaos-{seed}-") as tmp:
-            workdir = args.workdir / str(seed) if args.workdir else Path(tmp)
-            workdir.mkdir(parents=True, exist_ok=True)
-            started = time.monotonic()
-            summary = asyncio.run(run_and_judge(config, workdir))
+        # Without --workdir, a passing seed's logs are removed and a failing seed's are kept:
+        # a failure that does not come back on replay can still be read.
+        workdir = ((args.workdir or _FAILED_RUNS / stamp) / str(seed)).resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        summary = asyncio.run(run_and_judge(config, workdir))
         print(f"seed {seed}: {'pass' if summary.passed else 'FAIL'} "
               f"in {time.monotonic() - started:.0f} s", flush=True)  # fmt: skip
+        if not summary.passed:
+            print(f"seed {seed}: logs and evidence (run.json) kept in {workdir}", flush=True)
+        elif not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
         print_failures(summary)
         summaries.append(summary)
+    if not args.workdir:  # remove the run's directory if every seed passed (it is empty)
+        with contextlib.suppress(OSError):
+            (_FAILED_RUNS / stamp).rmdir()
     print(format_table(summaries))
     failed = [s.seed for s in summaries if not s.passed]
     if failed:
