@@ -3,12 +3,15 @@ emails must do on the wire exactly what aiosmtplib's sendmail does, errors inclu
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import aiosmtplib
 import pytest
 
-from service.worker.smtp import is_plain, send_prebuilt
+from service.settings import WorkerSettings
+from service.worker.render import Outgoing
+from service.worker.smtp import SmtpPool, is_plain, send_prebuilt
 from tests.smtp_server import SmtpServer
 
 SENDER = "app@example.com"
@@ -144,3 +147,33 @@ async def test_a_session_not_yet_greeted_is_greeted_first(smtp: SmtpServer) -> N
 
     (received,) = smtp.received
     assert received.mail_options == [f"SIZE={len(CONTENT)}", "BODY=8BITMIME"]
+
+
+async def test_the_pool_deadline_bounds_a_stalled_transaction_and_drops_its_connection(
+    smtp: SmtpServer,
+) -> None:
+    # The lean path sets no timeout per command: SMTP_TIMEOUT_SECONDS, enforced by the pool
+    # around the whole send, is what ends a server that stops answering mid-message.
+    settings = WorkerSettings(
+        _env_file=None,
+        smtp_host="127.0.0.1",
+        smtp_port=smtp.port,
+        smtp_security="none",
+        smtp_timeout_seconds=0.5,
+        mail_from="app@example.com",
+    )
+    pool = SmtpPool(settings, size=1, local_hostname="test")
+    outgoing = Outgoing(CONTENT, SENDER, ["a@example.com"])
+    smtp.behaviour.data_delay = 5.0
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await pool.send(outgoing)
+
+    assert time.monotonic() - started < 2.0
+    assert pool.idle_connections == 0  # a session in an unknown state is never reused
+    smtp.behaviour.data_delay = 0.0
+    assert await pool.send(outgoing) == {}
+    assert pool.idle_connections == 1
+    await pool.close()
+    assert len(smtp.received) == 1  # the stalled message is still held by the server
