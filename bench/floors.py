@@ -14,7 +14,7 @@ from typing import Any
 import aiosmtplib
 from redis.asyncio import Redis
 
-from service.worker.smtp import send_prebuilt
+from service.worker.transaction import send_prebuilt
 
 from .workload import MAIL_ADDRESS, MAIL_FROM, RECIPIENT, prebuilt_message, xadd_fields
 

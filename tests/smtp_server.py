@@ -43,11 +43,26 @@ class Behaviour:
     data_delay: float = 0.0
     # Accepted login, when set (AUTH is then offered, also without TLS, on loopback only).
     credentials: tuple[str, str] | None = None
+    # Offer PIPELINING in EHLO, as Postfix, Exim and the large providers do (aiosmtpd reads
+    # commands in order, so it serves a pipelined group like any server; it just does not say
+    # so by default). The worker then sends in groups (service/worker/transaction.py).
+    pipelining: bool = True
+    # Keep refused recipients in the envelope, so DATA gets 354 even when every RCPT was
+    # refused: the server RFC 2920 section 3.1 tells pipelining clients to expect.
+    data_despite_refusals: bool = False
 
 
 class _Handler:
     def __init__(self, server: SmtpServer) -> None:
         self.server = server
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname  # this hook's duty, in aiosmtpd
+        if self.server.behaviour.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
@@ -68,6 +83,8 @@ class _Handler:
             if isinstance(reply, list):
                 reply = reply.pop(0) if reply else None
         if reply is not None:
+            if self.server.behaviour.data_despite_refusals:
+                envelope.rcpt_tos.append(address)
             return reply
         envelope.rcpt_tos.append(address)
         return "250 OK"

@@ -5,7 +5,9 @@ of their own from the pool (as many as `WORKER_CONCURRENCY`); connections are re
 messages (a new TCP + TLS + EHLO + AUTH per email would cost more than the email), checked with
 NOOP when they were idle a while, retired with QUIT after `SMTP_MAX_MESSAGES_PER_CONNECTION`
 messages when that is set (some servers limit it), and dropped whenever a send fails (421, a
-disconnect, a timeout...), so a client in an unknown state is never reused.
+disconnect, a timeout...), so a client in an unknown state is never reused. A prebuilt email
+with plain addresses goes out through the worker's own transaction (`transaction.py`), others
+through aiosmtplib's `send_message`/`sendmail`.
 
 Failing to open a session (connection refused, TLS or AUTH failing, greeting refused) raises
 `SmtpUnavailableError`, distinct from a message's own failure: the worker then pauses rather
@@ -16,30 +18,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Final
 
 import aiosmtplib
-from aiosmtplib.typing import SMTPStatus
 
 from ..errors import SmtpUnavailableError
 from ..settings import WorkerSettings
 from .render import Outgoing
+from .transaction import greet, is_plain, send_prebuilt
 
-__all__ = ["SmtpPool", "is_plain", "send_prebuilt"]
+__all__ = ["SmtpPool"]
 
 # A connection idle longer than this is checked with NOOP before it carries a message.
 _IDLE_CHECK_AFTER_SECONDS: Final = 5.0
 # How long a QUIT may take when a connection is retired or the pool closes.
 _QUIT_SECONDS: Final = 2.0
-# An address aiosmtplib would send as it is, in angle brackets: ASCII, unquoted, no comment,
-# no IP literal. Others go through aiosmtplib's own parsing.
-_PLAIN_ADDRESS: Final = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+")
-# RCPT replies that accept a recipient (251: not local, will forward).
-_RCPT_ACCEPTED: Final = frozenset({250, 251})
 
 
 @dataclass(slots=True)
@@ -151,7 +147,7 @@ class SmtpPool:
         client = self._new_client()
         try:
             await client.connect()
-            await _greet(client)
+            await greet(client)
         except BaseException:
             client.close()
             raise
@@ -197,18 +193,6 @@ async def _quit(client: aiosmtplib.SMTP) -> None:
     client.close()
 
 
-async def _greet(client: aiosmtplib.SMTP) -> None:
-    """EHLO (HELO if refused) unless the session already did it: extensions are known after."""
-    if not client.is_ehlo_or_helo_needed:
-        return
-    try:
-        await client.ehlo()
-    except aiosmtplib.SMTPHeloError:
-        if not client.is_connected:
-            raise
-        await client.helo()
-
-
 async def _transmit(
     client: aiosmtplib.SMTP, outgoing: Outgoing
 ) -> dict[str, aiosmtplib.SMTPResponse]:
@@ -226,61 +210,4 @@ async def _transmit(
     refused, _ = await client.sendmail(
         outgoing.mail_from, outgoing.recipients, content, mail_options=options
     )
-    return refused
-
-
-def is_plain(mail_from: str, recipients: list[str]) -> bool:
-    """Whether every address can go on the wire as it is (see `send_prebuilt`)."""
-    return bool(recipients) and all(
-        _PLAIN_ADDRESS.fullmatch(address) for address in (mail_from, *recipients)
-    )
-
-
-async def send_prebuilt(
-    client: aiosmtplib.SMTP, mail_from: str, recipients: list[str], content: bytes
-) -> dict[str, aiosmtplib.SMTPResponse]:
-    """`client.sendmail` for CRLF 7-bit `content` and plain addresses (`is_plain`), made lean.
-
-    The same commands, options and errors as aiosmtplib's sendmail (and `send_message` for
-    such an email), without parsing each address twice with the standard library (about a
-    tenth of the worker's busy samples in py-spy). Returns the refused recipients; raises
-    SMTPSenderRefused, SMTPRecipientsRefused (all refused) or SMTPDataError, after an RSET as
-    sendmail does.
-
-    Unlike sendmail, no command has a timeout of its own: the caller bounds the whole
-    transaction (`SmtpPool.send` does), and closes the client when that deadline passes. A timer
-    per reply (four per email) cost about a tenth of the worker's CPU per email.
-    """
-    await _greet(client)  # as sendmail: the extensions are known after EHLO
-    options = [b"BODY=8BITMIME"] if client.supports_extension("8bitmime") else []
-    if client.supports_extension("size"):  # RFC 1870: octets as sent, CRLF pairs included
-        options.insert(0, b"SIZE=%d" % len(content))
-    try:
-        refused = await _open_envelope(client, mail_from, recipients, options)
-        await client.data(content, timeout=None)
-    except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
-        # Reset the envelope for the connection's next message, as sendmail does.
-        with contextlib.suppress(ConnectionError, aiosmtplib.SMTPResponseException):
-            await client.rset(timeout=None)
-        raise
-    return refused
-
-
-async def _open_envelope(
-    client: aiosmtplib.SMTP, mail_from: str, recipients: list[str], options: list[bytes]
-) -> dict[str, aiosmtplib.SMTPResponse]:
-    """MAIL FROM, then RCPT TO for each recipient; the refused ones (raises if all are)."""
-    mail = b"FROM:<%s>" % mail_from.encode()
-    reply = await client.execute_command(b"MAIL", mail, *options, timeout=None)
-    if reply.code != SMTPStatus.completed:
-        raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, mail_from)
-    refused: dict[str, aiosmtplib.SMTPResponse] = {}
-    for recipient in recipients:
-        reply = await client.execute_command(b"RCPT", b"TO:<%s>" % recipient.encode(), timeout=None)
-        if reply.code not in _RCPT_ACCEPTED:
-            refused[recipient] = reply
-    if len(refused) == len(recipients):
-        raise aiosmtplib.SMTPRecipientsRefused(
-            [aiosmtplib.SMTPRecipientRefused(r.code, r.message, to) for to, r in refused.items()]
-        )
     return refused

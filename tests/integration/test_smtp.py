@@ -1,17 +1,21 @@
 """The worker's SMTP transaction against a real server (aiosmtpd): the lean path for prebuilt
-emails must do on the wire exactly what aiosmtplib's sendmail does, errors included."""
+emails must do on the wire exactly what aiosmtplib's sendmail does, errors included, whether the
+server offers PIPELINING (the commands go out in groups) or not (one by one)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiosmtplib
 import pytest
 
 from service.settings import WorkerSettings
 from service.worker.render import Outgoing
-from service.worker.smtp import SmtpPool, is_plain, send_prebuilt
+from service.worker.smtp import SmtpPool
+from service.worker.transaction import is_plain, send_prebuilt
 from tests.smtp_server import SmtpServer
 
 SENDER = "app@example.com"
@@ -22,9 +26,12 @@ CONTENT = (
 )
 
 
-@pytest.fixture
-async def client(smtp: SmtpServer) -> AsyncIterator[aiosmtplib.SMTP]:
-    """One open SMTP session with the test server."""
+@pytest.fixture(params=[False, True], ids=["one-by-one", "pipelined"])
+async def client(
+    smtp: SmtpServer, request: pytest.FixtureRequest
+) -> AsyncIterator[aiosmtplib.SMTP]:
+    """One open SMTP session with the test server, which offers PIPELINING or not."""
+    smtp.behaviour.pipelining = request.param
     session = aiosmtplib.SMTP(
         hostname="127.0.0.1", port=smtp.port, start_tls=False, local_hostname="test"
     )
@@ -177,3 +184,80 @@ async def test_the_pool_deadline_bounds_a_stalled_transaction_and_drops_its_conn
     assert pool.idle_connections == 1
     await pool.close()
     assert len(smtp.received) == 1  # the stalled message is still held by the server
+
+
+def _count_writes(client: aiosmtplib.SMTP) -> list[bytes]:
+    """Every write the session makes to its socket from now on (asyncio's loop in tests)."""
+    transport: Any = client.transport
+    writes: list[bytes] = []
+    write = transport.write
+
+    def counting(data: bytes) -> None:
+        writes.append(bytes(data))
+        write(data)
+
+    transport.write = counting
+    return writes
+
+
+async def test_a_pipelining_server_gets_the_envelope_in_one_write_and_the_message_in_another(
+    smtp: SmtpServer, client: aiosmtplib.SMTP
+) -> None:
+    recipients = ["a@example.com", "b@example.com"]
+    writes = _count_writes(client)
+
+    await send_prebuilt(client, SENDER, recipients, CONTENT)
+
+    if smtp.behaviour.pipelining:
+        envelope, message = writes
+        assert (
+            envelope
+            == (
+                f"MAIL FROM:<{SENDER}> SIZE={len(CONTENT)} BODY=8BITMIME\r\n"
+                "RCPT TO:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n"
+            ).encode()
+        )
+        assert message.endswith(b"\r\n.\r\n")
+    else:  # MAIL, two RCPT, DATA, the message: each waits for the reply before it
+        assert len(writes) == 5
+    (received,) = smtp.received
+    assert received.rcpt_tos == recipients
+    assert received.content == CONTENT
+
+
+async def test_a_354_after_every_recipient_was_refused_is_answered_with_an_empty_message(
+    smtp: SmtpServer,
+) -> None:
+    # RFC 2920 3.1: a pipelining client that got DATA's 354 with no recipient left must end
+    # the message at once (a lone dot) rather than leave the server waiting for it.
+    smtp.behaviour.pipelining = smtp.behaviour.data_despite_refusals = True
+    smtp.behaviour.rcpt_replies = {"gone@example.com": "550 5.1.1 no such user"}
+    smtp.behaviour.data_replies = ["554 5.5.1 no valid recipients"]
+    session = aiosmtplib.SMTP(
+        hostname="127.0.0.1", port=smtp.port, start_tls=False, local_hostname="test"
+    )
+    await session.connect()
+    try:
+        # Without the dot, the server would wait for the message and the RSET for its reply.
+        async with asyncio.timeout(5):
+            with pytest.raises(aiosmtplib.SMTPRecipientsRefused):
+                await send_prebuilt(session, SENDER, ["gone@example.com"], CONTENT)
+            assert smtp.data_started == 1  # the server saw the end of an empty message
+            await send_prebuilt(session, SENDER, ["a@example.com"], CONTENT)
+    finally:
+        session.close()
+
+    (received,) = smtp.received
+    assert received.rcpt_tos == ["a@example.com"]
+    assert received.content == CONTENT
+
+
+async def test_addresses_that_are_not_plain_are_refused_before_anything_is_sent(
+    smtp: SmtpServer, client: aiosmtplib.SMTP
+) -> None:
+    writes = _count_writes(client)
+
+    with pytest.raises(ValueError, match="plain addresses only"):
+        await send_prebuilt(client, SENDER, ["a@example.com>\r\nRSET"], CONTENT)
+
+    assert writes == []

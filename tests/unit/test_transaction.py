@@ -1,0 +1,60 @@
+"""The pure parts of the worker's SMTP transaction: reading replies, writing the message."""
+
+from __future__ import annotations
+
+import aiosmtplib
+import pytest
+
+from service.worker.transaction import dot_stuffed, parse_replies
+
+
+@pytest.mark.parametrize(
+    ("buffer", "replies", "consumed"),
+    [
+        (b"", [], 0),
+        (b"250 OK", [], 0),  # no line end yet
+        (b"250 OK\r\n", [(250, "OK")], 8),
+        (b"250 OK\r\n550 5.1.1 no\r\n354 go", [(250, "OK"), (550, "5.1.1 no")], 22),
+        (b"250-first\r\n250-second\r\n", [], 0),  # a multi-line reply still coming
+        (b"250-first\r\n250 last\r\n", [(250, "first\nlast")], 21),
+        (b"250\r\n", [(250, "")], 5),  # a bare code
+        (b"250 OK\n", [(250, "OK")], 7),  # LF alone, as aiosmtplib accepts
+        (b"250 caf\xc3\xa9\r\n", [(250, "café")], 11),
+    ],
+)
+def test_complete_replies_are_parsed_and_the_rest_left(
+    buffer: bytes, replies: list[tuple[int, str]], consumed: int
+) -> None:
+    parsed = parse_replies(buffer)
+
+    assert [(r.code, r.message) for r in parsed.replies] == replies
+    assert parsed.consumed == consumed
+
+
+@pytest.mark.parametrize(
+    ("buffer", "error"),
+    [
+        (b"hello\r\n", "Malformed SMTP response line: hello"),
+        (b"25 OK\r\n", "Malformed SMTP response line"),
+        (b"250 " + b"x" * 9000 + b"\r\n", "Response too long"),
+    ],
+)
+def test_a_reply_no_server_would_send_is_an_error(buffer: bytes, error: str) -> None:
+    with pytest.raises(aiosmtplib.SMTPResponseException, match=error) as raised:
+        parse_replies(buffer)
+
+    assert raised.value.code == -1
+
+
+@pytest.mark.parametrize(
+    ("content", "wire"),
+    [
+        (b"a\r\nb\r\n", b"a\r\nb\r\n.\r\n"),
+        (b"a\r\nb", b"a\r\nb\r\n.\r\n"),  # a last line end is added
+        (b".a\r\n..b\r\nc.\r\n", b"..a\r\n...b\r\nc.\r\n.\r\n"),  # every leading dot doubled
+        (b"a\nb\rc\r\n", b"a\r\nb\r\nc\r\n.\r\n"),  # lone LF and CR become CRLF
+        (b"\r\n.\r\n", b"\r\n..\r\n.\r\n"),  # a lone dot in the body cannot end it early
+    ],
+)
+def test_the_message_goes_out_as_aiosmtplib_would_write_it(content: bytes, wire: bytes) -> None:
+    assert dot_stuffed(content) == wire
