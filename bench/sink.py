@@ -77,7 +77,6 @@ def main() -> int:
     parser.add_argument("--record", type=Path)
     args = parser.parse_args()
     try:
-        # The worker's loop (uvloop where installed): a faster sink bounds the worker less.
         # Stock aiosmtpd on asyncio's own loop: the sink the figures for other queues
         # were measured on, so the comparison with them holds.
         asyncio.run(serve(args.port, CountingHandler(args.notify, args.record)))
