@@ -65,6 +65,8 @@ class Worker:
         # The deliveries holding a send slot: those whose fate is not yet being recorded.
         self._sending: set[str] = set()
         self._started = False
+        # The intake's loops (reader, reclaimer, breaker probe, promotion, report), once started.
+        self._loops: list[asyncio.Task[None]] = []
         # The reader and the reclaimer take turns between counting free slots and dispatching,
         # so together they never start more than WORKER_CONCURRENCY sends (an entry waiting for
         # an SMTP connection would age towards being reclaimed and sent twice).
@@ -97,7 +99,7 @@ class Worker:
         intake = asyncio.create_task(self._intake(), name="intake")
         stop = asyncio.create_task(self._stopping.wait())
         done, _ = await asyncio.wait([intake, stop], return_when=asyncio.FIRST_COMPLETED)
-        await cancel_and_wait([intake, stop], "worker stopping")
+        await cancel_and_wait([intake, stop, *self._loops], "worker stopping")
         failed = intake in done and intake.exception() is not None
         if failed:
             log.error("worker_failed", exc_info=intake.exception())
@@ -114,12 +116,26 @@ class Worker:
         )
         self._started = True
         await self._resume_own_pending()
-        async with asyncio.TaskGroup() as loops:
-            loops.create_task(self._breaker.run())
-            loops.create_task(promote_forever(self._stream))
-            loops.create_task(report_forever(self._stream))
-            loops.create_task(self._read_loop())
-            loops.create_task(self._reclaim_loop())
+        if self._stopping.is_set():
+            return  # a cancellation lost on the way here (see stopping.py): start nothing
+        # Plain tasks, not a TaskGroup: a TaskGroup cancels its tasks once, and a loop that lost
+        # that cancellation would keep the worker from stopping. `run` cancels each of these
+        # until it has ended.
+        self._loops = [
+            asyncio.create_task(coroutine, name=name)
+            for name, coroutine in (
+                ("breaker", self._breaker.run()),
+                ("promote", promote_forever(self._stream)),
+                ("report", report_forever(self._stream)),
+                ("read", self._read_loop()),
+                ("reclaim", self._reclaim_loop()),
+            )
+        ]
+        # Each loop runs until cancelled: one that ends has failed, and so has the intake.
+        done, _ = await asyncio.wait(self._loops, return_when=asyncio.FIRST_COMPLETED)
+        for loop in done:
+            loop.result()
+        raise RuntimeError(f"intake loop {next(iter(done)).get_name()!r} ended")
 
     async def _resume_own_pending(self) -> None:
         """Entries left pending under this consumer's name by an earlier run go first."""
@@ -225,8 +241,7 @@ class Worker:
         writes = self._delivery.fate_writes
         if writes and not self._forced.is_set():
             _, late = await asyncio.wait(writes, timeout=_FATE_WRITE_GRACE_SECONDS)
-            for write in late:
-                write.cancel("worker shutdown: Redis did not answer in time")
+            await cancel_and_wait(late, "worker shutdown: Redis did not answer in time")
         forced = self._forced.is_set()
         if not unfinished and not forced:
             await self._leave_group()
