@@ -148,11 +148,16 @@ def _refused(recipients: list[str], replies: list[SMTPResponse]) -> dict[str, SM
 
 def dot_stuffed(content: bytes) -> bytes:
     """The message as DATA carries it, as aiosmtplib writes it: CRLF, dot-stuffed, ended."""
-    if _LONE_LINE_END.search(content):
+    # Counting is much cheaper than the regular expressions, and a rendered email (CRLF line
+    # ends, no line starting with a dot) needs neither.
+    line_ends = content.count(b"\r\n")
+    if content.count(b"\r") != line_ends or content.count(b"\n") != line_ends:
         content = _LONE_LINE_END.sub(b"\r\n", content)
     if not content.endswith(b"\r\n"):
         content += b"\r\n"
-    return _LEADING_DOT.sub(b"..", content) + b".\r\n"
+    if content.startswith(b".") or b"\n." in content:
+        content = _LEADING_DOT.sub(b"..", content)
+    return content + b".\r\n"
 
 
 class _Parsed(NamedTuple):

@@ -54,6 +54,8 @@ def test_a_reply_no_server_would_send_is_an_error(buffer: bytes, error: str) -> 
         (b".a\r\n..b\r\nc.\r\n", b"..a\r\n...b\r\nc.\r\n.\r\n"),  # every leading dot doubled
         (b"a\nb\rc\r\n", b"a\r\nb\r\nc\r\n.\r\n"),  # lone LF and CR become CRLF
         (b"\r\n.\r\n", b"\r\n..\r\n.\r\n"),  # a lone dot in the body cannot end it early
+        (b"a\n.b\r\n", b"a\r\n..b\r\n.\r\n"),  # both at once
+        (b"a\r\r\nb\r\n", b"a\r\n\r\nb\r\n.\r\n"),  # a lone CR just before a CRLF
     ],
 )
 def test_the_message_goes_out_as_aiosmtplib_would_write_it(content: bytes, wire: bytes) -> None:
