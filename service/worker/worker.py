@@ -41,6 +41,11 @@ log = structlog.get_logger("service.worker")
 _FATE_WRITE_GRACE_SECONDS: Final = 5.0
 # The longest a read waits for more send slots to free once one is (see _wait_for_slots_to_read).
 _GATHER_SLOTS_SECONDS: Final = 0.002
+# The pause before the next read when the last one emptied the stream. Tasks arriving one at a
+# time each cost a read, a settle and a wake-up of their own: about 2.4 times the client CPU of
+# an email read in a batch (measured at 1,000 emails/s). A short pause lets arrivals share them,
+# for at most this much added latency; the next read still blocks when nothing came meanwhile.
+_GATHER_ARRIVALS_SECONDS: Final = 0.002
 
 
 class Worker:
@@ -159,7 +164,10 @@ class Worker:
                 )
                 for entry in entries:
                     self._dispatch(entry)
-            await asyncio.sleep(0)  # let a waiting reclaimer take its turn
+            # The stream is empty (the read got fewer entries than it asked for) but tasks are
+            # arriving: let a few gather rather than read each alone (see _GATHER_ARRIVALS).
+            caught_up = 0 < len(entries) < free
+            await asyncio.sleep(_GATHER_ARRIVALS_SECONDS if caught_up else 0)
 
     async def _reclaim_loop(self) -> None:
         idle_seconds = self._settings.worker_reclaim_idle_seconds
