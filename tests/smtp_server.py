@@ -35,7 +35,8 @@ class Behaviour:
     # Reply to RCPT TO for these recipients: always (a string, e.g. "550 5.1.1 no such user"),
     # or once per reply in a list, then accept.
     rcpt_replies: dict[str, str | list[str]] = field(default_factory=dict)
-    # Reply to MAIL FROM for the next N transactions, then accept again.
+    # Reply to MAIL FROM for the next N transactions, then accept again. After a 421 the server
+    # closes the connection, as RFC 5321 3.8 has it.
     mail_replies: list[str] = field(default_factory=list)
     # Reply to the end of DATA for the next N messages, then accept again.
     data_replies: list[str] = field(default_factory=list)
@@ -70,7 +71,11 @@ class _Handler:
         with self.server.lock:
             replies = self.server.behaviour.mail_replies
             if replies:
-                return replies.pop(0)
+                reply = replies.pop(0)
+                if reply.startswith("421"):  # the reply, then the end: nothing else is answered
+                    server.transport.write(f"{reply}\r\n".encode())
+                    server.transport.close()
+                return reply
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 OK"

@@ -41,6 +41,7 @@ _LONE_LINE_END: Final = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 _MAX_LINE: Final = 8192
 _MAX_REPLY: Final = 4 * _MAX_LINE
 _INVALID: Final = SMTPStatus.invalid_response.value
+_CLOSING: Final = SMTPStatus.domain_unavailable.value  # 421: service closing the channel
 
 
 async def greet(client: aiosmtplib.SMTP) -> None:
@@ -256,12 +257,24 @@ class _ReplyTap(asyncio.Protocol):
             waiter.set_result(self._replies[: self._expected])
 
     def eof_received(self) -> bool | None:
-        self._fail(aiosmtplib.SMTPServerDisconnected("Unexpected EOF received"))
+        self._fail(self._closed_by_server("Unexpected EOF received"))
         return self._inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(aiosmtplib.SMTPServerDisconnected("Connection lost"))
+        self._fail(self._closed_by_server("Connection lost"))
         self._inner.connection_lost(exc)
+
+    def _closed_by_server(self, what: str) -> Exception:
+        """The error for a group cut short: the server's 421 when it said one, else `what`.
+
+        A server that cannot go on answers 421 (RFC 5321 3.8) to the command it is at, often
+        MAIL, and closes the connection before the rest of the group gets a reply; one by one,
+        that 421 would have been the error.
+        """
+        closing = next((reply for reply in self._replies if reply.code == _CLOSING), None)
+        if closing is not None:
+            return aiosmtplib.SMTPResponseException(closing.code, closing.message)
+        return aiosmtplib.SMTPServerDisconnected(what)
 
     def pause_writing(self) -> None:
         self._inner.pause_writing()

@@ -165,7 +165,7 @@ class Worker:
                 for entry in entries:
                     self._dispatch(entry)
             # The stream is empty (the read got fewer entries than it asked for) but tasks are
-            # arriving: let a few gather rather than read each alone (see _GATHER_ARRIVALS).
+            # arriving: let a few gather rather than read each alone (_GATHER_ARRIVALS_SECONDS).
             caught_up = 0 < len(entries) < free
             await asyncio.sleep(_GATHER_ARRIVALS_SECONDS if caught_up else 0)
 

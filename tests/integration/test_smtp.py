@@ -110,6 +110,20 @@ async def test_a_refused_sender_raises_sender_refused(
     assert len(smtp.received) == 1
 
 
+async def test_a_421_to_mail_then_a_closed_connection_raises_the_421(
+    smtp: SmtpServer, client: aiosmtplib.SMTP
+) -> None:
+    # Pipelined, the RCPT and DATA of the group get no reply: the server's 421 is still what
+    # the worker reports (and retries), not a bare "connection lost".
+    smtp.behaviour.mail_replies = ["421 4.3.2 shutting down"]
+
+    with pytest.raises(aiosmtplib.SMTPResponseException) as raised:
+        await send_prebuilt(client, SENDER, ["a@example.com"], CONTENT)
+
+    assert (raised.value.code, raised.value.message) == (421, "4.3.2 shutting down")
+    assert smtp.data_started == 0
+
+
 async def test_a_refused_message_raises_data_error(
     smtp: SmtpServer, client: aiosmtplib.SMTP
 ) -> None:
