@@ -285,3 +285,6 @@ class _ReplyTap(asyncio.Protocol):
     def _fail(self, exc: Exception) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(exc)
+            # Marked as retrieved: an exchange cancelled in the same turn never awaits it, and
+            # the future would log "exception was never retrieved" (awaiting still raises).
+            self._waiter.exception()
