@@ -44,7 +44,7 @@ class Behaviour:
     data_delay: float = 0.0
     # Accepted login, when set (AUTH is then offered, also without TLS, on loopback only).
     credentials: tuple[str, str] | None = None
-    # Offer PIPELINING in EHLO, as Postfix, Exim and the large providers do (aiosmtpd reads
+    # Offer PIPELINING in EHLO, as Postfix's smtpd does by default (aiosmtpd reads
     # commands in order, so it serves a pipelined group like any server; it just does not say
     # so by default). The worker then sends in groups (service/worker/transaction.py).
     pipelining: bool = True

@@ -4,7 +4,7 @@
 DATA, the same errors after the same RSET) for 7-bit CRLF content and plain addresses
 (`is_plain`), without parsing every address twice with the standard library.
 
-Where the server offers PIPELINING (RFC 2920: Postfix, Exim, every large provider), the
+Where the server offers PIPELINING (RFC 2920; Postfix's smtpd does by default), the
 transaction takes two round trips instead of three plus one per recipient: MAIL, every RCPT and
 DATA go out in one write, then the message in another. aiosmtplib reads one reply per command
 written, so the replies of such a group are read by a `_ReplyTap` that the session's transport
