@@ -37,7 +37,7 @@ from .task import EmailTask
 __all__ = [
     "CURRENT_VERSION",
     "MAX_PAYLOAD_BYTES",
-    "Envelope",
+    "QueuedTask",
     "dead_entry",
     "decode_entry",
     "encode_entry",
@@ -54,8 +54,9 @@ _TIMESTAMP = re.compile(rb"[0-9]{1,15}")
 
 
 @dataclass(frozen=True, slots=True)
-class Envelope:
-    """A decoded entry: the task and what the producer recorded about it."""
+class QueuedTask:
+    """A task as it sits in the queue: a decoded stream entry, with what the producer and the
+    earlier attempts recorded about it."""
 
     task_id: str
     enqueued_at_ms: int
@@ -111,19 +112,23 @@ def dead_entry(
     tries: int,
     consumer: str,
     recipients: Sequence[str] | None = None,
+    dead_at_ms: int | None = None,
 ) -> dict[bytes, bytes]:
     """The dead-letter record of an entry: its fields as they were, plus why, when and where.
 
     `recipients` narrows the record to the recipients given up on (the others were sent to or
-    are still being retried), so requeueing it sends to them only.
+    are still being retried), so requeueing it sends to them only. `dead_at_ms` defaults to
+    now.
     """
+    if dead_at_ms is None:
+        dead_at_ms = time.time_ns() // 1_000_000
     record = dict(fields)
     if recipients is not None:
         record[b"rcpt"] = orjson.dumps(list(recipients))
     record.update(
         {
             b"dead_reason": reason.encode(),
-            b"dead_at": str(time.time_ns() // 1_000_000).encode(),
+            b"dead_at": str(dead_at_ms).encode(),
             b"dead_entry_id": entry_id.encode(),
             b"dead_deliveries": str(deliveries).encode(),
             b"dead_attempts": str(tries).encode(),
@@ -133,7 +138,7 @@ def dead_entry(
     return record
 
 
-def decode_entry(fields: Mapping[bytes, bytes]) -> Envelope:
+def decode_entry(fields: Mapping[bytes, bytes]) -> QueuedTask:
     """Read an entry written by any known version; raise `WireFormatError` naming the problem."""
     version = fields.get(b"v")
     if version is None:
@@ -144,7 +149,7 @@ def decode_entry(fields: Mapping[bytes, bytes]) -> Envelope:
     return decoder(fields)
 
 
-def _decode_v1(fields: Mapping[bytes, bytes]) -> Envelope:
+def _decode_v1(fields: Mapping[bytes, bytes]) -> QueuedTask:
     task_id = _required(fields, b"id")
     if not _TASK_ID.fullmatch(task_id):
         raise WireFormatError(f"field 'id' is not a task id: {task_id[:40]!r}")
@@ -156,7 +161,7 @@ def _decode_v1(fields: Mapping[bytes, bytes]) -> Envelope:
         task = EmailTask.model_validate_json(payload)
     except ValidationError as exc:
         raise WireFormatError(f"field 'task' is not a valid task: {_summarize(exc)}") from None
-    return Envelope(
+    return QueuedTask(
         task_id=task_id.decode(),
         enqueued_at_ms=enqueued_at or 0,
         task=task,
@@ -215,6 +220,6 @@ def _summarize(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-_DECODERS: Final[dict[bytes, Callable[[Mapping[bytes, bytes]], Envelope]]] = {
+_DECODERS: Final[dict[bytes, Callable[[Mapping[bytes, bytes]], QueuedTask]]] = {
     CURRENT_VERSION: _decode_v1,
 }

@@ -12,7 +12,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 
 @dataclass
@@ -51,6 +51,9 @@ class Behaviour:
     # Keep refused recipients in the envelope, so DATA gets 354 even when every RCPT was
     # refused: the server RFC 2920 section 3.1 tells pipelining clients to expect.
     data_despite_refusals: bool = False
+    # Greet new connections with this reply instead of 220, then close them (e.g. a bare
+    # "421": RFC 5321 makes the text after the code optional).
+    greeting: str | None = None
 
 
 class _Handler:
@@ -126,6 +129,27 @@ class _Handler:
         return "221 Bye"
 
 
+class _Session(SMTP):
+    """aiosmtpd's session, which can refuse a connection from its greeting on."""
+
+    def __init__(self, handler: _Handler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._behaviour = handler.server.behaviour
+
+    async def _handle_client(self) -> None:
+        greeting = self._behaviour.greeting
+        if greeting is None:
+            await super()._handle_client()
+            return
+        await self.push(greeting)
+        self.transport.close()
+
+
+class _Controller(Controller):
+    def factory(self) -> SMTP:
+        return _Session(self.handler, **self.SMTP_kwargs)
+
+
 class SmtpServer:
     """aiosmtpd on 127.0.0.1:`port`, recording every accepted message in `received`."""
 
@@ -137,7 +161,7 @@ class SmtpServer:
         self.quits = 0
         self.lock = threading.Lock()
         self._running = False
-        self._controller = Controller(
+        self._controller = _Controller(
             _Handler(self),
             hostname="127.0.0.1",
             port=port,

@@ -30,6 +30,7 @@ from ..connection import connect_redis
 from ..errors import ConfigError
 from ..keys import QueueKeys
 from ..settings import QueueSettings, load_settings
+from ..store import QueueStore
 from .queue import DeadLetter, QueueAdmin, QueueStats
 from .tables import table
 
@@ -76,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _run(url: str, keys: QueueKeys, args: argparse.Namespace) -> str:
     redis = connect_redis(url)
     try:
-        admin = QueueAdmin(redis, keys)
+        admin = QueueAdmin(QueueStore(redis, keys))
         run, as_text = _COMMANDS[args.command]
         result = await run(admin, args)
     finally:

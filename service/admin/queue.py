@@ -1,6 +1,6 @@
 """Reading and repairing one queue in Redis: what `python -m service.admin` runs.
 
-Every change goes through the same atomic scripts as the worker (`service.scripts`): a dead
+Every change goes through the queue's store and the same atomic scripts as the worker: a dead
 letter is requeued or it is not, and a consumer is removed only while it owns nothing.
 """
 
@@ -12,27 +12,15 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
-from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
-from ..connection import text
-from ..keys import CONSUMER_GROUP, QueueKeys
-from ..scripts import FORGET_CONSUMER, REQUEUE_DEAD
+from ..store import ConsumerInfo, QueueStore
+from ..store.replies import Fields
 
 __all__ = ["ConsumerInfo", "DeadLetter", "QueueAdmin", "QueueStats", "WorkerBeat"]
 
 _SCAN_BATCH: Final = 100
 # A worker is live while its last heartbeat is younger than this many of its intervals.
 LIVE_WITHIN_BEATS: Final = 3
-
-
-@dataclass(frozen=True, slots=True)
-class ConsumerInfo:
-    """One consumer of the group: a worker process, alive or gone."""
-
-    name: str
-    pending: int  # entries it holds, delivered and not yet settled
-    idle_ms: int  # since it last read or claimed
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,47 +103,40 @@ class WorkerBeat:
 
 
 class QueueAdmin:
-    """Inspect and repair the queue `keys` on `redis`."""
+    """Inspect and repair the queue of `store`."""
 
-    def __init__(self, redis: Redis, keys: QueueKeys) -> None:
-        self._redis = redis
-        self._keys = keys
-        self._requeue = redis.register_script(REQUEUE_DEAD)
-        self._forget = redis.register_script(FORGET_CONSUMER)
+    def __init__(self, store: QueueStore) -> None:
+        self._store = store
 
     async def stats(self) -> QueueStats:
         """Sizes, consumers and ages of the queue."""
-        keys = self._keys
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.xlen(keys.stream)
-            pipe.xrange(keys.stream, count=1)
-            pipe.zcard(keys.delayed)
-            pipe.zrange(keys.delayed, 0, 0, withscores=True)
-            pipe.xlen(keys.dead)
-            stream, oldest, delayed, next_due, dead = await pipe.execute()
-        group, consumers = await self._group()
+        overview = await self._store.overview()
+        group = await self._store.group()
+        consumers = await self._store.consumers()
         now_ms = time.time_ns() // 1_000_000
+        sizes = overview.sizes
+        oldest, next_due = overview.oldest_entry_ms, overview.next_due_ms
         return QueueStats(
-            queue=keys.queue,
-            stream=stream,
-            pending=int(group.get("pending", 0)),
-            lag=group.get("lag") if group else stream,
-            oldest_age_s=(now_ms - _id_ms(oldest[0][0])) / 1000 if oldest else None,
-            delayed=delayed,
-            next_due_in_s=(next_due[0][1] - now_ms) / 1000 if next_due else None,
-            dead=dead,
+            queue=self._store.queue,
+            stream=sizes.stream,
+            pending=group.pending if group else 0,
+            lag=group.lag if group else sizes.stream,
+            oldest_age_s=(now_ms - oldest) / 1000 if oldest is not None else None,
+            delayed=sizes.delayed,
+            next_due_in_s=(next_due - now_ms) / 1000 if next_due is not None else None,
+            dead=sizes.dead,
             consumers=consumers,
         )
 
     async def dead_letters(self, *, limit: int, after: str = "-") -> list[DeadLetter]:
         """Up to `limit` dead letters, oldest first, from id `after` (inclusive) on."""
-        reply: Any = await self._redis.xrange(self._keys.dead, min=after, count=limit)
-        return [_dead_letter(entry_id, fields) for entry_id, fields in reply]
+        letters = await self._store.dead_letters(after=after, count=limit)
+        return [_dead_letter(dead_id, fields) for dead_id, fields in letters]
 
     async def dead_letter(self, dead_id: str) -> DeadLetter | None:
         """The dead letter with this id, if there is one."""
-        reply: Any = await self._redis.xrange(self._keys.dead, min=dead_id, max=dead_id)
-        return _dead_letter(*reply[0]) if reply else None
+        fields = await self._store.dead_letter(dead_id)
+        return _dead_letter(dead_id, fields) if fields is not None else None
 
     async def requeue(self, dead_ids: Sequence[str]) -> dict[str, str | None]:
         """Put dead letters back on the stream; map each id to its new entry id (None: absent)."""
@@ -163,11 +144,7 @@ class QueueAdmin:
         for dead_id in dead_ids:
             letter = await self.dead_letter(dead_id)
             task_id = letter.task_id if letter else "?"
-            new_id: Any = await self._requeue(
-                keys=[self._keys.dead, self._keys.stream, self._keys.sent(task_id)],
-                args=[dead_id],
-            )
-            requeued[dead_id] = text(new_id) if new_id else None
+            requeued[dead_id] = await self._store.requeue_dead(dead_id, task_id)
         return requeued
 
     async def requeue_all(self) -> int:
@@ -179,7 +156,7 @@ class QueueAdmin:
 
     async def purge(self, dead_ids: Sequence[str]) -> int:
         """Delete these dead letters for good; return how many existed."""
-        return int(await self._redis.xdel(self._keys.dead, *dead_ids)) if dead_ids else 0
+        return await self._store.purge_dead(dead_ids)
 
     async def purge_all(self) -> int:
         """Delete every dead letter for good; return how many."""
@@ -190,7 +167,7 @@ class QueueAdmin:
 
     async def workers(self) -> list[WorkerBeat]:
         """Every worker with a heartbeat record, live ones first."""
-        records: Any = await self._redis.hgetall(self._keys.workers)
+        records = await self._store.heartbeats()
         now = time.time()
         beats = []
         for raw in records.values():
@@ -207,47 +184,29 @@ class QueueAdmin:
         """
         for beat in await self.workers():
             if not beat.live and beat.age_s * 1000 >= min_idle_ms:
-                await self._redis.hdel(self._keys.workers, beat.consumer)
-        _, consumers = await self._group()
+                await self._store.remove_heartbeats(beat.consumer)
         removed = []
-        for consumer in consumers:
+        for consumer in await self._store.consumers():
             if consumer.pending or consumer.idle_ms < min_idle_ms:
                 continue
-            gone: Any = await self._forget(
-                keys=[self._keys.stream], args=[CONSUMER_GROUP, consumer.name]
-            )
-            if gone:
+            if await self._store.forget_consumer(consumer.name):
                 removed.append(consumer.name)
         return removed
-
-    async def _group(self) -> tuple[dict[str, Any], tuple[ConsumerInfo, ...]]:
-        """The workers group's XINFO, and its consumers (empty when there is no group yet)."""
-        try:
-            groups: Any = await self._redis.xinfo_groups(self._keys.stream)
-            consumers: Any = await self._redis.xinfo_consumers(self._keys.stream, CONSUMER_GROUP)
-        except ResponseError as exc:  # no stream or no group: nothing was ever enqueued
-            if "no such key" in str(exc) or "NOGROUP" in str(exc):
-                return {}, ()
-            raise
-        group: dict[str, Any] = next((g for g in groups if text(g["name"]) == CONSUMER_GROUP), {})
-        return group, tuple(
-            ConsumerInfo(text(c["name"]), int(c["pending"]), int(c["idle"])) for c in consumers
-        )
 
     async def _dead_id_batches(self) -> AsyncIterator[list[str]]:
         after = "-"
         while True:
-            reply: Any = await self._redis.xrange(self._keys.dead, min=after, count=_SCAN_BATCH)
-            if not reply:
+            letters = await self._store.dead_letters(after=after, count=_SCAN_BATCH)
+            if not letters:
                 return
-            ids = [text(entry_id) for entry_id, _ in reply]
+            ids = [dead_id for dead_id, _ in letters]
             yield ids
             after = "(" + ids[-1]
 
 
-def _dead_letter(entry_id: bytes | str, fields: dict[bytes, bytes]) -> DeadLetter:
+def _dead_letter(dead_id: str, fields: Fields) -> DeadLetter:
     return DeadLetter(
-        text(entry_id),
+        dead_id,
         {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()},
     )
 
@@ -263,7 +222,3 @@ def _as_list(value: object) -> list[object]:
     if value is None:
         return []
     return value if isinstance(value, list) else [value]
-
-
-def _id_ms(entry_id: bytes | str) -> int:
-    return int(text(entry_id).partition("-")[0])

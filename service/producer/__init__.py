@@ -14,16 +14,13 @@ import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Final, Self, cast
+from typing import Final, Self
 
 from redis.asyncio import Redis
-from redis.exceptions import OutOfMemoryError
-from redis.typing import EncodableT, FieldT
 
-from ..connection import connect_redis, text
-from ..errors import QueueFull
+from ..connection import connect_redis
 from ..keys import QueueKeys
-from ..scripts import ENQUEUE
+from ..store import NewTask, QueueStore
 from ..task import EmailTask
 from ..wire import encode_entry
 from .backlog import BacklogEstimate
@@ -36,12 +33,8 @@ DEFAULT_MAX_BACKLOG: Final = 100_000
 DEFAULT_IDEMPOTENCY_WINDOW: Final = timedelta(hours=24)
 _MAX_DELAY: Final = timedelta(days=366)
 _MAX_KEY_CHARS: Final = 200
-# Stands in for the idempotency key of a task that has none (never read or written).
-_NO_KEY: Final = "-"
 
 Delay = timedelta | float | int
-# A task ready to go: (task id, entry fields, due ms or 0 for now).
-Prepared = tuple[str, dict[str, bytes], int]
 
 
 class Producer:
@@ -69,10 +62,9 @@ class Producer:
         if idempotency_window <= timedelta(0):
             raise ValueError("idempotency_window must be positive")
         self._redis = redis
-        self._keys = QueueKeys(queue)
+        self._store = QueueStore(redis, QueueKeys(queue))
         self._max_backlog = max_backlog or 0
         self._window_ms = int(idempotency_window.total_seconds() * 1000)
-        self._enqueue = redis.register_script(ENQUEUE)
         self._backlog = BacklogEstimate(self._max_backlog)
         self._owns_client = False
 
@@ -98,7 +90,7 @@ class Producer:
     @property
     def queue(self) -> str:
         """The name of the queue this producer feeds."""
-        return self._keys.queue
+        return self._store.queue
 
     async def enqueue(
         self,
@@ -117,11 +109,8 @@ class Producer:
         """
         if idempotency_key is not None:
             _check_key(idempotency_key)
-        task_id, fields, due_ms = _prepare(task, _due_ms(send_at, delay))
-        plain = idempotency_key is None and not due_ms
-        if plain and self._backlog.allows_plain_add(time.monotonic()):
-            return await self._add_plain(task_id, fields)
-        ids = await self._add([(task_id, fields, due_ms)], [idempotency_key])
+        new = _prepare(task, _due_ms(send_at, delay), idempotency_key)
+        ids = await self._add([new])
         return ids[0]
 
     async def enqueue_many(
@@ -138,52 +127,26 @@ class Producer:
         few thousand tasks.
         """
         due_ms = _due_ms(send_at, delay)
-        prepared = [_prepare(task, due_ms) for task in tasks]
-        if not prepared:
-            return []
-        now = all(not due for _, _, due in prepared)
-        if now and self._backlog.allows_plain_add(time.monotonic(), len(prepared)):
-            return await self._add_plain_batch(prepared)
-        return await self._add(prepared, [None] * len(prepared))
+        new = [_prepare(task, due_ms, None) for task in tasks]
+        return await self._add(new) if new else []
 
-    async def _add(self, prepared: list[Prepared], keys: list[str | None]) -> list[str]:
-        args: list[str | bytes | int] = [self._max_backlog, self._window_ms]
-        for (task_id, fields, due_ms), key in zip(prepared, keys, strict=True):
-            args += [task_id, due_ms, 0 if key is None else 1, 2 * len(fields)]
-            args += [item for pair in fields.items() for item in pair]
-        script_keys = [self._keys.stream, self._keys.delayed, self._keys.delayed_entries]
-        script_keys += [self._keys.idempotency(key or _NO_KEY) for key in keys]
-        try:
-            reply: Any = await self._enqueue(keys=script_keys, args=args)
-        except OutOfMemoryError:  # Redis reached maxmemory (with noeviction, as a queue should)
-            raise QueueFull(self.queue, backlog=None, limit=None) from None
-        if reply[0] == -1:
-            raise QueueFull(self.queue, backlog=int(reply[1]), limit=self._max_backlog)
-        if (backlog := int(reply[1])) >= 0:
-            self._backlog.observe(backlog, time.monotonic())
-        return [text(task_id) for task_id in reply[2:]]
+    async def _add(self, tasks: list[NewTask]) -> list[str]:
+        """Enqueue `tasks`: checked by the ENQUEUE script, or plain XADDs far below the limit.
 
-    async def _add_plain(self, task_id: str, fields: dict[str, bytes]) -> str:
-        """A task due now, without a key, far below the limit: a bare XADD (see `backlog`)."""
-        try:
-            # str keys and bytes values are what xadd takes; dict invariance hides it from mypy.
-            await self._redis.xadd(self._keys.stream, cast("dict[FieldT, EncodableT]", fields))
-        except OutOfMemoryError:
-            raise QueueFull(self.queue, backlog=None, limit=None) from None
-        self._backlog.add()
-        return task_id
-
-    async def _add_plain_batch(self, prepared: list[Prepared]) -> list[str]:
-        """Tasks due now, far below the limit: XADDs in one MULTI/EXEC, all or nothing."""
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                for _, fields, _ in prepared:
-                    pipe.xadd(self._keys.stream, cast("dict[FieldT, EncodableT]", fields))
-                await pipe.execute()
-        except OutOfMemoryError:  # refused while queued in the MULTI: EXEC then runs nothing
-            raise QueueFull(self.queue, backlog=None, limit=None) from None
-        self._backlog.add(len(prepared))
-        return [task_id for task_id, _, _ in prepared]
+        Tasks due now and without an idempotency key skip the script while this producer's
+        view of the backlog says the limit is far off (see `backlog`).
+        """
+        plain = all(not task.due_ms and task.idempotency_key is None for task in tasks)
+        if plain and self._backlog.allows_plain_add(time.monotonic(), len(tasks)):
+            await self._store.add_now([task.fields for task in tasks])
+            self._backlog.add(len(tasks))
+            return [task.task_id for task in tasks]
+        reply = await self._store.enqueue(
+            tasks, max_backlog=self._max_backlog, window_ms=self._window_ms
+        )
+        if reply.backlog is not None:
+            self._backlog.observe(reply.backlog, time.monotonic())
+        return reply.ids
 
     async def aclose(self) -> None:
         """Close the Redis client if this producer created it."""
@@ -205,14 +168,15 @@ class Producer:
         return f"Producer(queue={self.queue!r})"
 
 
-def _prepare(task: EmailTask, due_ms: int | None) -> Prepared:
-    """(task id, entry fields, due ms or 0 for now) of a task about to be enqueued."""
+def _prepare(task: EmailTask, due_ms: int | None, idempotency_key: str | None) -> NewTask:
+    """A task about to be enqueued, with its new id and its entry's fields."""
     if not isinstance(task, EmailTask):
         raise TypeError(f"expected an EmailTask, got {type(task).__name__}")
     task_id = uuid.uuid4().hex
     now_ms = time.time_ns() // 1_000_000
     fields = encode_entry(task, task_id, now_ms, due_ms=due_ms)
-    return task_id, fields, due_ms if due_ms is not None and due_ms > now_ms else 0
+    due = due_ms if due_ms is not None and due_ms > now_ms else 0
+    return NewTask(task_id, fields, due, idempotency_key)
 
 
 def _due_ms(send_at: datetime | None, delay: Delay | None) -> int | None:

@@ -8,6 +8,7 @@ import secrets
 import signal
 import socket
 import sys
+from collections.abc import Awaitable
 
 import structlog
 
@@ -16,14 +17,15 @@ from ..errors import ConfigError
 from ..keys import QueueKeys
 from ..logs import configure_logging
 from ..settings import WorkerSettings, load_settings, redact_url
+from ..store import QueueStore
 from . import eventloop
+from .backoff import TRANSIENT_REDIS_ERRORS
 from .breaker import SmtpBreaker
 from .delivery import Delivery
 from .heartbeat import Heartbeat
 from .metrics import WorkerMetrics
+from .shutdown import Shutdown, cancel_and_wait
 from .smtp import SmtpPool
-from .stopping import cancel_and_wait
-from .stream import TaskStream
 from .supervision import Supervision
 from .worker import Worker
 
@@ -39,39 +41,48 @@ def main() -> int:
         return 2
     configure_logging(level=settings.log_level, json=settings.json_logs)
     try:
-        return eventloop.run(serve(settings), choice=settings.worker_event_loop)
+        return eventloop.run(serve_until_signalled(settings), choice=settings.worker_event_loop)
     except Exception:
         log.exception("worker_crashed")
         return 1
 
 
-async def serve(settings: WorkerSettings) -> int:
-    """Run one worker process until it is told to stop."""
+async def serve_until_signalled(settings: WorkerSettings) -> int:
+    """`serve`, stopped by SIGTERM or SIGINT (the first drains, the second forces)."""
+    shutdown = Shutdown(settings.worker_shutdown_seconds)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, shutdown.request, sig.name)
+    return await serve(settings, shutdown)
+
+
+async def serve(settings: WorkerSettings, shutdown: Shutdown) -> int:
+    """Run one worker until `shutdown` is requested and it has stopped; the exit code."""
     redis_url = settings.redis_url.get_secret_value()
     redis = connect_redis(redis_url)
     # Looked up once, off the event loop: getfqdn() can block on DNS.
     local_hostname = await asyncio.to_thread(socket.getfqdn)
     smtp = SmtpPool(settings, size=settings.worker_concurrency, local_hostname=local_hostname)
-    keys = QueueKeys(settings.email_queue)
-    stream = TaskStream(redis, keys, consumer_name(settings))
+    store = QueueStore(redis, QueueKeys(settings.email_queue))
+    consumer = consumer_name(settings)
     breaker = SmtpBreaker(smtp.probe)
     metrics = WorkerMetrics(settings.email_queue)
     if settings.metrics_port is not None:
         metrics.serve(settings.metrics_host, settings.metrics_port)
-    worker = Worker(settings, stream, Delivery(settings, stream, smtp, breaker, metrics), breaker)
+    delivery = Delivery(
+        settings, store, consumer=consumer, smtp=smtp, breaker=breaker, metrics=metrics
+    )
+    worker = Worker(
+        settings, store, consumer=consumer, delivery=delivery, breaker=breaker, shutdown=shutdown
+    )
     heartbeat = Heartbeat(
-        redis,
-        keys,
-        stream,
+        store,
+        consumer,
         metrics,
         interval=settings.worker_heartbeat_seconds,
         state=lambda: worker.state,
         smtp_connections=lambda: {"busy": worker.in_flight, "idle": smtp.idle_connections},
     )
-    supervision = Supervision(redis, status=f"delivering queue {settings.email_queue}")
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, supervision.on_stop(worker.request_stop), sig.name)
     log.info(
         "worker_starting",
         redis=redact_url(redis_url),
@@ -83,15 +94,30 @@ async def serve(settings: WorkerSettings) -> int:
         else None,
         pid=os.getpid(),
     )
+    supervision = Supervision(redis, shutdown, status=f"delivering queue {settings.email_queue}")
     beating = asyncio.create_task(heartbeat.run(), name="heartbeat")
     try:
         async with supervision:  # systemd READY/STOPPING/WATCHDOG, Redis config check
             return await worker.run()
     finally:
+        # The last steps share what is left of the shutdown deadline, a round trip each.
+        shutdown.begin()
         await cancel_and_wait([beating], "worker stopped")
-        await heartbeat.remove()
-        await smtp.close()
+        seconds = shutdown.remaining()
+        await asyncio.gather(
+            _best_effort(heartbeat.remove(), seconds, "heartbeat_left_behind", consumer=consumer),
+            _best_effort(smtp.close(), seconds, "smtp_quit_skipped"),
+        )
         await redis.aclose()
+
+
+async def _best_effort(step: Awaitable[None], seconds: float, failed: str, **about: str) -> None:
+    """Run a last step within `seconds`; log the event `failed` if it fails or runs late."""
+    try:
+        async with asyncio.timeout(seconds):
+            await step
+    except (TimeoutError, *TRANSIENT_REDIS_ERRORS):
+        log.info(failed, **about)
 
 
 def consumer_name(settings: WorkerSettings) -> str:

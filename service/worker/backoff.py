@@ -30,17 +30,18 @@ _REDIS_FIRST_DELAY_SECONDS: Final = 0.5
 _REDIS_MAX_DELAY_SECONDS: Final = 15.0
 
 
-def backoff_delay(
-    failures: int, *, first: float, cap: float, rng: random.Random | None = None
-) -> float:
+def backoff_delay(failures: int, *, first: float, cap: float, jitter: float | None = None) -> float:
     """Seconds to wait after `failures` consecutive failures: `first`, doubling up to `cap`.
 
     Jitter within the upper half keeps a fleet of workers (or a batch of retried emails) from
-    coming back in lockstep, while never waiting less than half the nominal delay.
+    coming back in lockstep, while never waiting less than half the nominal delay. `jitter`
+    (0 to 1) picks the point in that half; by default a random one.
     """
     exponent = min(max(failures - 1, 0), 62)  # 2.0**1024 would overflow long before any cap
     ceiling: float = min(cap, first * 2.0**exponent)
-    return ceiling * (0.5 + 0.5 * (rng or random).random())
+    if jitter is None:
+        jitter = random.random()  # noqa: S311 - spreading retries, not a secret
+    return ceiling * (0.5 + 0.5 * jitter)
 
 
 def redis_retry_delay(failures: int) -> float:

@@ -1,9 +1,9 @@
-"""The SMTP circuit breaker: stop taking work while the SMTP server is unusable.
+"""The SMTP circuit breaker: pause intake while the SMTP server is unusable.
 
 When a session cannot be opened (server down, connection refused, TLS or AUTH failing), every
 other email would fail the same way. Sending on would turn a backlog of good emails into
-retries, and the retries into dead letters. Instead the breaker opens: the worker's intake
-waits, and the breaker probes the server with growing delays until a session opens again.
+retries, and the retries into dead letters. Instead the worker pauses: its intake waits, and the
+breaker probes the server with growing delays until a session opens again, then resumes.
 """
 
 from __future__ import annotations
@@ -27,37 +27,37 @@ _MAX_PROBE_SECONDS: Final = 30.0
 
 
 class SmtpBreaker:
-    """Closed: sending. Open: intake paused while `probe` is retried until it succeeds."""
+    """Sending, or paused while `probe` is retried until it succeeds."""
 
     def __init__(self, probe: Callable[[], Awaitable[None]]) -> None:
         self._probe = probe
-        self._closed = asyncio.Event()
-        self._closed.set()
-        self._opened = asyncio.Event()
-        self._opened_at = 0.0
+        self._sending = asyncio.Event()
+        self._sending.set()
+        self._paused = asyncio.Event()
+        self._paused_at = 0.0
 
     @property
-    def is_open(self) -> bool:
+    def is_paused(self) -> bool:
         """Whether sending is paused."""
-        return not self._closed.is_set()
+        return not self._sending.is_set()
 
-    def trip(self, reason: str) -> None:
-        """Open the breaker (if it is closed) because the server is unusable for `reason`."""
-        if self.is_open:
+    def pause(self, reason: str) -> None:
+        """Pause sending (unless paused already): the server is unusable for `reason`."""
+        if self.is_paused:
             return
-        self._closed.clear()
-        self._opened.set()
-        self._opened_at = time.monotonic()
+        self._sending.clear()
+        self._paused.set()
+        self._paused_at = time.monotonic()
         log.error("smtp_unavailable", reason=reason, action="intake paused; probing the server")
 
-    async def wait_closed(self) -> None:
+    async def wait_until_sending(self) -> None:
         """Return once sending may go on."""
-        await self._closed.wait()
+        await self._sending.wait()
 
     async def run(self) -> None:
-        """Probe while open, close on the first success; forever (until cancelled)."""
+        """Probe while paused, resume on the first success; forever (until cancelled)."""
         while True:
-            await self._opened.wait()
+            await self._paused.wait()
             failures = 0
             while True:
                 delay = backoff_delay(
@@ -71,7 +71,7 @@ class SmtpBreaker:
                     log.warning("smtp_probe_failed", reason=exc.reason, failures=failures)
                     continue
                 break
-            self._opened.clear()
-            self._closed.set()
-            outage = time.monotonic() - self._opened_at
+            self._paused.clear()
+            self._sending.set()
+            outage = time.monotonic() - self._paused_at
             log.info("smtp_available", paused_s=round(outage, 2), probes=failures + 1)

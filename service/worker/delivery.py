@@ -1,45 +1,46 @@
-"""One delivery attempt: decode an entry, send its email, settle its fate, log the outcome.
+"""One delivery attempt: decode an entry, send its email, record its fate, log the outcome.
 
-Every attempt ends in one atomic settle (`TaskStream.settle`): sent, partly sent (refused
-recipients retried or dead-lettered), scheduled for a retry, requeued without using an attempt
-(the SMTP server was unusable), or dead-lettered. Only a crash or a lost Redis leaves the entry
-pending, and then another delivery (here or in another worker) takes it over.
+Every attempt ends in one atomic settle: sent, partly sent (refused recipients retried or
+dead-lettered), scheduled for a retry, requeued without using an attempt (the SMTP server was
+unusable), or dead-lettered. What to write is planned by `fate.py`; this module performs it.
+Only a crash or a lost Redis leaves the entry pending, and then another delivery (here or in
+another worker) takes it over.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Final, TypeVar
+from collections.abc import Callable
+from typing import Any, Final
 
-import aiosmtplib
 import structlog
 
 from ..errors import WireFormatError
 from ..settings import WorkerSettings
+from ..store import Entry, QueueStore, SettleReply, SettleWrite
 from ..task import addr_spec
-from ..wire import Envelope, dead_entry, decode_entry, retry_entry
-from .backoff import backoff_delay, retry_while_unavailable
+from ..wire import QueuedTask, decode_entry
+from . import fate
+from .backoff import retry_while_unavailable
 from .breaker import SmtpBreaker
 from .metrics import WorkerMetrics
-from .outcome import Settlement, Verdict, after_failure, after_send, classify_failure, is_poison
-from .render import Outgoing, render
+from .outcome import decide, is_poison
+from .render import render
 from .smtp import SmtpPool
-from .stream import Entry, TaskStream
 
 __all__ = ["Delivery"]
 
-T = TypeVar("T")
-
-# The log event and level of each settlement outcome.
+# The log event and level of each outcome.
 _EVENTS: Final = {
     "sent": ("task_sent", logging.INFO),
     "partly_sent": ("task_partly_sent", logging.WARNING),
     "retry": ("task_retry_scheduled", logging.WARNING),
     "requeued": ("task_requeued", logging.INFO),
     "dead_letter": ("task_dead_lettered", logging.ERROR),
+    "skipped": ("task_already_sent", logging.INFO),
 }
 
 log = structlog.get_logger("service.worker")
@@ -51,19 +52,23 @@ class Delivery:
     def __init__(
         self,
         settings: WorkerSettings,
-        stream: TaskStream,
+        store: QueueStore,
+        *,
+        consumer: str,
         smtp: SmtpPool,
         breaker: SmtpBreaker,
         metrics: WorkerMetrics,
     ) -> None:
         self._settings = settings
-        self._stream = stream
+        self._store = store
+        self._consumer = consumer
         self._smtp = smtp
         self._breaker = breaker
         self._metrics = metrics
+        self._policy = fate.RetryPolicy.from_settings(settings)
         self._default_mail_from = addr_spec(settings.mail_from)
         # Fate writes run shielded from cancellation; shutdown waits for them before closing.
-        self.fate_writes: set[asyncio.Task[Any]] = set()
+        self.fate_writes: set[asyncio.Task[SettleReply]] = set()
 
     async def deliver(self, entry: Entry, release: Callable[[], None]) -> None:
         """Attempt `entry` once. Whatever fails here leaves the entry pending, never lost.
@@ -74,7 +79,10 @@ class Delivery:
         started = time.monotonic()
         task_log = log.bind(entry_id=entry.entry_id, deliveries=entry.deliveries)
         try:
-            await self._attempt(entry, task_log, started, release)
+            planned, queued = await self._attempt(entry)
+            if queued is not None:
+                task_log = task_log.bind(task_id=queued.task_id, attempt=queued.tries + 1)
+            settled = await self._record(planned.write, release)
         except asyncio.CancelledError:
             task_log.warning("task_interrupted", outcome="pending", **_elapsed(started))
             raise
@@ -82,182 +90,105 @@ class Delivery:
             # A bug: the entry stays pending, comes back after the reclaim delay, and is
             # dead-lettered if it keeps failing this way (see `is_poison`).
             task_log.exception("task_error", outcome="pending", **_elapsed(started))
-
-    async def _attempt(
-        self, entry: Entry, task_log: Any, started: float, release: Callable[[], None]
-    ) -> None:
-        try:
-            envelope = decode_entry(entry.fields)
-        except WireFormatError as exc:
-            reason = f"undecodable entry: {exc}"
-            await self._give_up(entry, None, reason, task_log, started, release=release)
             return
-        task_log = task_log.bind(task_id=envelope.task_id, attempt=envelope.tries + 1)
+        self._report(planned, queued, settled, task_log, started)
+
+    async def _attempt(self, entry: Entry) -> tuple[fate.Fate, QueuedTask | None]:
+        """Everything up to the fate write: decode, check, render, send, plan."""
+        try:
+            queued = decode_entry(entry.fields)
+        except WireFormatError as exc:
+            return self._give_up(entry, None, f"undecodable entry: {exc}"), None
         if is_poison(entry.deliveries):
             reason = f"handed out {entry.deliveries} times without an outcome"
-            await self._give_up(entry, envelope, reason, task_log, started, release=release)
-            return
-        if await self._sent_elsewhere(entry, envelope):
-            await self._record(
-                lambda: self._stream.settle(entry, task_id=envelope.task_id), release
-            )
-            task_log.info("task_already_sent", outcome="skipped", **_elapsed(started))
-            self._metrics.record("skipped", time.monotonic() - started)
-            return
+            return self._give_up(entry, queued, reason), queued
+        if await self._sent_elsewhere(entry, queued):
+            return fate.already_sent(entry, queued), queued
         try:
             outgoing = render(
-                envelope,
+                queued,
                 default_sender=self._settings.mail_from,
                 default_mail_from=self._default_mail_from,
             )
         except ValueError as exc:  # the email library refused what validation let through
-            reason = f"cannot build the message: {exc}"
-            await self._give_up(entry, envelope, reason, task_log, started, release=release)
-            return
-        settlement = await self._send(outgoing, envelope)
-        await self._settle(entry, envelope, settlement, task_log, started, release=release)
+            return self._give_up(entry, queued, f"cannot build the message: {exc}"), queued
+        result = await self._smtp.send(outgoing)
+        decision = decide(
+            result,
+            outgoing.recipients,
+            tries=queued.tries,
+            max_attempts=self._policy.max_attempts,
+        )
+        if decision.paused:
+            self._breaker.pause(decision.reason)
+        planned = fate.after_attempt(
+            entry,
+            queued,
+            decision,
+            policy=self._policy,
+            consumer=self._consumer,
+            now_ms=time.time_ns() // 1_000_000,
+            jitter=random.random(),  # noqa: S311 - spreading retries, not a secret
+        )
+        return planned, queued
 
-    async def _sent_elsewhere(self, entry: Entry, envelope: Envelope) -> bool:
+    def _give_up(self, entry: Entry, queued: QueuedTask | None, reason: str) -> fate.Fate:
+        now_ms = time.time_ns() // 1_000_000
+        return fate.give_up(entry, queued, reason, consumer=self._consumer, now_ms=now_ms)
+
+    async def _sent_elsewhere(self, entry: Entry, queued: QueuedTask) -> bool:
         """Whether another copy of this task was already sent (checked only for copies)."""
-        if entry.deliveries == 1 and envelope.tries == 0:
+        if entry.deliveries == 1 and queued.tries == 0:
             return False  # a first delivery of a first attempt: no other copy can exist
         return await retry_while_unavailable(
-            "check_sent", lambda: self._stream.was_sent(envelope.task_id)
+            "check_sent", lambda: self._store.was_sent(queued.task_id)
         )
 
-    async def _send(self, outgoing: Outgoing, envelope: Envelope) -> Settlement:
-        recipients = outgoing.recipients
-        tries, max_attempts = envelope.tries, self._settings.worker_max_attempts
-        try:
-            refused = await self._smtp.send(outgoing)
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            replies = {r.recipient: (r.code, r.message) for r in exc.recipients}
-            return after_send(recipients, replies, tries=tries, max_attempts=max_attempts)
-        except Exception as exc:  # noqa: BLE001 - every send failure is classified
-            failure = classify_failure(exc)
-            if failure.verdict is Verdict.PAUSE:
-                self._breaker.trip(failure.reason)
-            return after_failure(failure, recipients, tries=tries, max_attempts=max_attempts)
-        replies = {recipient: (r.code, r.message) for recipient, r in refused.items()}
-        return after_send(recipients, replies, tries=tries, max_attempts=max_attempts)
-
-    async def _settle(
-        self,
-        entry: Entry,
-        envelope: Envelope,
-        settlement: Settlement,
-        task_log: Any,
-        started: float,
-        *,
-        release: Callable[[], None],
-    ) -> None:
-        retry = None
-        retry_in = 0.0
-        if settlement.retry:
-            if not settlement.paused:
-                retry_in = backoff_delay(
-                    settlement.tries,
-                    first=self._settings.worker_retry_base_seconds,
-                    cap=self._settings.worker_retry_max_seconds,
-                )
-            due_ms = time.time_ns() // 1_000_000 + int(retry_in * 1000)
-            copy = retry_entry(
-                entry.fields,
-                tries=settlement.tries,
-                recipients=settlement.retry,
-                error=settlement.reason,
-            )
-            retry = (due_ms, copy)
-        dead = None
-        if settlement.dead:
-            everyone = settlement.dead == tuple(envelope.envelope_recipients())
-            dead = self._dead_record(
-                entry,
-                settlement.dead_reason,
-                tries=settlement.tries,
-                recipients=None if everyone else settlement.dead,
-            )
-        settled = await self._record(
-            lambda: self._stream.settle(
-                entry,
-                task_id=envelope.task_id,
-                sent_record=settlement.finished,
-                retry=retry,
-                dead=dead,
-            ),
-            release,
-        )
-        details: dict[str, Any] = {"outcome": settlement.outcome, **_elapsed(started)}
-        if not settled.took_effect:
-            details["settled_elsewhere"] = True
-        if settlement.reason:
-            details["reason"] = settlement.reason
-        if settlement.retry:
-            details.update(retry_recipients=len(settlement.retry), retry_in_s=round(retry_in, 1))
-        if settlement.dead:
-            details.update(dead_recipients=len(settlement.dead), dead_letters=settled.dead_letters)
-        if settlement.outcome == "sent":
-            details["queued_ms"] = time.time_ns() // 1_000_000 - envelope.dated_ms
-        event, level = _EVENTS[settlement.outcome]
-        task_log.log(level, event, **details)
-        self._metrics.record(
-            settlement.outcome,
-            time.monotonic() - started,
-            retried=bool(settlement.retry) and not settlement.paused,
-            dead=bool(settlement.dead),
-        )
-
-    async def _give_up(
-        self,
-        entry: Entry,
-        envelope: Envelope | None,
-        reason: str,
-        task_log: Any,
-        started: float,
-        *,
-        release: Callable[[], None],
-    ) -> None:
-        """Dead-letter an entry that no attempt could ever send."""
-        tries = envelope.tries if envelope else 0
-        record = self._dead_record(entry, reason, tries=tries, recipients=None)
-        task_id = envelope.task_id if envelope else ""
-        settled = await self._record(
-            lambda: self._stream.settle(entry, task_id=task_id, dead=record), release
-        )
-        task_log.error(
-            "task_dead_lettered",
-            outcome="dead_letter",
-            reason=reason,
-            dead_letters=settled.dead_letters,
-            **_elapsed(started),
-        )
-        self._metrics.record("dead_letter", time.monotonic() - started, dead=True)
-
-    def _dead_record(
-        self, entry: Entry, reason: str, *, tries: int, recipients: tuple[str, ...] | None
-    ) -> dict[bytes, bytes]:
-        return dead_entry(
-            entry.fields,
-            reason=reason,
-            entry_id=entry.entry_id,
-            deliveries=entry.deliveries,
-            tries=tries,
-            consumer=self._stream.consumer,
-            recipients=recipients,
-        )
-
-    async def _record(self, write: Callable[[], Awaitable[T]], release: Callable[[], None]) -> T:
+    async def _record(self, write: SettleWrite, release: Callable[[], None]) -> SettleReply:
         """Run a fate write to completion even if the delivery is cancelled meanwhile.
 
         A Redis outage delays the write (retried with backoff) rather than dropping it: after an
         SMTP accept, an unrecorded ack would mean sending the email again. The attempt's send
         slot is released as the write starts.
         """
-        task = asyncio.create_task(retry_while_unavailable("record_fate", write))
+        task = asyncio.create_task(
+            retry_while_unavailable("record_fate", lambda: self._store.settle(write))
+        )
         self.fate_writes.add(task)
         task.add_done_callback(self.fate_writes.discard)
         release()
         return await asyncio.shield(task)
+
+    def _report(
+        self,
+        planned: fate.Fate,
+        queued: QueuedTask | None,
+        settled: SettleReply,
+        task_log: Any,
+        started: float,
+    ) -> None:
+        """The outcome's log line and metrics."""
+        details: dict[str, Any] = {"outcome": planned.outcome, **_elapsed(started)}
+        if not settled.took_effect:
+            details["settled_elsewhere"] = True
+        if planned.reason:
+            details["reason"] = planned.reason
+        if planned.retry_recipients:
+            details.update(retry_recipients=planned.retry_recipients, retry_in_s=planned.retry_in_s)
+        if planned.write.dead is not None:
+            if planned.dead_recipients:
+                details["dead_recipients"] = planned.dead_recipients
+            details["dead_letters"] = settled.dead_letters
+        if planned.outcome == "sent" and queued is not None:
+            details["queued_ms"] = time.time_ns() // 1_000_000 - queued.dated_ms
+        event, level = _EVENTS[planned.outcome]
+        task_log.log(level, event, **details)
+        self._metrics.record(
+            planned.outcome,
+            time.monotonic() - started,
+            retried=planned.counted_retry,
+            dead=planned.write.dead is not None,
+        )
 
 
 def _elapsed(started: float) -> dict[str, float]:

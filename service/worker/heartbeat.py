@@ -13,23 +13,17 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import Final
 
 import orjson
 import structlog
-from redis.asyncio import Redis
 
-from ..keys import QueueKeys
-from .backoff import TRANSIENT_REDIS_ERRORS, retry_while_unavailable
+from ..store import QueueStore
+from .backoff import retry_while_unavailable
 from .metrics import WorkerMetrics
-from .stream import TaskStream
 
 __all__ = ["Heartbeat"]
 
 log = structlog.get_logger("service.worker")
-
-# Removing the record on the way out must not hold up the exit when Redis is gone.
-_REMOVE_TIMEOUT_SECONDS: Final = 2.0
 
 
 class Heartbeat:
@@ -37,18 +31,16 @@ class Heartbeat:
 
     def __init__(
         self,
-        redis: Redis,
-        keys: QueueKeys,
-        stream: TaskStream,
+        store: QueueStore,
+        consumer: str,
         metrics: WorkerMetrics,
         *,
         interval: float,
         state: Callable[[], str],
         smtp_connections: Callable[[], dict[str, int]],
     ) -> None:
-        self._redis = redis
-        self._key = keys.workers
-        self._stream = stream
+        self._store = store
+        self._consumer = consumer
         self._metrics = metrics
         self._interval = interval
         self._state = state
@@ -70,7 +62,7 @@ class Heartbeat:
         if state != self._last_state:
             self._last_state, self._state_since = state, now
         record = {
-            "consumer": self._stream.consumer,
+            "consumer": self._consumer,
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "state": state,
@@ -80,23 +72,19 @@ class Heartbeat:
             "interval_s": self._interval,
             "outcomes": dict(self._metrics.outcomes),
         }
-        await self._redis.hset(self._key, self._stream.consumer, orjson.dumps(record))
+        await self._store.write_heartbeat(self._consumer, orjson.dumps(record))
         if not self._metrics.serving:
             return  # the queue's gauges are for Prometheus only: no Redis reads for nothing
-        sizes = await self._stream.sizes()
-        pending, lag = await self._stream.group_counts()
+        sizes = await self._store.sizes()
+        group = await self._store.group()
         self._metrics.observe_queue(
             sizes,
-            pending=pending,
-            lag=lag,
+            pending=group.pending if group else 0,
+            lag=group.lag if group else None,
             smtp=self._smtp_connections(),
             paused=state == "paused",
         )
 
     async def remove(self) -> None:
-        """Delete the record: this worker stopped on purpose (best effort)."""
-        try:
-            async with asyncio.timeout(_REMOVE_TIMEOUT_SECONDS):
-                await self._redis.hdel(self._key, self._stream.consumer)
-        except (TimeoutError, *TRANSIENT_REDIS_ERRORS):
-            log.info("heartbeat_left_behind", consumer=self._stream.consumer)
+        """Delete the record: this worker stopped on purpose."""
+        await self._store.remove_heartbeats(self._consumer)

@@ -14,7 +14,7 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from .stream import QueueSizes
+from ..store import QueueSizes
 
 __all__ = ["WorkerMetrics"]
 

@@ -2,8 +2,8 @@
 
 RFC 5321 splits replies into transient (4yz: try later) and permanent (5yz: never), and RFC 3463
 refines that per recipient. A send can end three ways for each recipient: accepted, retry
-later, or dead-lettered; the whole attempt is summed up in a `Settlement`, which the worker
-writes to Redis in one atomic step.
+later, or dead-lettered; the whole attempt is summed up in a `Decision`, from which the fate
+planner (`fate.py`) says what to write to Redis in one atomic step.
 
 A failure that says nothing about the email itself (the SMTP server is down, refuses our
 credentials or our TLS) is a `PAUSE`: the task goes back without using an attempt and the worker
@@ -18,18 +18,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-import aiosmtplib
-
-from ..errors import SmtpUnavailableError
+from .smtp_result import Answered, FailureKind, SendFailure, SendResult, first_line
 
 __all__ = [
     "MAX_DELIVERIES_WITHOUT_OUTCOME",
+    "Decision",
     "Failure",
-    "Settlement",
     "Verdict",
     "after_failure",
     "after_send",
     "classify_failure",
+    "decide",
     "is_permanent_reply",
     "is_poison",
 ]
@@ -42,13 +41,6 @@ MAX_DELIVERIES_WITHOUT_OUTCOME: Final = 5
 _ENHANCED_CODE = re.compile(r"\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 # X.2.2 (mailbox full) can clear without the sender doing anything; MTAs retry it even as 552.
 _TRANSIENT_DESPITE_5XX: Final = {("2", "2")}
-
-
-_SESSION_REFUSALS: Final = (
-    aiosmtplib.SMTPAuthenticationError,
-    aiosmtplib.SMTPConnectResponseError,
-    aiosmtplib.SMTPHeloError,
-)
 
 
 class Verdict(enum.Enum):
@@ -68,8 +60,8 @@ class Failure:
 
 
 @dataclass(frozen=True, slots=True)
-class Settlement:
-    """Everything one attempt decided, written to Redis in one atomic step."""
+class Decision:
+    """Everything one attempt decided for the task's recipients."""
 
     accepted: int  # recipients the SMTP server accepted in this attempt
     retry: tuple[str, ...] = ()  # recipients a retry copy of the task will send to later
@@ -104,30 +96,32 @@ def is_permanent_reply(code: int, message: str) -> bool:
     return not (match and (match[2], match[3]) in _TRANSIENT_DESPITE_5XX)
 
 
-def classify_failure(exc: BaseException) -> Failure:
-    """Map an error raised by a whole send (not a per-recipient refusal) to a `Failure`."""
-    if isinstance(exc, SmtpUnavailableError):
-        return Failure(Verdict.PAUSE, exc.reason)
-    if isinstance(exc, aiosmtplib.SMTPResponseException):
-        return _classify_reply(exc)
-    if isinstance(exc, TimeoutError):
-        return Failure(Verdict.RETRY, "SMTP send timed out")
-    if isinstance(exc, aiosmtplib.SMTPException | OSError):
-        return Failure(Verdict.RETRY, f"{type(exc).__name__}: {_first_line(str(exc))}")
-    return Failure(Verdict.RETRY, f"unexpected {type(exc).__name__}: {_first_line(str(exc))}")
+def classify_failure(failure: SendFailure) -> Failure:
+    """What a send that failed as a whole means for the task."""
+    match failure.kind:
+        case FailureKind.UNAVAILABLE:
+            return Failure(Verdict.PAUSE, failure.detail)
+        case FailureKind.SENDER_REFUSED:
+            # Usually our sender address or account, which an operator can fix; retrying
+            # (counted) gives them the retry period to do so before anything is lost.
+            return Failure(Verdict.RETRY, f"sender refused: {failure.detail}")
+        case FailureKind.REFUSED if failure.reply is not None:
+            permanent = is_permanent_reply(failure.reply.code, failure.reply.text)
+            return Failure(Verdict.DEAD if permanent else Verdict.RETRY, failure.detail)
+        case _:
+            return Failure(Verdict.RETRY, failure.detail)
 
 
-def _classify_reply(exc: aiosmtplib.SMTPResponseException) -> Failure:
-    reply = f"SMTP {exc.code} {_first_line(exc.message)}"
-    if isinstance(exc, _SESSION_REFUSALS):
-        # Said while opening the session: about the server or our account, not this email.
-        return Failure(Verdict.PAUSE, reply)
-    if isinstance(exc, aiosmtplib.SMTPSenderRefused):
-        # MAIL FROM refused: usually our sender address or account, which an operator can fix;
-        # retrying (counted) gives them the retry period to do so before anything is lost.
-        return Failure(Verdict.RETRY, f"sender refused: {reply}")
-    permanent = is_permanent_reply(exc.code, exc.message)
-    return Failure(Verdict.DEAD if permanent else Verdict.RETRY, reply)
+def decide(
+    result: SendResult, recipients: Sequence[str], *, tries: int, max_attempts: int
+) -> Decision:
+    """The decision of an attempt that ended with `result`."""
+    if isinstance(result, Answered):
+        refused = {to: (reply.code, reply.text) for to, reply in result.refused.items()}
+        return after_send(recipients, refused, tries=tries, max_attempts=max_attempts)
+    return after_failure(
+        classify_failure(result), recipients, tries=tries, max_attempts=max_attempts
+    )
 
 
 def after_send(
@@ -136,15 +130,15 @@ def after_send(
     *,
     tries: int,
     max_attempts: int,
-) -> Settlement:
-    """The settlement of an attempt the server answered recipient by recipient.
+) -> Decision:
+    """The decision of an attempt the server answered recipient by recipient.
 
     `refused` maps each refused recipient to its reply (code, text); the others were accepted
     and are never sent to again. Refused recipients with a transient reply are retried, the
     others dead-lettered; once the attempts are used up, every refused recipient is.
     """
     if not refused:
-        return Settlement(accepted=len(recipients))
+        return Decision(accepted=len(recipients))
     failed_tries = tries + 1
     retry = [r for r in recipients if r in refused and not is_permanent_reply(*refused[r])]
     dead = [r for r in recipients if r in refused and r not in retry]
@@ -153,7 +147,7 @@ def after_send(
         dead_reason = f"gave up after {failed_tries} attempts; {_refusals(dead, refused)}"
     else:
         dead_reason = _refusals(dead, refused)
-    return Settlement(
+    return Decision(
         accepted=len(recipients) - len(refused),
         retry=tuple(retry),
         tries=failed_tries,
@@ -165,22 +159,22 @@ def after_send(
 
 def after_failure(
     failure: Failure, recipients: Sequence[str], *, tries: int, max_attempts: int
-) -> Settlement:
-    """The settlement of an attempt that failed as a whole (nothing was accepted)."""
+) -> Decision:
+    """The decision of an attempt that failed as a whole (nothing was accepted)."""
     everyone, reason = tuple(recipients), failure.reason
     if failure.verdict is Verdict.PAUSE:
-        return Settlement(accepted=0, retry=everyone, tries=tries, reason=reason, paused=True)
+        return Decision(accepted=0, retry=everyone, tries=tries, reason=reason, paused=True)
     if failure.verdict is Verdict.DEAD:
-        return Settlement(
+        return Decision(
             accepted=0, dead=everyone, tries=tries + 1, reason=reason, dead_reason=reason
         )
     failed_tries = tries + 1
     if failed_tries >= max_attempts:
         gave_up = f"gave up after {failed_tries} attempts; {reason}"
-        return Settlement(
+        return Decision(
             accepted=0, dead=everyone, tries=failed_tries, reason=gave_up, dead_reason=gave_up
         )
-    return Settlement(accepted=0, retry=everyone, tries=failed_tries, reason=reason)
+    return Decision(accepted=0, retry=everyone, tries=failed_tries, reason=reason)
 
 
 def is_poison(deliveries: int) -> bool:
@@ -193,10 +187,8 @@ def is_poison(deliveries: int) -> bool:
 
 
 def _refusals(recipients: Sequence[str], refused: Mapping[str, tuple[int, str]]) -> str:
-    shown = ", ".join(f"{r} {refused[r][0]} {_first_line(refused[r][1])}" for r in recipients[:5])
+    shown = ", ".join(
+        f"{r} {refused[r][0]} {first_line(refused[r][1])}".rstrip() for r in recipients[:5]
+    )
     more = f" and {len(recipients) - 5} more" if len(recipients) > 5 else ""
     return f"refused: {shown}{more}"
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0][:200] if text.strip() else ""

@@ -26,7 +26,7 @@ from email.utils import format_datetime
 from typing import Final
 
 from ..task import addr_spec
-from ..wire import Envelope
+from ..wire import QueuedTask
 
 __all__ = ["Outgoing", "render"]
 
@@ -67,8 +67,8 @@ class Outgoing:
         return email.message_from_bytes(text, _class=EmailMessage, policy=email.policy.default)
 
 
-def render(envelope: Envelope, *, default_sender: str, default_mail_from: str = "") -> Outgoing:
-    """Build the email for `envelope`.
+def render(queued: QueuedTask, *, default_sender: str, default_mail_from: str = "") -> Outgoing:
+    """Build the email for `queued`.
 
     Date (when the task was enqueued, or due if scheduled) and Message-ID (from the task id,
     fixed at enqueue) do not depend on the moment of sending, so every redelivery or retry of a
@@ -76,7 +76,7 @@ def render(envelope: Envelope, *, default_sender: str, default_mail_from: str = 
     some recipients were accepted sends to the others only (the envelope, not the headers).
     `default_mail_from` is the bare address of `default_sender`, when the caller has it.
     """
-    task = envelope.task
+    task = queued.task
     if task.sender:
         sender, mail_from = task.sender, addr_spec(task.sender)
     else:
@@ -87,12 +87,12 @@ def render(envelope: Envelope, *, default_sender: str, default_mail_from: str = 
     if task.reply_to:
         headers.append(("Reply-To", ", ".join(task.reply_to)))
     headers.append(("Subject", task.subject))
-    headers.append(("Date", _date_header(envelope.dated_ms // 1000)))
-    headers.append(("Message-ID", f"<{envelope.task_id}@{mail_from.rpartition('@')[2]}>"))
+    headers.append(("Date", _date_header(queued.dated_ms // 1000)))
+    headers.append(("Message-ID", f"<{queued.task_id}@{mail_from.rpartition('@')[2]}>"))
     extra = list(task.headers.items())
     data = _as_bytes(headers, extra, task.text, task.html)
     content = data if data is not None else _as_message(headers + extra, task.text, task.html)
-    return Outgoing(content, mail_from, envelope.envelope_recipients())
+    return Outgoing(content, mail_from, queued.envelope_recipients())
 
 
 @functools.lru_cache(maxsize=256)

@@ -9,9 +9,10 @@ disconnect, a timeout...), so a client in an unknown state is never reused. A pr
 with plain addresses goes out through the worker's own transaction (`transaction.py`), others
 through aiosmtplib's `send_message`/`sendmail`.
 
-Failing to open a session (connection refused, TLS or AUTH failing, greeting refused) raises
-`SmtpUnavailableError`, distinct from a message's own failure: the worker then pauses rather
-than charging the email an attempt.
+A send returns the project's own `SendResult` (`smtp_result.py`), never an aiosmtplib
+exception. Failing to open a session (connection refused, TLS or AUTH failing, greeting
+refused) is an `UNAVAILABLE` failure, distinct from a message's own failure: the worker then
+pauses rather than charging the email an attempt.
 """
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ import aiosmtplib
 from ..errors import SmtpUnavailableError
 from ..settings import WorkerSettings
 from .render import Outgoing
+from .smtp_result import (
+    Answered,
+    FailureKind,
+    Reply,
+    SendFailure,
+    SendResult,
+    read_failure,
+    session_failure,
+)
 from .transaction import greet, is_plain, send_prebuilt
 
 __all__ = ["SmtpPool"]
@@ -60,33 +70,36 @@ class SmtpPool:
         # QUITs of retired connections still running (close() waits for them).
         self._retiring: set[asyncio.Task[None]] = set()
 
-    async def send(self, outgoing: Outgoing) -> dict[str, aiosmtplib.SMTPResponse]:
-        """Send one message; return the recipients the server refused (empty when none).
-
-        Raises `SmtpUnavailableError` when no session could be opened (nothing was sent),
-        `TimeoutError` when the whole send outlasts `SMTP_TIMEOUT_SECONDS`, or what aiosmtplib
-        raises for the message itself.
-        """
+    async def send(self, outgoing: Outgoing) -> SendResult:
+        """Send one message within `SMTP_TIMEOUT_SECONDS`; say how it went."""
         async with self._slots:
             connection: _Connection | None = None
             try:
                 async with asyncio.timeout(self._settings.smtp_timeout_seconds):
                     try:
                         connection = await self._checkout()
-                    except Exception as exc:
-                        raise SmtpUnavailableError(self._describe(exc)) from exc
+                    except Exception as exc:  # noqa: BLE001 - no session: the server is unusable
+                        return SendFailure(FailureKind.UNAVAILABLE, self._describe(exc))
                     refused = await _transmit(connection.client, outgoing)
-            except TimeoutError as exc:
+            except TimeoutError:
                 if connection is None:  # the deadline passed while the session was still opening
-                    raise SmtpUnavailableError(self._describe(exc)) from exc
+                    return SendFailure(FailureKind.UNAVAILABLE, self._describe(TimeoutError()))
                 connection.client.close()
-                raise
+                return SendFailure(FailureKind.TIMEOUT, "SMTP send timed out")
+            except aiosmtplib.SMTPRecipientsRefused as exc:
+                if connection is not None:
+                    connection.client.close()
+                return Answered({r.recipient: Reply(r.code, r.message) for r in exc.recipients})
+            except Exception as exc:  # noqa: BLE001 - every other failure is read in one place
+                if connection is not None:
+                    connection.client.close()
+                return read_failure(exc)
             except BaseException:
                 if connection is not None:
                     connection.client.close()
                 raise
             self._checkin(connection)
-            return refused
+            return Answered({to: Reply(r.code, r.message) for to, r in refused.items()})
 
     async def probe(self) -> None:
         """Open and close one session; raise `SmtpUnavailableError` if that fails."""
@@ -108,10 +121,11 @@ class SmtpPool:
     async def close(self) -> None:
         """Say QUIT on every idle connection, all at once (best effort: the server may be gone).
 
-        Called once sending has stopped; connections still retiring finish their QUIT first.
+        Called once sending has stopped; connections still retiring finish their QUIT too. Each
+        connection is closed at the end, also when this is cancelled.
         """
         idle, self._idle = self._idle, []
-        await asyncio.gather(*self._retiring, *(_quit(connection.client) for connection in idle))
+        await asyncio.gather(*self._retiring, *(_quit(c.client) for c in idle))
 
     def _checkin(self, connection: _Connection) -> None:
         """Back to the pool after a successful send, or retired if it carried its quota."""
@@ -155,16 +169,9 @@ class SmtpPool:
 
     def _describe(self, exc: BaseException) -> str:
         """Why no session could be opened, without any credential."""
-        where = f"{self._settings.smtp_host}:{self._settings.smtp_port_or_default}"
-        if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
-            detail = f"authentication failed (SMTP {exc.code}); check SMTP_USERNAME/SMTP_PASSWORD"
-        elif isinstance(exc, aiosmtplib.SMTPResponseException):
-            detail = f"SMTP {exc.code} {exc.message.strip().splitlines()[0][:200]}"
-        elif isinstance(exc, TimeoutError):
-            detail = "timed out"
-        else:
-            detail = f"{type(exc).__name__}: {str(exc).strip()[:200]}"
-        return f"cannot open an SMTP session with {where}: {detail}"
+        return session_failure(
+            exc, f"{self._settings.smtp_host}:{self._settings.smtp_port_or_default}"
+        )
 
     def _new_client(self) -> aiosmtplib.SMTP:
         settings = self._settings
@@ -186,11 +193,13 @@ class SmtpPool:
 
 
 async def _quit(client: aiosmtplib.SMTP) -> None:
-    """QUIT, then close, whatever the server answers (or if it does not)."""
-    with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
-        async with asyncio.timeout(_QUIT_SECONDS):
-            await client.quit()
-    client.close()
+    """QUIT, then close, whatever the server answers (or if it does not, or we are cancelled)."""
+    try:
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+            async with asyncio.timeout(_QUIT_SECONDS):
+                await client.quit()
+    finally:
+        client.close()
 
 
 async def _transmit(

@@ -3,7 +3,7 @@
 - `READY=1` once Redis answered a PING and its configuration was looked at: a unit ordered
   after this one starts only when the queue is reachable.
 - `WATCHDOG=1` at half of `WATCHDOG_USEC`, from the event loop (see `Notifier.watchdog`).
-- `STOPPING=1` when the first stop signal arrives, so `systemctl` shows "deactivating" for the
+- `STOPPING=1` as soon as a stop is requested, so `systemctl` shows "deactivating" for the
   whole drain instead of an unexplained wait.
 
 Until Redis answers, the reason it does not (refused, TLS verification failed, wrong password)
@@ -14,7 +14,6 @@ becomes ready.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from types import TracebackType
 from typing import Final
 
@@ -25,7 +24,7 @@ from redis.exceptions import RedisError
 from .backoff import redis_retry_delay
 from .notify import Notifier, watchdog_interval
 from .redis_check import check_redis_config
-from .stopping import cancel_and_wait
+from .shutdown import Shutdown, cancel_and_wait
 
 __all__ = ["Supervision"]
 
@@ -37,30 +36,26 @@ _REASON_MAX_CHARS: Final = 300
 class Supervision:
     """Async context manager around the worker's run: readiness, watchdog, stopping."""
 
-    def __init__(self, redis: Redis, *, status: str, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        shutdown: Shutdown,
+        *,
+        status: str,
+        notifier: Notifier | None = None,
+    ) -> None:
         self._redis = redis
+        self._shutdown = shutdown
         self._status = status
         self._notifier = notifier or Notifier.from_environ()
         self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = False
-        self.ready = asyncio.Event()
-
-    def on_stop(self, request_stop: Callable[[str], None]) -> Callable[[str], None]:
-        """Wrap a signal handler: the first call also sends `STOPPING=1`."""
-
-        def handler(signal_name: str) -> None:
-            if not self._stopping:
-                self._stopping = True
-                self._notifier.stopping()
-            request_stop(signal_name)
-
-        return handler
 
     async def __aenter__(self) -> Supervision:
         interval = watchdog_interval()
         if interval is not None and self._notifier.enabled:
             self._tasks.append(asyncio.create_task(self._notifier.watchdog(interval)))
         self._tasks.append(asyncio.create_task(self._announce_ready()))
+        self._tasks.append(asyncio.create_task(self._announce_stopping()))
         return self
 
     async def __aexit__(
@@ -75,11 +70,14 @@ class Supervision:
         self._notifier.status("connecting to Redis")
         await self._wait_for_redis()
         await check_redis_config(self._redis)
-        if not self._stopping:  # READY after STOPPING would confuse systemd's state machine
+        if not self._shutdown.requested.is_set():  # READY after STOPPING would confuse systemd
             self._notifier.ready(self._status)
-        self.ready.set()
         # Debug only: the first lines of a run are "worker_starting", "worker_started".
         log.debug("worker_ready", notified=self._notifier.enabled)
+
+    async def _announce_stopping(self) -> None:
+        await self._shutdown.requested.wait()
+        self._notifier.stopping()
 
     async def _wait_for_redis(self) -> None:
         failures = 0

@@ -12,8 +12,8 @@ from typing import Final
 
 import structlog
 
+from ..store import QueueStore
 from .backoff import retry_while_unavailable
-from .stream import TaskStream
 
 __all__ = ["promote_forever", "promotion_wait", "report_forever"]
 
@@ -35,11 +35,11 @@ def promotion_wait(next_due_ms: int | None, now_ms: int) -> float:
     return min(max(wait, _MIN_PROMOTION_WAIT_SECONDS), _MAX_PROMOTION_WAIT_SECONDS)
 
 
-async def promote_forever(stream: TaskStream) -> None:
+async def promote_forever(store: QueueStore) -> None:
     """Move retries and scheduled sends into the stream when due (until cancelled)."""
     while True:
         moved, next_due = await retry_while_unavailable(
-            "promote", lambda: stream.promote_due(time.time_ns() // 1_000_000, _PROMOTE_BATCH)
+            "promote", lambda: store.promote_due(time.time_ns() // 1_000_000, _PROMOTE_BATCH)
         )
         if moved:
             log.debug("tasks_promoted", tasks=moved)
@@ -47,10 +47,10 @@ async def promote_forever(stream: TaskStream) -> None:
             await asyncio.sleep(promotion_wait(next_due, time.time_ns() // 1_000_000))
 
 
-async def report_forever(stream: TaskStream) -> None:
+async def report_forever(store: QueueStore) -> None:
     """Log the queue's sizes every minute; louder while dead letters are waiting for someone."""
     while True:
-        sizes = await retry_while_unavailable("report", stream.sizes)
+        sizes = await retry_while_unavailable("report", store.sizes)
         level = log.warning if sizes.dead else log.info
         level("queue_sizes", stream=sizes.stream, delayed=sizes.delayed, dead_letters=sizes.dead)
         await asyncio.sleep(_REPORT_EVERY_SECONDS)

@@ -6,12 +6,14 @@ Two loops feed delivery tasks on one event loop:
 - the reclaimer takes over entries that a consumer (usually a dead one) left pending longer
   than `WORKER_RECLAIM_IDLE_SECONDS`.
 
-Both wait while the SMTP breaker is open. Beside them run the breaker's probe, the promotion
-of due retries and scheduled sends into the stream, and a periodic report of the queue's sizes.
+Both wait while sending is paused (the SMTP breaker). Beside them run the breaker's probe, the
+promotion of due retries and scheduled sends into the stream, and a periodic report of the
+queue's sizes.
 
-`request_stop` (called by the signal handlers) only sets state; `run` turns it into a shutdown:
-stop intake, give in-flight sends `WORKER_SHUTDOWN_SECONDS`, cancel the rest (their entries stay
-pending and another worker takes them over), and return the exit code.
+The signal handlers only call `Shutdown.request`; `run` turns it into a shutdown: stop intake,
+give in-flight sends until the shutdown deadline (less what the closing steps keep), cancel the
+rest (their entries stay pending and another worker takes them over), let the last fate writes
+finish within the deadline, and return the exit code.
 """
 
 from __future__ import annotations
@@ -19,26 +21,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import time
-from typing import Final
+from collections.abc import Collection
+from typing import Any, Final
 
 import structlog
 
 from ..connection import READ_BLOCK_MS
 from ..settings import WorkerSettings
+from ..store import Entry, QueueStore
 from .backoff import TRANSIENT_REDIS_ERRORS, retry_while_unavailable
 from .breaker import SmtpBreaker
 from .delivery import Delivery
-from .stopping import cancel_and_wait
-from .stream import Entry, TaskStream
+from .shutdown import Shutdown, cancel_and_wait
 from .upkeep import promote_forever, report_forever
 
 __all__ = ["Worker"]
 
 log = structlog.get_logger("service.worker")
-
-# Fate writes still running at shutdown get this long (after the drain) to reach Redis.
-_FATE_WRITE_GRACE_SECONDS: Final = 5.0
 # The longest a read waits for more send slots to free once one is (see _wait_for_slots_to_read).
 _GATHER_SLOTS_SECONDS: Final = 0.002
 # The pause before the next read when the last one emptied the stream. Tasks arriving one at a
@@ -54,16 +53,19 @@ class Worker:
     def __init__(
         self,
         settings: WorkerSettings,
-        stream: TaskStream,
+        store: QueueStore,
+        *,
+        consumer: str,
         delivery: Delivery,
         breaker: SmtpBreaker,
+        shutdown: Shutdown,
     ) -> None:
         self._settings = settings
-        self._stream = stream
+        self._store = store
+        self.consumer = consumer
         self._delivery = delivery
         self._breaker = breaker
-        self._stopping = asyncio.Event()
-        self._forced = asyncio.Event()
+        self._shutdown = shutdown
         self._slot_freed = asyncio.Event()
         # Every delivery until it ends (its fate recorded), by entry id.
         self._in_flight: dict[str, asyncio.Task[None]] = {}
@@ -80,30 +82,26 @@ class Worker:
     @property
     def state(self) -> str:
         """What the worker is doing: starting, sending, paused (SMTP unusable) or draining."""
-        if self._stopping.is_set():
+        if self._shutdown.requested.is_set():
             return "draining"
         if not self._started:
             return "starting"
-        return "paused" if self._breaker.is_open else "sending"
+        return "paused" if self._breaker.is_paused else "sending"
 
     @property
     def in_flight(self) -> int:
         """Sends under way (each holds one SMTP connection)."""
         return len(self._sending)
 
-    def request_stop(self, signal_name: str) -> None:
-        """First call: drain, then stop. Second call: stop at once. Only sets state."""
-        if self._stopping.is_set():
-            self._forced.set()
-        else:
-            self._stopping.set()
-        log.info("stop_requested", signal=signal_name, forced=self._forced.is_set())
-
     async def run(self) -> int:
-        """Work until `request_stop`; return the process exit code (0 drained, 1 forced)."""
+        """Work until a stop is requested; return the exit code (0 drained, 1 failed or forced).
+
+        A failing intake stops the worker too, within the same deadline.
+        """
         intake = asyncio.create_task(self._intake(), name="intake")
-        stop = asyncio.create_task(self._stopping.wait())
+        stop = asyncio.create_task(self._shutdown.requested.wait())
         done, _ = await asyncio.wait([intake, stop], return_when=asyncio.FIRST_COMPLETED)
+        self._shutdown.begin()
         await cancel_and_wait([intake, stop, *self._loops], "worker stopping")
         failed = intake in done and intake.exception() is not None
         if failed:
@@ -112,16 +110,16 @@ class Worker:
         return 1 if failed else code
 
     async def _intake(self) -> None:
-        await retry_while_unavailable("create_group", self._stream.ensure_group)
+        await retry_while_unavailable("create_group", self._store.ensure_group)
         log.info(
             "worker_started",
-            consumer=self._stream.consumer,
+            consumer=self.consumer,
             queue=self._settings.email_queue,
             concurrency=self._settings.worker_concurrency,
         )
         self._started = True
         await self._resume_own_pending()
-        if self._stopping.is_set():
+        if self._shutdown.requested.is_set():
             return  # a cancellation lost on the way here (see stopping.py): start nothing
         # Plain tasks, not a TaskGroup: a TaskGroup cancels its tasks once, and a loop that lost
         # that cancellation would keep the worker from stopping. `run` cancels each of these
@@ -130,8 +128,8 @@ class Worker:
             asyncio.create_task(coroutine, name=name)
             for name, coroutine in (
                 ("breaker", self._breaker.run()),
-                ("promote", promote_forever(self._stream)),
-                ("report", report_forever(self._stream)),
+                ("promote", promote_forever(self._store)),
+                ("report", report_forever(self._store)),
                 ("read", self._read_loop()),
                 ("reclaim", self._reclaim_loop()),
             )
@@ -146,7 +144,7 @@ class Worker:
         """Entries left pending under this consumer's name by an earlier run go first."""
         count = self._settings.worker_concurrency * 10
         entries = await retry_while_unavailable(
-            "resume_pending", lambda: self._stream.take_own_pending(count)
+            "resume_pending", lambda: self._store.take_own_pending(self.consumer, count)
         )
         if entries:
             log.info("resuming_pending", entries=len(entries))
@@ -157,11 +155,10 @@ class Worker:
     async def _read_loop(self) -> None:
         while True:
             async with self._intake_turn:
-                await self._breaker.wait_closed()
+                await self._breaker.wait_until_sending()
                 free = await self._wait_for_slots_to_read()
-                entries = await retry_while_unavailable(
-                    "read", functools.partial(self._stream.read_new, free, READ_BLOCK_MS)
-                )
+                read = functools.partial(self._store.read_new, self.consumer, free, READ_BLOCK_MS)
+                entries = await retry_while_unavailable("read", read)
                 for entry in entries:
                     self._dispatch(entry)
             # The stream is empty (the read got fewer entries than it asked for) but tasks are
@@ -177,12 +174,12 @@ class Worker:
         cursor = "0-0"
         while True:
             async with self._intake_turn:
-                await self._breaker.wait_closed()
+                await self._breaker.wait_until_sending()
                 free = await self._wait_for_slot()
-                cursor, entries = await retry_while_unavailable(
-                    "reclaim",
-                    functools.partial(self._stream.claim_stale, min_idle_ms, cursor, free),
+                claim = functools.partial(
+                    self._store.claim_stale, self.consumer, min_idle_ms, cursor, free
                 )
+                cursor, entries = await retry_while_unavailable("reclaim", claim)
                 for entry in entries:
                     if entry.entry_id in self._in_flight:
                         continue  # our own slow send; it records its fate itself
@@ -239,18 +236,18 @@ class Worker:
         self._release_slot(entry_id)
 
     async def _drain(self) -> int:
+        """Finish what is under way within the shutdown deadline; the exit code."""
         in_flight = list(self._in_flight.values())
         log.info("draining", in_flight=len(in_flight))
-        await self._wait_in_flight(in_flight)
+        await self._wait(in_flight, self._shutdown.drain_remaining())
         unfinished = [task for task in in_flight if not task.done()]
         await cancel_and_wait(
             unfinished, "worker shutdown: the entry stays pending and will be redelivered"
         )
-        writes = self._delivery.fate_writes
-        if writes and not self._forced.is_set():
-            _, late = await asyncio.wait(writes, timeout=_FATE_WRITE_GRACE_SECONDS)
-            await cancel_and_wait(late, "worker shutdown: Redis did not answer in time")
-        forced = self._forced.is_set()
+        writes = list(self._delivery.fate_writes)
+        await self._wait(writes, self._shutdown.remaining())
+        await cancel_and_wait(writes, "worker shutdown: Redis did not answer in time")
+        forced = self._shutdown.forced.is_set()
         if not unfinished and not forced:
             await self._leave_group()
         log.info("worker_stopped", unfinished=len(unfinished), forced=forced)
@@ -259,24 +256,25 @@ class Worker:
     async def _leave_group(self) -> None:
         """Remove this consumer from the group if it owns nothing, so names do not pile up."""
         try:
-            async with asyncio.timeout(_FATE_WRITE_GRACE_SECONDS):
-                await self._stream.forget_consumer()
+            async with asyncio.timeout(self._shutdown.remaining()):
+                await self._store.forget_consumer(self.consumer)
         except (TimeoutError, *TRANSIENT_REDIS_ERRORS):
-            log.info("consumer_left_in_group", consumer=self._stream.consumer)
+            log.info("consumer_left_in_group", consumer=self.consumer)
 
-    async def _wait_in_flight(self, in_flight: list[asyncio.Task[None]]) -> None:
-        """Until every send is done, the grace period ends, or a second signal arrives."""
-        deadline = time.monotonic() + self._settings.worker_shutdown_seconds
-        forced = asyncio.create_task(self._forced.wait())
-        pending: set[asyncio.Task[object]] = set(in_flight)
+    async def _wait(self, tasks: Collection[asyncio.Task[Any]], seconds: float) -> None:
+        """Until `tasks` are done, `seconds` pass, or the stop is forced."""
+        pending: set[asyncio.Future[Any]] = {task for task in tasks if not task.done()}
+        if not pending or seconds <= 0:
+            return
+        forced = asyncio.ensure_future(self._shutdown.forced.wait())
         try:
-            while pending and not forced.done():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                _, pending = await asyncio.wait(
-                    [*pending, forced], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-                )
-                pending.discard(forced)
+            async with asyncio.timeout(seconds):
+                while pending and not forced.done():
+                    _, pending = await asyncio.wait(
+                        [*pending, forced], return_when=asyncio.FIRST_COMPLETED
+                    )
+                    pending.discard(forced)
+        except TimeoutError:
+            return
         finally:
             forced.cancel()

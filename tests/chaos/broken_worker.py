@@ -8,21 +8,20 @@ SIGKILL between the two, or a send that fails, then loses the email; the chaos r
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from typing import Any
 
+from service.store import Entry, SettleWrite
+from service.wire import QueuedTask
 from service.worker.__main__ import main
 from service.worker.delivery import Delivery
-from service.worker.stream import Entry
+from service.worker.fate import Fate
 
 _attempt = Delivery._attempt
 
 
-async def _acknowledge_first(
-    self: Delivery, entry: Entry, task_log: Any, started: float, release: Callable[[], None]
-) -> None:
-    await self._stream.settle(entry)  # the bug under test: the fate is written before the send
-    await _attempt(self, entry, task_log, started, release)
+async def _acknowledge_first(self: Delivery, entry: Entry) -> tuple[Fate, QueuedTask | None]:
+    # The bug under test: the fate is written before the send.
+    await self._store.settle(SettleWrite(entry.entry_id))
+    return await _attempt(self, entry)
 
 
 if __name__ == "__main__":

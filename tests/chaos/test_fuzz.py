@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service import EmailTask, WireFormatError
-from service.wire import Envelope, decode_entry, encode_entry
+from service.wire import QueuedTask, decode_entry, encode_entry
 from service.worker.render import render
 from tests.conftest import DEAD, STREAM, WorkerProcess, as_entries, pending_count, wait_until
 from tests.integration.test_worker import StartWorker
@@ -110,17 +110,17 @@ _entries = st.one_of(
 
 @FAST
 @given(_entries)
-def test_the_decoder_returns_an_envelope_or_raises_wire_format_error(
+def test_the_decoder_returns_a_queued_task_or_raises_wire_format_error(
     fields: dict[bytes, bytes],
 ) -> None:
     try:
-        envelope = decode_entry(fields)
+        queued = decode_entry(fields)
     except WireFormatError:
         return
-    assert isinstance(envelope, Envelope)
+    assert isinstance(queued, QueuedTask)
     # What decodes is something the worker can render, or refuses with ValueError (it then
     # dead-letters it); nothing else may escape.
-    _render_or_value_error(envelope)
+    _render_or_value_error(queued)
 
 
 @FAST
@@ -139,14 +139,14 @@ def test_task_validation_raises_only_validation_error(
     except pydantic.ValidationError:
         return
     fields = {k.encode(): v for k, v in encode_entry(task, _TASK_ID.decode(), 1).items()}
-    envelope = decode_entry(fields)  # a task that validates survives the wire unchanged
-    assert envelope.task == task
-    _render_or_value_error(envelope)
+    queued = decode_entry(fields)  # a task that validates survives the wire unchanged
+    assert queued.task == task
+    _render_or_value_error(queued)
 
 
-def _render_or_value_error(envelope: Envelope) -> None:
+def _render_or_value_error(queued: QueuedTask) -> None:
     try:
-        outgoing = render(envelope, default_sender="Worker <worker@example.com>")
+        outgoing = render(queued, default_sender="Worker <worker@example.com>")
     except ValueError:
         return
     assert isinstance(outgoing.message, EmailMessage)

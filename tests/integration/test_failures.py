@@ -185,6 +185,26 @@ def test_smtp_outage_pauses_the_worker_and_burns_no_attempt(
     assert len(_log_events(output, "smtp_unavailable")) == 1
 
 
+def test_a_bare_421_greeting_pauses_the_worker_and_burns_no_attempt(
+    redis_server: RedisServer, db: redis_sync.Redis, smtp: SmtpServer, start_worker: StartWorker
+) -> None:
+    # A server going away greets with "421" and no text (RFC 5321 allows it): the sends and the
+    # breaker's probes must read that as "unusable", not crash on the missing text.
+    smtp.behaviour.greeting = "421"
+    (task_id,) = enqueue(redis_server.url, [_task()])
+    worker = start_worker(WORKER_MAX_ATTEMPTS="1")
+    worker.wait_for_log("smtp_unavailable")
+    worker.wait_for_log("smtp_probe_failed", timeout=10)
+    assert worker.process.poll() is None  # the probe loop lives on
+    assert dead_letters(db) == []
+    smtp.behaviour.greeting = None
+    wait_until(lambda: smtp.task_ids() == [task_id], 30, "the email once the server greets again")
+    worker.wait_for_log("smtp_available")
+    assert worker.stop() == 0
+    (paused,) = _log_events(worker.output(), "smtp_unavailable")
+    assert str(paused["reason"]).endswith(f"127.0.0.1:{smtp.port}: SMTP 421")
+
+
 def test_rejected_credentials_pause_the_worker_until_fixed(
     redis_server: RedisServer, db: redis_sync.Redis, smtp: SmtpServer, start_worker: StartWorker
 ) -> None:

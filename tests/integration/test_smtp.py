@@ -12,9 +12,11 @@ from typing import Any
 import aiosmtplib
 import pytest
 
+from service.errors import SmtpUnavailableError
 from service.settings import WorkerSettings
 from service.worker.render import Outgoing
 from service.worker.smtp import SmtpPool
+from service.worker.smtp_result import Answered, FailureKind, SendFailure
 from service.worker.transaction import is_plain, send_prebuilt
 from tests.smtp_server import SmtpServer
 
@@ -188,13 +190,13 @@ async def test_the_pool_deadline_bounds_a_stalled_transaction_and_drops_its_conn
     smtp.behaviour.data_delay = 5.0
 
     started = time.monotonic()
-    with pytest.raises(TimeoutError):
-        await pool.send(outgoing)
+    result = await pool.send(outgoing)
 
+    assert result == SendFailure(FailureKind.TIMEOUT, "SMTP send timed out")
     assert time.monotonic() - started < 2.0
     assert pool.idle_connections == 0  # a session in an unknown state is never reused
     smtp.behaviour.data_delay = 0.0
-    assert await pool.send(outgoing) == {}
+    assert await pool.send(outgoing) == Answered({})
     assert pool.idle_connections == 1
     await pool.close()
     assert len(smtp.received) == 1  # the stalled message is still held by the server
@@ -275,3 +277,30 @@ async def test_addresses_that_are_not_plain_are_refused_before_anything_is_sent(
         await send_prebuilt(client, SENDER, ["a@example.com>\r\nRSET"], CONTENT)
 
     assert writes == []
+
+
+@pytest.mark.parametrize("greeting", ["421", "421 ", "554"])
+async def test_a_greeting_without_text_makes_the_server_unavailable_not_a_crash(
+    smtp: SmtpServer, greeting: str
+) -> None:
+    # RFC 5321 makes a reply's text optional: a server going away may greet with a bare 421.
+    # Both ways of opening a session (a send's, the breaker's probe) must say so plainly.
+    smtp.behaviour.greeting = greeting
+    settings = WorkerSettings(
+        _env_file=None,
+        smtp_host="127.0.0.1",
+        smtp_port=smtp.port,
+        smtp_security="none",
+        smtp_timeout_seconds=2,
+        mail_from="app@example.com",
+    )
+    pool = SmtpPool(settings, size=1, local_hostname="test")
+    where = f"cannot open an SMTP session with 127.0.0.1:{smtp.port}: SMTP {greeting.strip()}"
+
+    result = await pool.send(Outgoing(CONTENT, SENDER, ["a@example.com"]))
+    with pytest.raises(SmtpUnavailableError) as probed:
+        await pool.probe()
+
+    assert result == SendFailure(FailureKind.UNAVAILABLE, where)
+    assert probed.value.reason == where
+    await pool.close()

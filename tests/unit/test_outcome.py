@@ -8,8 +8,8 @@ import pytest
 from service.errors import SmtpUnavailableError
 from service.worker.outcome import (
     MAX_DELIVERIES_WITHOUT_OUTCOME,
+    Decision,
     Failure,
-    Settlement,
     Verdict,
     after_failure,
     after_send,
@@ -17,6 +17,7 @@ from service.worker.outcome import (
     is_permanent_reply,
     is_poison,
 )
+from service.worker.smtp_result import read_failure
 
 RETRY, DEAD, PAUSE = Verdict.RETRY, Verdict.DEAD, Verdict.PAUSE
 A, B, C = "a@example.com", "b@example.com", "c@example.com"
@@ -45,7 +46,7 @@ A, B, C = "a@example.com", "b@example.com", "c@example.com"
     ],
 )
 def test_classify_failure(error: BaseException, verdict: Verdict, reason: str) -> None:
-    failure = classify_failure(error)
+    failure = classify_failure(read_failure(error))
     assert failure.verdict is verdict
     assert reason in failure.reason
 
@@ -71,44 +72,44 @@ def test_is_permanent_reply(code: int, message: str, permanent: bool) -> None:
     ("refused", "tries", "max_attempts", "expected"),
     [
         # Everyone accepted.
-        ({}, 0, 5, Settlement(accepted=3)),
+        ({}, 0, 5, Decision(accepted=3)),
         # One transient refusal: only that recipient is retried.
-        ({B: (450, "4.2.1 busy")}, 0, 5, Settlement(accepted=2, retry=(B,), tries=1)),
+        ({B: (450, "4.2.1 busy")}, 0, 5, Decision(accepted=2, retry=(B,), tries=1)),
         # One permanent refusal: recorded as dead, the rest are done.
-        ({C: (550, "5.1.1 unknown")}, 2, 5, Settlement(accepted=2, tries=3, dead=(C,))),
+        ({C: (550, "5.1.1 unknown")}, 2, 5, Decision(accepted=2, tries=3, dead=(C,))),
         # Mixed: retry one, dead-letter one.
         (
             {A: (550, "no"), C: (451, "later")},
             0,
             5,
-            Settlement(accepted=1, retry=(C,), tries=1, dead=(A,)),
+            Decision(accepted=1, retry=(C,), tries=1, dead=(A,)),
         ),
         # Transient refusals on the last attempt are given up.
-        ({B: (450, "busy")}, 4, 5, Settlement(accepted=2, tries=5, dead=(B,))),
+        ({B: (450, "busy")}, 4, 5, Decision(accepted=2, tries=5, dead=(B,))),
         # All refused, all permanent: nothing sent, the task is dead.
         (
             {A: (550, "x"), B: (553, "x"), C: (550, "x")},
             0,
             5,
-            Settlement(accepted=0, tries=1, dead=(A, B, C)),
+            Decision(accepted=0, tries=1, dead=(A, B, C)),
         ),
     ],
 )
 def test_after_send(
-    refused: dict[str, tuple[int, str]], tries: int, max_attempts: int, expected: Settlement
+    refused: dict[str, tuple[int, str]], tries: int, max_attempts: int, expected: Decision
 ) -> None:
-    settlement = after_send([A, B, C], refused, tries=tries, max_attempts=max_attempts)
-    assert (settlement.accepted, settlement.retry, settlement.tries, settlement.dead) == (
+    decision = after_send([A, B, C], refused, tries=tries, max_attempts=max_attempts)
+    assert (decision.accepted, decision.retry, decision.tries, decision.dead) == (
         expected.accepted,
         expected.retry,
         expected.tries,
         expected.dead,
     )
-    assert not settlement.paused
-    assert all(recipient in settlement.reason for recipient in refused)
+    assert not decision.paused
+    assert all(recipient in decision.reason for recipient in refused)
     # A dead-letter record names its own recipients only, not the ones being retried.
-    assert all(recipient in settlement.dead_reason for recipient in settlement.dead)
-    assert not any(recipient in settlement.dead_reason for recipient in settlement.retry)
+    assert all(recipient in decision.dead_reason for recipient in decision.dead)
+    assert not any(recipient in decision.dead_reason for recipient in decision.retry)
 
 
 @pytest.mark.parametrize(
@@ -128,29 +129,29 @@ def test_after_failure(
     verdict: Verdict, tries: int, max_attempts: int, expected: tuple[object, ...]
 ) -> None:
     failure = Failure(verdict, "why")
-    settlement = after_failure(failure, [A, B], tries=tries, max_attempts=max_attempts)
-    actual = (settlement.retry, settlement.dead, settlement.tries, settlement.outcome)
+    decision = after_failure(failure, [A, B], tries=tries, max_attempts=max_attempts)
+    actual = (decision.retry, decision.dead, decision.tries, decision.outcome)
     assert actual == expected
-    assert settlement.paused is (verdict is PAUSE)
-    assert "why" in settlement.reason
-    assert ("why" in settlement.dead_reason) is bool(settlement.dead)
-    assert not settlement.finished
+    assert decision.paused is (verdict is PAUSE)
+    assert "why" in decision.reason
+    assert ("why" in decision.dead_reason) is bool(decision.dead)
+    assert not decision.finished
 
 
 @pytest.mark.parametrize(
-    ("settlement", "outcome", "finished"),
+    ("decision", "outcome", "finished"),
     [
-        (Settlement(accepted=2), "sent", True),
-        (Settlement(accepted=1, dead=(B,)), "partly_sent", True),
-        (Settlement(accepted=1, retry=(B,)), "partly_sent", False),
-        (Settlement(accepted=0, retry=(A,)), "retry", False),
-        (Settlement(accepted=0, dead=(A,)), "dead_letter", False),
-        (Settlement(accepted=0, retry=(A,), paused=True), "requeued", False),
+        (Decision(accepted=2), "sent", True),
+        (Decision(accepted=1, dead=(B,)), "partly_sent", True),
+        (Decision(accepted=1, retry=(B,)), "partly_sent", False),
+        (Decision(accepted=0, retry=(A,)), "retry", False),
+        (Decision(accepted=0, dead=(A,)), "dead_letter", False),
+        (Decision(accepted=0, retry=(A,), paused=True), "requeued", False),
     ],
 )
-def test_settlement_outcome(settlement: Settlement, outcome: str, finished: bool) -> None:
-    assert settlement.outcome == outcome
-    assert settlement.finished is finished
+def test_decision_outcome(decision: Decision, outcome: str, finished: bool) -> None:
+    assert decision.outcome == outcome
+    assert decision.finished is finished
 
 
 @pytest.mark.parametrize(

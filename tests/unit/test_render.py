@@ -17,7 +17,7 @@ from aiosmtplib.email import flatten_message
 
 from service import EmailTask
 from service.task import addr_spec
-from service.wire import Envelope
+from service.wire import QueuedTask
 from service.worker.render import _header_line, render
 
 TASK_ID = "0123456789abcdef0123456789abcdef"
@@ -34,7 +34,7 @@ def test_headers_bodies_and_envelope() -> None:
         html="<p>html</p>",
         headers={"X-Campaign": "spring"},
     )
-    out = render(Envelope(TASK_ID, 1_700_000_000_000, task), default_sender="D <d@example.com>")
+    out = render(QueuedTask(TASK_ID, 1_700_000_000_000, task), default_sender="D <d@example.com>")
     message = out.message
     assert message["From"] == "D <d@example.com>"
     assert message["To"] == "A <a@example.com>, b@example.com"
@@ -61,7 +61,7 @@ def test_task_sender_overrides_default_and_names_message_id_domain() -> None:
     task = EmailTask(
         to="a@example.com", sender="N <n@news.example.org>", subject="s", html="<b>x</b>"
     )
-    out = render(Envelope(TASK_ID, 0, task), default_sender="d@example.com")
+    out = render(QueuedTask(TASK_ID, 0, task), default_sender="d@example.com")
     assert out.mail_from == "n@news.example.org"
     assert out.message["Message-ID"] == f"<{TASK_ID}@news.example.org>"
     assert out.message.get_content_type() == "text/html"
@@ -69,8 +69,8 @@ def test_task_sender_overrides_default_and_names_message_id_domain() -> None:
 
 def test_same_task_renders_the_same_message() -> None:
     task = EmailTask(to="a@example.com", subject="s", text="x")
-    first = render(Envelope(TASK_ID, 5, task), default_sender="d@example.com")
-    second = render(Envelope(TASK_ID, 5, task), default_sender="d@example.com")
+    first = render(QueuedTask(TASK_ID, 5, task), default_sender="d@example.com")
+    second = render(QueuedTask(TASK_ID, 5, task), default_sender="d@example.com")
     assert first.message.as_bytes() == second.message.as_bytes()
 
 
@@ -79,9 +79,9 @@ _BOUNDARY = re.compile(rb"={15}\d{19}==")
 _SENDER = "D <d@example.com>"
 
 
-def _by_the_library(envelope: Envelope) -> bytes:
+def _by_the_library(queued: QueuedTask) -> bytes:
     """What the email library (and aiosmtplib's flattening) makes of the same email."""
-    task = envelope.task
+    task = queued.task
     sender = task.sender or _SENDER
     domain = addr_spec(sender).rpartition("@")[2]
     message = EmailMessage(policy=email.policy.SMTP)
@@ -92,8 +92,8 @@ def _by_the_library(envelope: Envelope) -> bytes:
     if task.reply_to:
         message["Reply-To"] = ", ".join(task.reply_to)
     message["Subject"] = task.subject
-    message["Date"] = format_datetime(datetime.fromtimestamp(envelope.dated_ms / 1000, tz=UTC))
-    message["Message-ID"] = f"<{envelope.task_id}@{domain}>"
+    message["Date"] = format_datetime(datetime.fromtimestamp(queued.dated_ms / 1000, tz=UTC))
+    message["Message-ID"] = f"<{queued.task_id}@{domain}>"
     for name, value in task.headers.items():
         message[name] = value
     if task.text is not None:
@@ -105,9 +105,9 @@ def _by_the_library(envelope: Envelope) -> bytes:
     return flatten_message(message)
 
 
-def _sent_bytes(envelope: Envelope) -> tuple[bool, bytes]:
+def _sent_bytes(queued: QueuedTask) -> tuple[bool, bytes]:
     """(whether render wrote the bytes itself, the bytes that go out)."""
-    content = render(envelope, default_sender=_SENDER).content
+    content = render(queued, default_sender=_SENDER).content
     if isinstance(content, bytes):
         return True, content
     return False, flatten_message(content)
@@ -145,11 +145,11 @@ EXACT_CASES = {
 @pytest.mark.parametrize(("fields", "fast"), EXACT_CASES.values(), ids=EXACT_CASES.keys())
 def test_bytes_are_the_libraries_bytes(fields: dict[str, Any], fast: bool) -> None:
     task = EmailTask(**{"to": "a@example.com", "subject": "s", "text": "x", **fields})
-    envelope = Envelope(TASK_ID, 1_700_000_000_000, task)
-    written_by_render, sent = _sent_bytes(envelope)
+    queued = QueuedTask(TASK_ID, 1_700_000_000_000, task)
+    written_by_render, sent = _sent_bytes(queued)
     assert written_by_render is fast
     # Only the multipart boundary is random.
-    assert _BOUNDARY.sub(b"B", sent) == _BOUNDARY.sub(b"B", _by_the_library(envelope))
+    assert _BOUNDARY.sub(b"B", sent) == _BOUNDARY.sub(b"B", _by_the_library(queued))
     assert all(len(line) <= 998 for line in sent.split(b"\r\n"))
     assert sent.endswith(b"\r\n")
     assert b"\n" not in sent.replace(b"\r\n", b"")
@@ -160,7 +160,7 @@ def test_non_ascii_headers_are_encoded_words_that_parse_back() -> None:
     task = EmailTask(
         to="Jürgen Groß <j@example.com>", subject="Grüße — " + "ü" * 80, text="x", html="<b>y</b>"
     )
-    written_by_render, sent = _sent_bytes(Envelope(TASK_ID, 0, task))
+    written_by_render, sent = _sent_bytes(QueuedTask(TASK_ID, 0, task))
     assert written_by_render
     assert sent.isascii()
     assert b"=?utf-8?" in sent

@@ -1,4 +1,4 @@
-"""The Lua scripts that change a task's place in one atomic step.
+"""The Lua scripts that change a task's place in one atomic step, and how each is called.
 
 A task lives in exactly one of: the stream (waiting or being sent), the delayed set (a retry or a
 scheduled send, until due), the dead-letter stream, or nowhere (sent). Each move between them is
@@ -8,13 +8,54 @@ touches carries the queue's hash tag, so on Redis Cluster they all live in one s
 Delayed tasks keep their entry's fields packed with `cmsgpack` (binary-safe, built into Redis's
 Lua) so a promoted task comes back field for field. Scripts only use commands that exist in
 Redis 6.2 and later.
+
+Each script has a builder below it that turns named values into its KEYS and ARGV (a
+`ScriptCall`), and a reader of its reply: no other module knows a script's argument layout.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
 
-__all__ = ["ENQUEUE", "FORGET_CONSUMER", "PROMOTE_DUE", "REQUEUE_DEAD", "SETTLE"]
+from redis.typing import EncodableT
+
+from ..keys import CONSUMER_GROUP, QueueKeys
+from .replies import as_str
+
+__all__ = [
+    "SENT_RECORD_TTL_MS",
+    "EnqueueReply",
+    "NewTask",
+    "RetryCopy",
+    "ScriptCall",
+    "SettleReply",
+    "SettleWrite",
+    "enqueue",
+    "enqueue_reply",
+    "forget_consumer",
+    "promote_due",
+    "promote_reply",
+    "requeue_dead",
+    "settle",
+    "settle_reply",
+]
+
+# A sent record outlives any retry copy it guards (its whole retry schedule, at the defaults).
+SENT_RECORD_TTL_MS: Final = 7 * 24 * 3600 * 1000
+# Stands in for an absent task id or idempotency key in a key name (never read or written).
+_NONE: Final = "-"
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptCall:
+    """One script to run: its source (redis-py keeps the SHA) and its KEYS and ARGV."""
+
+    source: str
+    keys: list[str]
+    args: list[EncodableT]
+
 
 # Adds a batch of tasks (often one): each to the stream, or to the delayed set when it has a
 # due time; all of them or, when the backlog limit would be passed, none.
@@ -66,6 +107,51 @@ end
 return ids
 """
 
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A task about to be enqueued: its id, its entry's fields, and when it is due."""
+
+    task_id: str
+    fields: Mapping[str, bytes]
+    due_ms: int = 0  # 0: now, into the stream; else into the delayed set
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueReply:
+    """What ENQUEUE did: `ids` in order (an earlier task's id where its key was used), or
+    nothing when the batch would pass the backlog limit (`full`)."""
+
+    full: bool
+    backlog: int | None  # after the call, or the one that refused it; None: no limit
+    ids: list[str]
+
+
+def enqueue(
+    keys: QueueKeys, tasks: Sequence[NewTask], *, max_backlog: int, window_ms: int
+) -> ScriptCall:
+    """The ENQUEUE call for `tasks` (`max_backlog` 0: no limit)."""
+    args: list[EncodableT] = [max_backlog, window_ms]
+    for task in tasks:
+        args += [task.task_id, task.due_ms, 0 if task.idempotency_key is None else 1]
+        args.append(2 * len(task.fields))
+        args += [item for pair in task.fields.items() for item in pair]
+    script_keys = [keys.stream, keys.delayed, keys.delayed_entries]
+    script_keys += [keys.idempotency(task.idempotency_key or _NONE) for task in tasks]
+    return ScriptCall(ENQUEUE, script_keys, args)
+
+
+def enqueue_reply(reply: Any) -> EnqueueReply:
+    """Read ENQUEUE's reply."""
+    backlog = int(reply[1])
+    return EnqueueReply(
+        full=reply[0] == -1,
+        backlog=None if backlog < 0 else backlog,
+        ids=[as_str(task_id) for task_id in reply[2:]],
+    )
+
+
 # Records the fate of an entry after an attempt: acknowledges and deletes it, and optionally
 # schedules a retry copy and/or adds a dead-letter record. Only the first settle of an entry
 # takes effect (XACK answers 1 once), so two workers that both hold an entry (one reclaimed it
@@ -96,6 +182,65 @@ end
 return {1, dead}
 """
 
+
+@dataclass(frozen=True, slots=True)
+class RetryCopy:
+    """A copy of the task to send again later: when, and the entry's fields."""
+
+    due_ms: int
+    fields: Mapping[bytes, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class SettleWrite:
+    """Everything one settle writes for one entry, in one atomic step.
+
+    The entry is always acknowledged and deleted. `retry` schedules a copy in the delayed set;
+    `dead` adds a dead-letter record. `sent_record` says the attempt sent the email to every
+    recipient it had left: if another worker settled the entry first, a sent record keeps its
+    retry copy from being sent again.
+    """
+
+    entry_id: str
+    task_id: str = ""  # "" for an entry that is not a task at all
+    sent_record: bool = False
+    retry: RetryCopy | None = None
+    dead: Mapping[bytes, bytes] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SettleReply:
+    """What a settle did: `took_effect` is False when another worker had settled it first."""
+
+    took_effect: bool
+    dead_letters: int  # length of the dead-letter stream after adding a record, else 0
+
+
+def settle(keys: QueueKeys, write: SettleWrite) -> ScriptCall:
+    """The SETTLE call that performs `write`."""
+    task_id = write.task_id or _NONE
+    retry_items = _flatten(write.retry.fields) if write.retry else []
+    return ScriptCall(
+        SETTLE,
+        [keys.stream, keys.delayed, keys.delayed_entries, keys.dead, keys.sent(task_id)],
+        [
+            CONSUMER_GROUP,
+            write.entry_id,
+            task_id,
+            SENT_RECORD_TTL_MS if write.sent_record and write.task_id else 0,
+            write.retry.due_ms if write.retry else 0,
+            len(retry_items),
+            *retry_items,
+            *(_flatten(write.dead) if write.dead else []),
+        ],
+    )
+
+
+def settle_reply(reply: Any) -> SettleReply:
+    """Read SETTLE's reply."""
+    return SettleReply(took_effect=reply[0] == 1, dead_letters=int(reply[1]))
+
+
 # Moves up to `limit` delayed tasks whose time has come back into the stream.
 # KEYS: stream, delayed, delayed_entries; ARGV: now ms, limit
 # Returns {tasks moved, due ms of the next delayed task or false}.
@@ -110,6 +255,20 @@ end
 local next_due = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 return {#due, next_due[2] or false}
 """
+
+
+def promote_due(keys: QueueKeys, *, now_ms: int, limit: int) -> ScriptCall:
+    """The PROMOTE_DUE call: move up to `limit` tasks due by `now_ms`."""
+    return ScriptCall(
+        PROMOTE_DUE, [keys.stream, keys.delayed, keys.delayed_entries], [now_ms, limit]
+    )
+
+
+def promote_reply(reply: Any) -> tuple[int, int | None]:
+    """Read PROMOTE_DUE's reply: (tasks moved, due ms of the next delayed task or None)."""
+    next_due = reply[1]
+    return int(reply[0]), int(float(next_due)) if next_due else None
+
 
 # Puts a dead letter back on the stream with a fresh attempt budget (an operator's decision):
 # the dead_* fields and the attempt count go, the requeue count `rq` goes up, and any sent
@@ -137,6 +296,14 @@ redis.call('DEL', KEYS[3])
 return new_id
 """
 
+
+def requeue_dead(keys: QueueKeys, *, dead_id: str, task_id: str) -> ScriptCall:
+    """The REQUEUE_DEAD call for the dead letter `dead_id` of task `task_id`."""
+    return ScriptCall(
+        REQUEUE_DEAD, [keys.dead, keys.stream, keys.sent(task_id or _NONE)], [dead_id]
+    )
+
+
 # Removes a consumer from the group, but only while it owns no pending entry (XGROUP
 # DELCONSUMER would silently drop them from the pending list).
 # KEYS: stream; ARGV: group, consumer
@@ -146,3 +313,12 @@ if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then retu
 redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
+
+
+def forget_consumer(keys: QueueKeys, consumer: str) -> ScriptCall:
+    """The FORGET_CONSUMER call for `consumer`."""
+    return ScriptCall(FORGET_CONSUMER, [keys.stream], [CONSUMER_GROUP, consumer])
+
+
+def _flatten(fields: Mapping[bytes, bytes]) -> list[EncodableT]:
+    return [item for pair in fields.items() for item in pair]

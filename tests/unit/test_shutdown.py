@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 
-from service.worker.stopping import cancel_and_wait
+from service.worker.shutdown import cancel_and_wait
 
 
 async def _swallows_one_cancellation(started: asyncio.Event) -> None:

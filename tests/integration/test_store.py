@@ -1,8 +1,9 @@
-"""The worker's Redis operations on a real server: claims, deleted entries, atomic fate writes."""
+"""The queue's store on a real server: claims, deleted entries, atomic fate writes."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 from redis.asyncio import Redis
@@ -11,22 +12,75 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service.keys import CONSUMER_GROUP, QueueKeys
-from service.worker.stream import SENT_RECORD_TTL_MS, TaskStream
+from service.store import (
+    SENT_RECORD_TTL_MS,
+    Entry,
+    QueueSizes,
+    QueueStore,
+    RetryCopy,
+    SettleReply,
+    SettleWrite,
+)
+from service.store.replies import claimed_entries
 from tests.conftest import as_entries
 
 KEYS = QueueKeys("emails")
 
 
-async def _stream(redis: Redis, consumer: str = "me") -> TaskStream:
-    stream = TaskStream(redis, KEYS, consumer)
-    await stream.ensure_group()
+class Consumer:
+    """The store as one consumer uses it (the worker passes its name to every call)."""
+
+    def __init__(self, redis: Redis, name: str) -> None:
+        self.store = QueueStore(redis, KEYS)
+        self.name = name
+
+    async def read_new(self, count: int, block_ms: int) -> list[Entry]:
+        return await self.store.read_new(self.name, count, block_ms)
+
+    async def claim_stale(
+        self, *, min_idle_ms: int, cursor: str, count: int
+    ) -> tuple[str, list[Entry]]:
+        return await self.store.claim_stale(self.name, min_idle_ms, cursor, count)
+
+    async def take_own_pending(self, count: int) -> list[Entry]:
+        return await self.store.take_own_pending(self.name, count)
+
+    async def settle(
+        self,
+        entry: Entry,
+        *,
+        task_id: str = "",
+        sent_record: bool = False,
+        retry: tuple[int, Mapping[bytes, bytes]] | None = None,
+        dead: Mapping[bytes, bytes] | None = None,
+    ) -> SettleReply:
+        copy = RetryCopy(*retry) if retry else None
+        write = SettleWrite(entry.entry_id, task_id, sent_record, copy, dead)
+        return await self.store.settle(write)
+
+    async def forget_consumer(self) -> bool:
+        return await self.store.forget_consumer(self.name)
+
+    async def was_sent(self, task_id: str) -> bool:
+        return await self.store.was_sent(task_id)
+
+    async def promote_due(self, now_ms: int, limit: int) -> tuple[int, int | None]:
+        return await self.store.promote_due(now_ms, limit)
+
+    async def sizes(self) -> QueueSizes:
+        return await self.store.sizes()
+
+
+async def _stream(redis: Redis, consumer: str = "me") -> Consumer:
+    stream = Consumer(redis, consumer)
+    await stream.store.ensure_group()
     return stream
 
 
 async def test_ensure_group_is_idempotent_and_sees_earlier_entries(redis: Redis) -> None:
     await redis.xadd(KEYS.stream, {"v": "1"})
     stream = await _stream(redis)
-    await stream.ensure_group()
+    await stream.store.ensure_group()
     (entry,) = await stream.read_new(10, block_ms=10)
     assert (entry.fields, entry.deliveries) == ({b"v": b"1"}, 1)
 
@@ -163,7 +217,7 @@ async def test_take_own_pending_resumes_this_consumer_only(redis: Redis) -> None
 
 async def test_forget_consumer_before_the_group_exists(redis: Redis) -> None:
     # A worker stopped while Redis was still coming up never created the group.
-    assert not await TaskStream(redis, KEYS, "early").forget_consumer()
+    assert not await Consumer(redis, "early").forget_consumer()
 
 
 async def test_concurrent_settles_share_a_round_trip_each_with_its_own_reply(
@@ -200,7 +254,7 @@ async def test_settles_fail_together_while_redis_is_down_and_succeed_when_retrie
     entries = await stream.read_new(3, block_ms=10)
     # Nothing listens on port 1; no retries inside redis-py: the outage reaches the settles.
     broken = Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
-    down = TaskStream(broken, KEYS, "me")
+    down = Consumer(broken, "me")
     try:
         results = await asyncio.gather(
             *(down.settle(e, task_id="t") for e in entries), return_exceptions=True
@@ -224,7 +278,8 @@ async def test_an_entry_settled_between_claim_and_count_is_not_handed_out(redis:
     reply: Any = await redis.xautoclaim(KEYS.stream, CONSUMER_GROUP, "reclaimer", 0, "0-0")
     await holder.settle(first, task_id="t")  # lands between the claim and the count
 
-    entries = await reclaimer._with_deliveries([first.entry_id, second.entry_id], reply[1])
+    ids = [first.entry_id, second.entry_id]
+    entries = await reclaimer.store._with_deliveries(ids, claimed_entries(reply[1]))
 
     assert [(e.entry_id, e.fields[b"n"], e.deliveries) for e in entries] == [
         (second.entry_id, b"still pending", 2)

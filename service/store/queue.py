@@ -1,0 +1,301 @@
+"""Every Redis command one queue needs, as typed methods: the producer, the worker and the admin
+CLI call these and build no script argument and parse no reply themselves."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from redis.asyncio import Redis
+from redis.exceptions import OutOfMemoryError, ResponseError
+from redis.typing import EncodableT, FieldT
+
+from ..errors import QueueFull
+from ..keys import CONSUMER_GROUP, QueueKeys
+from . import replies, scripts
+from .replies import ConsumerInfo, Entry, Fields, GroupInfo, as_str
+from .scripts import EnqueueReply, NewTask, ScriptCall, SettleReply, SettleWrite
+from .settles import SettleBatcher
+
+__all__ = ["QueueOverview", "QueueSizes", "QueueStore"]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSizes:
+    """Tasks in each place of a queue."""
+
+    stream: int  # waiting or being sent
+    delayed: int  # retries and scheduled sends not yet due
+    dead: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueOverview:
+    """The sizes of a queue and the times at its edges, read in one round trip."""
+
+    sizes: QueueSizes
+    oldest_entry_ms: int | None  # when the oldest entry in the stream was added
+    next_due_ms: int | None  # when the earliest delayed task is due
+
+
+class QueueStore:
+    """The Redis side of the queue `keys`."""
+
+    def __init__(self, redis: Redis, keys: QueueKeys) -> None:
+        self._redis = redis
+        self.keys = keys
+        self._scripts = {
+            source: redis.register_script(source)
+            for source in (
+                scripts.ENQUEUE,
+                scripts.PROMOTE_DUE,
+                scripts.REQUEUE_DEAD,
+                scripts.FORGET_CONSUMER,
+            )
+        }
+        self._settles = SettleBatcher(redis)
+
+    @property
+    def queue(self) -> str:
+        """The queue's name."""
+        return self.keys.queue
+
+    # --- enqueueing -------------------------------------------------------------------------
+
+    async def enqueue(
+        self, tasks: Sequence[NewTask], *, max_backlog: int, window_ms: int
+    ) -> EnqueueReply:
+        """Add `tasks` in one atomic step, checking the backlog and idempotency keys.
+
+        Raises `QueueFull` when the backlog would pass `max_backlog` (0: no limit) or Redis is
+        at its memory limit; nothing was enqueued then.
+        """
+        call = scripts.enqueue(self.keys, tasks, max_backlog=max_backlog, window_ms=window_ms)
+        reply = scripts.enqueue_reply(await self._run(call))
+        if reply.full:
+            raise QueueFull(self.queue, backlog=reply.backlog, limit=max_backlog)
+        return reply
+
+    async def add_now(self, entries: Sequence[Mapping[str, bytes]]) -> None:
+        """Add entries due now without any check: one XADD, or XADDs in one MULTI/EXEC.
+
+        All or nothing; raises `QueueFull` when Redis is at its memory limit.
+        """
+        # str keys and bytes values are what xadd takes; dict invariance hides it from mypy.
+        items = [cast("dict[FieldT, EncodableT]", dict(fields)) for fields in entries]
+        try:
+            if len(items) == 1:
+                await self._redis.xadd(self.keys.stream, items[0])
+                return
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for fields in items:
+                    pipe.xadd(self.keys.stream, fields)
+                await pipe.execute()
+        except OutOfMemoryError:  # in a MULTI, EXEC then runs nothing: all or nothing holds
+            raise QueueFull(self.queue, backlog=None, limit=None) from None
+
+    # --- consuming --------------------------------------------------------------------------
+
+    async def ensure_group(self) -> None:
+        """Create the consumer group (and the stream) unless they exist.
+
+        A new group starts at id 0 so entries enqueued before the first worker ever started
+        are delivered too.
+        """
+        try:
+            await self._redis.xgroup_create(self.keys.stream, CONSUMER_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if not replies.is_busy_group(exc):
+                raise
+
+    async def read_new(self, consumer: str, count: int, block_ms: int) -> list[Entry]:
+        """Up to `count` entries never delivered before, waiting at most `block_ms` for one."""
+        try:
+            reply = await self._redis.xreadgroup(
+                CONSUMER_GROUP, consumer, {self.keys.stream: ">"}, count=count, block=block_ms
+            )
+        except ResponseError as exc:
+            await self._recreate_group_if_gone(exc)
+            return []
+        return [Entry(entry_id, fields, 1) for entry_id, fields in replies.read_entries(reply)]
+
+    async def take_own_pending(self, consumer: str, count: int) -> list[Entry]:
+        """Entries still pending under `consumer`'s name (left by an earlier run of it)."""
+        pending: Any = await self._redis.xpending_range(
+            self.keys.stream, CONSUMER_GROUP, "-", "+", count, consumername=consumer
+        )
+        ids = [as_str(item["message_id"]) for item in pending]
+        if not ids:
+            return []
+        claimed: Any = await self._redis.xclaim(
+            self.keys.stream,
+            CONSUMER_GROUP,
+            consumer,
+            min_idle_time=0,
+            message_ids=cast("list[Any]", ids),
+        )
+        return await self._with_deliveries(ids, replies.claimed_entries(claimed))
+
+    async def claim_stale(
+        self, consumer: str, min_idle_ms: int, cursor: str, count: int
+    ) -> tuple[str, list[Entry]]:
+        """Take over up to `count` entries idle for `min_idle_ms` under any consumer.
+
+        Returns the cursor to pass next time ("0-0" once the whole backlog was scanned).
+        """
+        try:
+            reply = await self._redis.xautoclaim(
+                self.keys.stream, CONSUMER_GROUP, consumer, min_idle_ms, cursor, count=count
+            )
+        except ResponseError as exc:
+            await self._recreate_group_if_gone(exc)
+            return "0-0", []
+        next_cursor, claimed = replies.autoclaimed(reply)
+        ids = [entry_id for entry_id, _ in claimed]
+        return next_cursor, await self._with_deliveries(ids, claimed)
+
+    async def _with_deliveries(
+        self, ids: list[str], claimed: list[tuple[str, Fields]]
+    ) -> list[Entry]:
+        """Pair claimed entries with their delivery counts; drop ids deleted while pending.
+
+        An entry no longer pending when its count is read was settled after the claim: the
+        delivery that held it (here or in another worker) finished between the two round trips,
+        often after a Redis stall delayed its settle past the reclaim idle time. It is dropped,
+        not sent again.
+        """
+        fields_by_id = dict(claimed)
+        live = [(eid, fields) for eid in ids if (fields := fields_by_id.get(eid)) is not None]
+        gone = [eid for eid in ids if eid not in fields_by_id]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for entry_id, _ in live:
+                pipe.xpending_range(self.keys.stream, CONSUMER_GROUP, entry_id, entry_id, 1)
+            if gone:
+                # Nothing left to send: clear them from the pending list for good.
+                pipe.xack(self.keys.stream, CONSUMER_GROUP, *gone)
+            counts = await pipe.execute()
+        return [
+            Entry(entry_id, fields, pending[0]["times_delivered"])
+            for (entry_id, fields), pending in zip(live, counts, strict=False)
+            if pending
+        ]
+
+    async def _recreate_group_if_gone(self, exc: ResponseError) -> None:
+        """Someone deleted the stream or the group (FLUSHDB, DEL): start over, or re-raise."""
+        if not replies.is_missing_group(exc):
+            raise exc
+        await self.ensure_group()
+
+    async def settle(self, write: SettleWrite) -> SettleReply:
+        """Record an entry's fate in one atomic step (`scripts.SETTLE`); see `SettleWrite`."""
+        return scripts.settle_reply(await self._settles.run(scripts.settle(self.keys, write)))
+
+    async def was_sent(self, task_id: str) -> bool:
+        """Whether a worker that lost a settle race recorded this task as sent."""
+        return bool(await self._redis.exists(self.keys.sent(task_id)))
+
+    async def promote_due(self, now_ms: int, limit: int) -> tuple[int, int | None]:
+        """Move delayed tasks due by `now_ms` into the stream; return (moved, next due ms)."""
+        call = scripts.promote_due(self.keys, now_ms=now_ms, limit=limit)
+        return scripts.promote_reply(await self._run(call))
+
+    async def forget_consumer(self, consumer: str) -> bool:
+        """Remove `consumer` from the group if it owns no pending entry; whether it was."""
+        try:
+            removed = await self._run(scripts.forget_consumer(self.keys, consumer))
+        except ResponseError as exc:
+            if replies.is_missing_group(exc):  # the group was never created
+                return False
+            raise
+        return bool(removed)
+
+    # --- looking ----------------------------------------------------------------------------
+
+    async def sizes(self) -> QueueSizes:
+        """How many tasks wait in the stream, the delayed set and the dead letters."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(self.keys.stream)
+            pipe.zcard(self.keys.delayed)
+            pipe.xlen(self.keys.dead)
+            stream, delayed, dead = await pipe.execute()
+        return QueueSizes(stream=stream, delayed=delayed, dead=dead)
+
+    async def overview(self) -> QueueOverview:
+        """Sizes, the oldest entry's time and the next due time, in one round trip."""
+        keys = self.keys
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(keys.stream)
+            pipe.xrange(keys.stream, count=1)
+            pipe.zcard(keys.delayed)
+            pipe.zrange(keys.delayed, 0, 0, withscores=True)
+            pipe.xlen(keys.dead)
+            stream, oldest, delayed, next_due, dead = await pipe.execute()
+        return QueueOverview(
+            QueueSizes(stream=stream, delayed=delayed, dead=dead),
+            oldest_entry_ms=replies.entry_ms(oldest[0][0]) if oldest else None,
+            next_due_ms=int(next_due[0][1]) if next_due else None,
+        )
+
+    async def group(self) -> GroupInfo | None:
+        """The consumer group's counts; None before the group (or the stream) exists."""
+        try:
+            groups: Any = await self._redis.xinfo_groups(self.keys.stream)
+        except ResponseError as exc:
+            if replies.is_missing_stream(exc):
+                return None
+            raise
+        return replies.group_info(groups, CONSUMER_GROUP)
+
+    async def consumers(self) -> tuple[ConsumerInfo, ...]:
+        """The consumers of the group; none before the group (or the stream) exists."""
+        try:
+            reply: Any = await self._redis.xinfo_consumers(self.keys.stream, CONSUMER_GROUP)
+        except ResponseError as exc:
+            if replies.is_missing_stream(exc) or replies.is_missing_group(exc):
+                return ()
+            raise
+        return replies.consumers(reply)
+
+    # --- dead letters -----------------------------------------------------------------------
+
+    async def dead_letters(self, *, after: str, count: int) -> list[tuple[str, Fields]]:
+        """Up to `count` dead letters, oldest first, from id `after` on ("(id)": after it)."""
+        reply: Any = await self._redis.xrange(self.keys.dead, min=after, count=count)
+        return [(as_str(entry_id), fields) for entry_id, fields in reply]
+
+    async def dead_letter(self, dead_id: str) -> Fields | None:
+        """The fields of the dead letter `dead_id`, if there is one."""
+        reply: Any = await self._redis.xrange(self.keys.dead, min=dead_id, max=dead_id)
+        return reply[0][1] if reply else None
+
+    async def requeue_dead(self, dead_id: str, task_id: str) -> str | None:
+        """Put a dead letter back on the stream; its new entry id, or None if it is gone."""
+        call = scripts.requeue_dead(self.keys, dead_id=dead_id, task_id=task_id)
+        new_id = await self._run(call)
+        return as_str(new_id) if new_id else None
+
+    async def purge_dead(self, dead_ids: Sequence[str]) -> int:
+        """Delete these dead letters for good; return how many existed."""
+        return int(await self._redis.xdel(self.keys.dead, *dead_ids)) if dead_ids else 0
+
+    # --- heartbeats -------------------------------------------------------------------------
+
+    async def write_heartbeat(self, consumer: str, record: bytes) -> None:
+        """Store `consumer`'s latest heartbeat record."""
+        await self._redis.hset(self.keys.workers, consumer, record)
+
+    async def remove_heartbeats(self, *consumers: str) -> None:
+        """Delete these consumers' heartbeat records."""
+        await self._redis.hdel(self.keys.workers, *consumers)
+
+    async def heartbeats(self) -> dict[str, bytes]:
+        """Every heartbeat record, by consumer name."""
+        records: Any = await self._redis.hgetall(self.keys.workers)
+        return {as_str(name): record for name, record in records.items()}
+
+    async def _run(self, call: ScriptCall) -> Any:
+        try:
+            return await self._scripts[call.source](keys=call.keys, args=call.args)
+        except OutOfMemoryError:  # only scripts that add data are refused at maxmemory
+            raise QueueFull(self.queue, backlog=None, limit=None) from None

@@ -1,0 +1,124 @@
+"""The shapes of Redis's replies and errors, read in one place (pure functions, no I/O).
+
+The client is pinned to RESP2 with `decode_responses=False` (see `service.connection`), so every
+reply below has one shape on every supported server and redis-py version: ids and names arrive
+as bytes, entries as `[id, {field: value}]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+__all__ = [
+    "ConsumerInfo",
+    "Entry",
+    "GroupInfo",
+    "as_str",
+    "autoclaimed",
+    "claimed_entries",
+    "consumers",
+    "entry_ms",
+    "group_info",
+    "is_busy_group",
+    "is_missing_group",
+    "is_missing_stream",
+    "read_entries",
+]
+
+Fields = dict[bytes, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stream entry handed to a consumer, and how often Redis has delivered it."""
+
+    entry_id: str
+    fields: Fields
+    deliveries: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """The consumer group's counts (XINFO GROUPS)."""
+
+    pending: int  # entries handed to a consumer and not yet acknowledged
+    lag: int | None  # entries never handed out; None where Redis < 7 does not say
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerInfo:
+    """One consumer of the group (XINFO CONSUMERS): a worker process, alive or gone."""
+
+    name: str
+    pending: int  # entries it holds, delivered and not yet settled
+    idle_ms: int  # since it last read or claimed
+
+
+def as_str(value: bytes | str) -> str:
+    """A reply value (an entry id, a consumer name) as text: the client returns bytes."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def entry_ms(entry_id: bytes | str) -> int:
+    """The milliseconds part of a stream entry id: when the entry was added."""
+    return int(as_str(entry_id).partition("-")[0])
+
+
+def read_entries(reply: Any) -> list[tuple[str, Fields]]:
+    """The entries of an XREADGROUP reply on one stream (`[[stream, entries]]`, or nil)."""
+    if not reply:
+        return []
+    return [(as_str(entry_id), fields) for entry_id, fields in reply[0][1]]
+
+
+def autoclaimed(reply: Any) -> tuple[str, list[tuple[str, Fields]]]:
+    """An XAUTOCLAIM reply: (next cursor, claimed entries).
+
+    An entry deleted while pending comes back as nil from Redis 6.2 (redis-py: `(None, None)`)
+    and is skipped. Redis 7 adds a third element, the ids of such entries, which it has already
+    dropped from the pending list: nothing is left to do with them.
+    """
+    return as_str(reply[0]), claimed_entries(reply[1])
+
+
+def claimed_entries(entries: Any) -> list[tuple[str, Fields]]:
+    """The entries of an XCLAIM or XAUTOCLAIM reply, without those deleted while pending."""
+    return [(as_str(entry_id), fields) for entry_id, fields in entries if entry_id is not None]
+
+
+def group_info(groups: Sequence[Any], group: str) -> GroupInfo | None:
+    """The named group's counts in an XINFO GROUPS reply, or None when it is not there."""
+    for info in groups:
+        if as_str(info["name"]) == group:
+            lag = info.get("lag")
+            return GroupInfo(int(info["pending"]), None if lag is None else int(lag))
+    return None
+
+
+def consumers(reply: Sequence[Any]) -> tuple[ConsumerInfo, ...]:
+    """An XINFO CONSUMERS reply."""
+    return tuple(
+        ConsumerInfo(as_str(info["name"]), int(info["pending"]), int(info["idle"]))
+        for info in reply
+    )
+
+
+# Redis names the condition in the first word of an error reply; an error raised inside a script
+# carries it further in (Redis 6.2: "ERR Error running script ... -NOGROUP ...").
+def is_missing_group(exc: ResponseError) -> bool:
+    """NOGROUP: the stream or its consumer group does not exist (FLUSHDB, DEL, never made)."""
+    return "NOGROUP" in str(exc)
+
+
+def is_busy_group(exc: ResponseError) -> bool:
+    """BUSYGROUP: the consumer group already exists."""
+    return "BUSYGROUP" in str(exc)
+
+
+def is_missing_stream(exc: ResponseError) -> bool:
+    """XINFO on a key that does not exist ("ERR no such key")."""
+    return "no such key" in str(exc)

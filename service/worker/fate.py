@@ -1,0 +1,133 @@
+"""What to write after an attempt: a pure plan, tested as a table (`tests/unit/test_fate.py`).
+
+Every way a delivery ends maps to one `Fate`: the `SettleWrite` that records it in Redis in one
+atomic step (acknowledge; a retry copy with its due time and recipients; a dead-letter record
+with its reason), and what the log line and the metrics say about it. `delivery.py` performs it
+in a few lines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Self
+
+from ..settings import WorkerSettings
+from ..store import Entry, RetryCopy, SettleWrite
+from ..wire import QueuedTask, dead_entry, retry_entry
+from .backoff import backoff_delay
+from .outcome import Decision
+
+__all__ = ["Fate", "RetryPolicy", "after_attempt", "already_sent", "give_up"]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how late a task is tried again (WORKER_MAX_ATTEMPTS, WORKER_RETRY_*)."""
+
+    max_attempts: int
+    first_delay_s: float
+    max_delay_s: float
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings) -> Self:
+        """The policy the settings describe."""
+        return cls(
+            max_attempts=settings.worker_max_attempts,
+            first_delay_s=settings.worker_retry_base_seconds,
+            max_delay_s=settings.worker_retry_max_seconds,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Fate:
+    """How one delivery ends: what to write, and what to say about it."""
+
+    write: SettleWrite
+    outcome: str  # sent, partly_sent, retry, requeued, dead_letter or skipped
+    reason: str = ""
+    retry_recipients: int = 0
+    retry_in_s: float = 0.0
+    dead_recipients: int = 0
+    counted_retry: bool = False  # a retry copy that used an attempt (not a pause's requeue)
+
+
+def after_attempt(
+    entry: Entry,
+    queued: QueuedTask,
+    decision: Decision,
+    *,
+    policy: RetryPolicy,
+    consumer: str,
+    now_ms: int,
+    jitter: float,
+) -> Fate:
+    """The fate of an attempt that reached the SMTP server (or tried to) and ended so.
+
+    A retry is due after the policy's backoff (`jitter`, 0 to 1, picks where within it), or at
+    once after a pause, which used no attempt.
+    """
+    retry = None
+    retry_in = 0.0
+    if decision.retry:
+        if not decision.paused:
+            retry_in = backoff_delay(
+                decision.tries,
+                first=policy.first_delay_s,
+                cap=policy.max_delay_s,
+                jitter=jitter,
+            )
+        copy = retry_entry(
+            entry.fields, tries=decision.tries, recipients=decision.retry, error=decision.reason
+        )
+        retry = RetryCopy(now_ms + int(retry_in * 1000), copy)
+    dead = None
+    if decision.dead:
+        everyone = decision.dead == tuple(queued.envelope_recipients())
+        dead = dead_entry(
+            entry.fields,
+            reason=decision.dead_reason,
+            entry_id=entry.entry_id,
+            deliveries=entry.deliveries,
+            tries=decision.tries,
+            consumer=consumer,
+            recipients=None if everyone else decision.dead,
+            dead_at_ms=now_ms,
+        )
+    write = SettleWrite(
+        entry.entry_id,
+        task_id=queued.task_id,
+        sent_record=decision.finished,
+        retry=retry,
+        dead=dead,
+    )
+    return Fate(
+        write,
+        decision.outcome,
+        reason=decision.reason,
+        retry_recipients=len(decision.retry),
+        retry_in_s=round(retry_in, 1),
+        dead_recipients=len(decision.dead),
+        counted_retry=bool(decision.retry) and not decision.paused,
+    )
+
+
+def give_up(
+    entry: Entry, queued: QueuedTask | None, reason: str, *, consumer: str, now_ms: int
+) -> Fate:
+    """Dead-letter an entry that no attempt could ever send (`queued` None: undecodable)."""
+    record = dead_entry(
+        entry.fields,
+        reason=reason,
+        entry_id=entry.entry_id,
+        deliveries=entry.deliveries,
+        tries=queued.tries if queued else 0,
+        consumer=consumer,
+        dead_at_ms=now_ms,
+    )
+    task_id = queued.task_id if queued else ""
+    return Fate(SettleWrite(entry.entry_id, task_id=task_id, dead=record), "dead_letter", reason)
+
+
+def already_sent(entry: Entry, queued: QueuedTask) -> Fate:
+    """Acknowledge a copy of a task that another copy already sent."""
+    return Fate(SettleWrite(entry.entry_id, task_id=queued.task_id), "skipped")

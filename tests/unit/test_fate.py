@@ -1,0 +1,166 @@
+"""The fate planner: what one delivery writes to Redis and says about it, as a table."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from service import EmailTask
+from service.store import Entry, RetryCopy, SettleWrite
+from service.wire import QueuedTask, decode_entry, encode_entry
+from service.worker.fate import Fate, RetryPolicy, after_attempt, already_sent, give_up
+from service.worker.outcome import Decision
+
+A, B = "a@example.com", "b@example.com"
+TASK_ID = "0123456789abcdef0123456789abcdef"
+NOW = 1_800_000_000_000
+POLICY = RetryPolicy(max_attempts=5, first_delay_s=60.0, max_delay_s=3600.0)
+FIELDS = {
+    k.encode(): v
+    for k, v in encode_entry(EmailTask(to=[A, B], subject="s", text="x"), TASK_ID, NOW).items()
+}
+ENTRY = Entry("1-0", FIELDS, deliveries=2)
+QUEUED = decode_entry(FIELDS)
+
+
+def _plan(decision: Decision, jitter: float = 1.0) -> Fate:
+    return after_attempt(
+        ENTRY, QUEUED, decision, policy=POLICY, consumer="w1", now_ms=NOW, jitter=jitter
+    )
+
+
+def _retry(due_in_ms: int, recipients: list[str], tries: int, error: str) -> RetryCopy:
+    copy = {
+        **FIELDS,
+        b"tries": str(tries).encode(),
+        b"rcpt": orjson.dumps(recipients),
+        b"err": error.encode(),
+    }
+    return RetryCopy(NOW + due_in_ms, copy)
+
+
+def _dead(reason: str, tries: int, recipients: list[str] | None) -> dict[bytes, bytes]:
+    record = dict(FIELDS)
+    if recipients is not None:
+        record[b"rcpt"] = orjson.dumps(recipients)
+    record.update(
+        {
+            b"dead_reason": reason.encode(),
+            b"dead_at": str(NOW).encode(),
+            b"dead_entry_id": b"1-0",
+            b"dead_deliveries": b"2",
+            b"dead_attempts": str(tries).encode(),
+            b"dead_consumer": b"w1",
+        }
+    )
+    return record
+
+
+@pytest.mark.parametrize(
+    ("decision", "jitter", "expected"),
+    [
+        # Sent to everyone: acknowledge, and leave a sent record should another copy exist.
+        (
+            Decision(accepted=2),
+            1.0,
+            Fate(SettleWrite("1-0", TASK_ID, sent_record=True), "sent"),
+        ),
+        # A transient failure, second attempt: retried after the backoff (120 s at the top).
+        (
+            Decision(accepted=0, retry=(A, B), tries=2, reason="SMTP 451"),
+            1.0,
+            Fate(
+                SettleWrite("1-0", TASK_ID, retry=_retry(120_000, [A, B], 2, "SMTP 451")),
+                "retry",
+                reason="SMTP 451",
+                retry_recipients=2,
+                retry_in_s=120.0,
+                counted_retry=True,
+            ),
+        ),
+        # The jitter picks within the upper half of the backoff: never less than half of it.
+        (
+            Decision(accepted=0, retry=(A, B), tries=1, reason="SMTP 451"),
+            0.0,
+            Fate(
+                SettleWrite("1-0", TASK_ID, retry=_retry(30_000, [A, B], 1, "SMTP 451")),
+                "retry",
+                reason="SMTP 451",
+                retry_recipients=2,
+                retry_in_s=30.0,
+                counted_retry=True,
+            ),
+        ),
+        # Paused (SMTP unusable): requeued at once, no attempt used.
+        (
+            Decision(accepted=0, retry=(A, B), tries=0, reason="down", paused=True),
+            1.0,
+            Fate(
+                SettleWrite("1-0", TASK_ID, retry=_retry(0, [A, B], 0, "down")),
+                "requeued",
+                reason="down",
+                retry_recipients=2,
+            ),
+        ),
+        # One accepted, one refused for good: the dead letter names only that one; nothing is
+        # left to retry, so the task is finished (sent record).
+        (
+            Decision(accepted=1, tries=1, dead=(B,), reason="r", dead_reason="SMTP 550"),
+            1.0,
+            Fate(
+                SettleWrite("1-0", TASK_ID, sent_record=True, dead=_dead("SMTP 550", 1, [B])),
+                "partly_sent",
+                reason="r",
+                dead_recipients=1,
+            ),
+        ),
+        # Everyone refused for good: the record is the whole task's (no narrowing `rcpt`).
+        (
+            Decision(accepted=0, tries=1, dead=(A, B), reason="r", dead_reason="SMTP 554"),
+            1.0,
+            Fate(
+                SettleWrite("1-0", TASK_ID, dead=_dead("SMTP 554", 1, None)),
+                "dead_letter",
+                reason="r",
+                dead_recipients=2,
+            ),
+        ),
+        # One accepted, one to retry: not finished, so no sent record.
+        (
+            Decision(accepted=1, retry=(B,), tries=1, reason="SMTP 450"),
+            1.0,
+            Fate(
+                SettleWrite("1-0", TASK_ID, retry=_retry(60_000, [B], 1, "SMTP 450")),
+                "partly_sent",
+                reason="SMTP 450",
+                retry_recipients=1,
+                retry_in_s=60.0,
+                counted_retry=True,
+            ),
+        ),
+    ],
+)
+def test_after_attempt(decision: Decision, jitter: float, expected: Fate) -> None:
+    assert _plan(decision, jitter) == expected
+
+
+@pytest.mark.parametrize(
+    ("queued", "task_id", "tries"),
+    [
+        (None, "", 0),  # undecodable: not a task at all
+        (QUEUED, TASK_ID, 0),
+        (QueuedTask(TASK_ID, NOW, QUEUED.task, tries=3), TASK_ID, 3),
+    ],
+)
+def test_give_up_dead_letters_the_whole_entry(
+    queued: QueuedTask | None, task_id: str, tries: int
+) -> None:
+    planned = give_up(ENTRY, queued, "handed out 6 times", consumer="w1", now_ms=NOW)
+    dead = _dead("handed out 6 times", tries, None)
+    assert planned == Fate(
+        SettleWrite("1-0", task_id, dead=dead), "dead_letter", "handed out 6 times"
+    )
+
+
+def test_already_sent_only_acknowledges() -> None:
+    assert already_sent(ENTRY, QUEUED) == Fate(SettleWrite("1-0", TASK_ID), "skipped")

@@ -1,0 +1,190 @@
+"""The store's pure parts, as tables: script arguments built from named values, and Redis's
+reply shapes and error words read back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from redis.exceptions import ResponseError
+
+from service.keys import QueueKeys
+from service.store import replies, scripts
+from service.store.replies import ConsumerInfo, GroupInfo
+
+KEYS = QueueKeys("q")
+
+
+def test_enqueue_lays_out_each_task_with_its_key_or_a_placeholder() -> None:
+    call = scripts.enqueue(
+        KEYS,
+        [
+            scripts.NewTask("t1", {"v": b"1", "id": b"t1"}, due_ms=0, idempotency_key="k"),
+            scripts.NewTask("t2", {"v": b"1"}, due_ms=5_000),
+        ],
+        max_backlog=100,
+        window_ms=86_400_000,
+    )
+    assert call.source == scripts.ENQUEUE
+    assert call.keys == [
+        "{q}:stream",
+        "{q}:delayed",
+        "{q}:delayed:entries",
+        "{q}:idem:k",
+        "{q}:idem:-",
+    ]
+    assert call.args == [
+        100,
+        86_400_000,
+        "t1",
+        0,
+        1,
+        4,
+        "v",
+        b"1",
+        "id",
+        b"t1",
+        "t2",
+        5_000,
+        0,
+        2,
+        "v",
+        b"1",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ([1, 7, b"a", b"b"], scripts.EnqueueReply(full=False, backlog=7, ids=["a", "b"])),
+        ([1, -1, b"a"], scripts.EnqueueReply(full=False, backlog=None, ids=["a"])),
+        ([-1, 100], scripts.EnqueueReply(full=True, backlog=100, ids=[])),
+    ],
+)
+def test_enqueue_reply(reply: list[Any], expected: scripts.EnqueueReply) -> None:
+    assert scripts.enqueue_reply(reply) == expected
+
+
+@pytest.mark.parametrize(
+    ("write", "args"),
+    [
+        # Acknowledge only.
+        (scripts.SettleWrite("1-0", "t"), ["workers", "1-0", "t", 0, 0, 0]),
+        # Sent: a sent record is kept for a week.
+        (
+            scripts.SettleWrite("1-0", "t", sent_record=True),
+            ["workers", "1-0", "t", scripts.SENT_RECORD_TTL_MS, 0, 0],
+        ),
+        # A sent record needs a task id: an undecodable entry gets none.
+        (scripts.SettleWrite("1-0", "", sent_record=True), ["workers", "1-0", "-", 0, 0, 0]),
+        # A retry copy, then a dead-letter record.
+        (
+            scripts.SettleWrite(
+                "1-0",
+                "t",
+                retry=scripts.RetryCopy(9_000, {b"v": b"1", b"tries": b"1"}),
+                dead={b"dead_reason": b"550"},
+            ),
+            [
+                "workers",
+                "1-0",
+                "t",
+                0,
+                9_000,
+                4,
+                b"v",
+                b"1",
+                b"tries",
+                b"1",
+                b"dead_reason",
+                b"550",
+            ],
+        ),
+    ],
+)
+def test_settle_lays_out_its_writes(write: scripts.SettleWrite, args: list[Any]) -> None:
+    call = scripts.settle(KEYS, write)
+    assert call.source == scripts.SETTLE
+    sent = f"{{q}}:sent:{write.task_id or '-'}"
+    assert call.keys == ["{q}:stream", "{q}:delayed", "{q}:delayed:entries", "{q}:dead", sent]
+    assert call.args == args
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ([3, b"1700000000123"], (3, 1_700_000_000_123)),
+        ([0, None], (0, None)),
+        ([2, b"5e3"], (2, 5_000)),
+    ],
+)
+def test_promote_reply(reply: list[Any], expected: tuple[int, int | None]) -> None:
+    assert scripts.promote_reply(reply) == expected
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        # Redis 7: a third element lists entries deleted while pending (already dropped).
+        ([b"0-0", [(b"1-0", {b"n": b"1"})], [b"2-0"]], ("0-0", [("1-0", {b"n": b"1"})])),
+        # Redis 6.2: a deleted entry comes back as nil (redis-py: (None, None)).
+        ([b"5-0", [(None, None), (b"3-0", {b"n": b"3"})]], ("5-0", [("3-0", {b"n": b"3"})])),
+        ([b"0-0", []], ("0-0", [])),
+    ],
+)
+def test_autoclaimed(reply: list[Any], expected: tuple[str, list[Any]]) -> None:
+    assert replies.autoclaimed(reply) == expected
+
+
+def test_read_entries() -> None:
+    assert replies.read_entries(None) == []
+    reply = [[b"{q}:stream", [(b"1-0", {b"v": b"1"}), (b"1-1", {b"v": b"2"})]]]
+    assert replies.read_entries(reply) == [("1-0", {b"v": b"1"}), ("1-1", {b"v": b"2"})]
+
+
+@pytest.mark.parametrize(
+    ("groups", "expected"),
+    [
+        ([], None),
+        ([{"name": b"other", "pending": 1, "lag": 0}], None),
+        ([{"name": b"workers", "pending": 3, "lag": 7}], GroupInfo(3, 7)),
+        ([{"name": b"workers", "pending": 3}], GroupInfo(3, None)),  # Redis < 7: no lag
+        ([{"name": b"workers", "pending": 0, "lag": None}], GroupInfo(0, None)),
+    ],
+)
+def test_group_info(groups: list[dict[str, Any]], expected: GroupInfo | None) -> None:
+    assert replies.group_info(groups, "workers") == expected
+
+
+def test_consumers() -> None:
+    reply = [{"name": b"w1", "pending": 2, "idle": 1500, "inactive": 10}]
+    assert replies.consumers(reply) == (ConsumerInfo("w1", 2, 1500),)
+
+
+@pytest.mark.parametrize(
+    ("message", "missing_group", "busy_group", "missing_stream"),
+    [
+        ("NOGROUP No such key '{q}:stream' or consumer group 'workers'", True, False, False),
+        # Redis 6.2 wraps an error raised inside a script.
+        (
+            "ERR Error running script (call to f_x): @user_script:2: -NOGROUP No such key",
+            True,
+            False,
+            False,
+        ),
+        ("BUSYGROUP Consumer Group name already exists", False, True, False),
+        ("no such key", False, False, True),
+        ("WRONGTYPE Operation against a key holding the wrong kind of value", False, False, False),
+    ],
+)
+def test_error_words(
+    message: str, missing_group: bool, busy_group: bool, missing_stream: bool
+) -> None:
+    exc = ResponseError(message)
+    assert replies.is_missing_group(exc) is missing_group
+    assert replies.is_busy_group(exc) is busy_group
+    assert replies.is_missing_stream(exc) is missing_stream
+
+
+def test_entry_ms() -> None:
+    assert replies.entry_ms(b"1700000000123-4") == 1_700_000_000_123
