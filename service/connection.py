@@ -14,7 +14,7 @@ from redis.asyncio.connection import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-__all__ = ["READ_BLOCK_MS", "connect_redis", "text"]
+__all__ = ["READ_BLOCK_MS", "connect_redis"]
 
 # How long one XREADGROUP waits for new entries. redis-py raises TimeoutError when a blocking
 # read outlasts socket_timeout (redis-py #2807), so the socket timeout below must stay above it.
@@ -42,11 +42,6 @@ def connect_redis(url: str) -> Redis:
     pool = client.connection_pool
     pool.connection_class = _CLOSED_WRITE_SAFE.get(pool.connection_class, pool.connection_class)
     return client
-
-
-def text(value: bytes | str) -> str:
-    """A reply value (an entry id, a consumer name) as text: the client returns bytes."""
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class _ClosedWriteIsConnectionError(AbstractConnection):

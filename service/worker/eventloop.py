@@ -1,9 +1,8 @@
 """The event loop the worker runs on: uvloop where it is installed, else asyncio's own.
 
 The worker is CPU-bound on a fast SMTP server, and a large share of that CPU is the event loop
-itself (one socket write per SMTP command, one per Redis round trip): uvloop, the libuv-based
-loop uvicorn also uses, took the aiosmtplib resend floor from 5,935 to 7,274/s in `make bench`
-(smtp-sink, 10 connections), and one worker from 2,346 to 2,482/s on the code of that day.
+itself (socket writes and reads for every SMTP exchange and Redis round trip): uvloop, the
+libuv-based loop uvicorn also uses, makes those cheaper (docs/performance.md has the figures).
 `WORKER_EVENT_LOOP=asyncio` is the way back should an environment misbehave with it.
 """
 

@@ -2,12 +2,12 @@
 
 The standard library's `email` package is the reference for every byte sent, but building an
 `EmailMessage` parses each header value again (a token tree per address) and folds it again on
-output: that was half of a worker's CPU time. Most transactional emails are plain, though: short
+output, a large share of a worker's CPU time. Most transactional emails are plain, though: short
 ASCII header lines and 7-bit bodies. For those, `render` writes the bytes itself, exactly as the
 library would write them (the tests compare both byte for byte). A header line that needs folding
 or RFC 2047 encoding is still written by the library's own header classes; a body that needs a
 transfer encoding (non-ASCII text, lines over 78 characters) or an extra header that the library
-parses specially sends the whole email through the library, as before.
+parses specially sends the whole email through the library.
 """
 
 from __future__ import annotations

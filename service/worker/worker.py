@@ -41,9 +41,9 @@ log = structlog.get_logger("service.worker")
 # The longest a read waits for more send slots to free once one is (see _wait_for_slots_to_read).
 _GATHER_SLOTS_SECONDS: Final = 0.002
 # The pause before the next read when the last one emptied the stream. Tasks arriving one at a
-# time each cost a read, a settle and a wake-up of their own: about 2.4 times the client CPU of
-# an email read in a batch (measured at 1,000 emails/s). A short pause lets arrivals share them,
-# for at most this much added latency; the next read still blocks when nothing came meanwhile.
+# time would each cost a read, a settle and a wake-up of their own, several times the client CPU
+# of an email read in a batch. A short pause lets arrivals share them, for at most this much
+# added latency; the next read still blocks when nothing came meanwhile.
 _GATHER_ARRIVALS_SECONDS: Final = 0.002
 
 
