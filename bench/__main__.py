@@ -1,7 +1,7 @@
 """`python -m bench`: measure the floors, the producer and the worker; print a table, write JSON.
 
 python -m bench                 # full run (5,000 emails, medians of 3 runs)
-python -m bench --quick         # a small run, to check the harness
+python -m bench --quick         # a small run, to check the harness (writes no results page)
 python -m bench --profile       # also one run of the worker under py-spy (needs py-spy)
 """
 
@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -27,11 +28,25 @@ from .children import Children
 from .endtoend import DrainResult, Lab, drain_rate, paced_latency, profiled_drain
 from .producing import enqueue_many_rate, enqueue_rate
 from .profile import summarize_collapsed
-from .report import Row, describe, format_table, machine, median_of, rate, ratio, write_json
+from .report import (
+    Row,
+    describe,
+    format_markdown,
+    format_table,
+    git_revision,
+    machine,
+    median_of,
+    rate,
+    ratio,
+    write_json,
+    write_markdown,
+)
 from .sinks import SinkKind, available_sinks, start_sink
 from .workload import make_tasks
 
 VAR = Path("var/bench")
+# Pages of full runs, meant to be committed: docs/performance.md links here.
+RESULTS = Path(__file__).resolve().parent / "results"
 PROCESSES = (1, 2)
 CONNECTIONS_PER_WORKER = 10
 
@@ -45,6 +60,7 @@ class Options:
     latency_seconds: float
     json: Path
     profile: bool
+    quick: bool  # a harness check: its figures are not worth a results page
 
 
 @dataclass
@@ -71,6 +87,7 @@ def parse_options(argv: list[str] | None) -> Options:
         latency_seconds=2.0 if args.quick else 10.0,
         json=args.json or VAR / f"result-{stamp}.json",
         profile=args.profile,
+        quick=args.quick,
     )
 
 
@@ -247,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; every process it starts is stopped before it returns."""
     options = parse_options(argv)
     signal.signal(signal.SIGTERM, _interrupt)
+    started = datetime.now(UTC)
     info = machine()
     workdir = (VAR / "run").resolve()
     shutil.rmtree(workdir, ignore_errors=True)
@@ -263,15 +281,27 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         redis.stop()
     table = format_table(results.rows)
+    profile_text = results.raw.get("profile_summary", {}).get("text", "")
     print(f"Machine: {describe(info)}")
     print(f"Emails per run: {options.emails:,}; medians of {options.runs} run(s)\n")
     print(table)
-    if "profile_summary" in results.raw:
-        print("\n" + results.raw["profile_summary"]["text"])
+    if profile_text:
+        print("\n" + profile_text)
     write_json(
         options.json, {"machine": info, "options": asdict(options), "table": table, **results.raw}
     )
     print(f"\nwritten: {options.json}")
+    if not options.quick:
+        page = format_markdown(
+            started=started,
+            info=info,
+            revision=git_revision(),
+            emails=options.emails,
+            runs=options.runs,
+            table=table,
+            extra=profile_text,
+        )
+        print(f"written: {write_markdown(RESULTS, started, page)}")
     return 0
 
 

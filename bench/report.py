@@ -9,12 +9,25 @@ import statistics
 import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from service.local.redis_server import find_redis_server
 
-__all__ = ["Row", "format_table", "machine", "median_of", "rate", "write_json"]
+__all__ = [
+    "Row",
+    "format_markdown",
+    "format_table",
+    "git_revision",
+    "machine",
+    "median_of",
+    "rate",
+    "write_json",
+    "write_markdown",
+]
+
+_REPOSITORY: Final = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +96,63 @@ def describe(info: dict[str, Any]) -> str:
     )
 
 
+def git_revision() -> str:
+    """The commit the benchmark ran on, marked when the work tree had uncommitted changes."""
+    try:
+        commit = _git("rev-parse", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"{commit} (with uncommitted changes)" if dirty else commit
+
+
+def format_markdown(
+    *,
+    started: datetime,
+    info: dict[str, Any],
+    revision: str,
+    emails: int,
+    runs: int,
+    table: str,
+    extra: str = "",
+) -> str:
+    """A results page for bench/results/: what ran, where, on which code, and the table."""
+    load = ", ".join(f"{x:.2f}" for x in info["load_average_at_start"])
+    lines = [
+        f"# Benchmark, {started:%Y-%m-%d %H:%M} UTC",
+        "",
+        "Written by `make bench`; every figure below is from this one run.",
+        "",
+        f"- Machine: {info['cpu']}, {info['cores']} cores, {info['os']} (Linux {info['kernel']})",
+        f"- Python {info['python']}, redis-server {info['redis_server']}",
+        f"- Load average at start (1, 5, 15 min): {load}",
+        f"- Workload: {emails:,} emails per measurement, medians of {runs} run(s)",
+        f"- Commit: {revision}",
+        "",
+        table,
+        "",
+    ]
+    if extra:
+        lines += ["```", extra.rstrip("\n"), "```", ""]
+    return "\n".join(lines)
+
+
+def write_markdown(directory: Path, started: datetime, document: str) -> Path:
+    """Write `document` to `directory/<yyyy-mm-dd-HHMM>.md` (UTC) without overwriting any file;
+    return its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = f"{started:%Y-%m-%d-%H%M}"
+    for suffix in ("", *(f"-{n}" for n in range(2, 100))):
+        path = directory / f"{stem}{suffix}.md"
+        try:
+            with path.open("x") as file:
+                file.write(document)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"{directory / stem}.md and its numbered variants all exist")
+
+
 def write_json(path: Path, document: dict[str, Any]) -> None:
     """Write `document` to `path`, creating its directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,6 +174,16 @@ def _os_name() -> str:
         return platform.freedesktop_os_release().get("PRETTY_NAME", platform.system())
     except OSError:
         return platform.system()
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(  # noqa: S603 - a fixed git command in our own checkout
+        ["git", *args],  # noqa: S607 - git from the PATH, as a developer runs it
+        cwd=_REPOSITORY,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 def _redis_version() -> str:

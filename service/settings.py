@@ -1,6 +1,7 @@
 """Configuration: one validated object built from the environment (and `.env`) at start-up.
 
-The environment variable names are a public contract, documented in `config/example.env`.
+The environment variable names are a public contract: each field upper-cased, explained in full in
+`config/example.env` (tests/unit/test_docs.py keeps that file and the README's table in step).
 `QueueSettings` is what a producer needs; `WorkerSettings` adds SMTP and worker tuning. Secrets
 are `SecretStr`, so neither `repr()` nor a validation error ever shows them.
 """
@@ -37,7 +38,6 @@ class QueueSettings(BaseSettings):
     redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
     email_queue: str = "emails"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    # None means: JSON when stdout is not a terminal (systemd, Render, pipes), console otherwise.
     log_format: Literal["json", "console"] | None = None
 
     @field_validator("redis_url")
@@ -81,28 +81,20 @@ class WorkerSettings(QueueSettings):
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_security: Literal["none", "starttls", "tls"] = "starttls"
-    # Bounds one whole send (connect, EHLO, DATA...), not just one socket read.
     smtp_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
-    # Messages one SMTP connection carries before it is closed and replaced; 0: no limit.
     smtp_max_messages_per_connection: int = Field(default=0, ge=0, le=1_000_000)
     mail_from: EmailAddress
     worker_concurrency: int = Field(default=10, ge=1, le=500)
     worker_reclaim_idle_seconds: float = Field(default=60.0, gt=0, le=86_400)
     worker_shutdown_seconds: float = Field(default=25.0, ge=0, le=3_600)
-    # Retries: WORKER_RETRY_BASE_SECONDS after the first failure, doubling up to
-    # WORKER_RETRY_MAX_SECONDS, until WORKER_MAX_ATTEMPTS attempts failed (see the README).
     worker_max_attempts: int = Field(default=25, ge=1, le=1_000)
     worker_retry_base_seconds: float = Field(default=60.0, gt=0, le=86_400)
     worker_retry_max_seconds: float = Field(default=3_600.0, gt=0, le=7 * 86_400)
-    # auto: uvloop when installed (it is, on Linux and macOS), else asyncio's own loop.
     worker_event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
-    # How often the worker writes its heartbeat to Redis (`python -m service.admin health`).
     worker_heartbeat_seconds: float = Field(default=10.0, ge=0.1, le=300)
-    # Prometheus metrics on http://METRICS_HOST:METRICS_PORT/metrics; unset: not served.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_host: str = "0.0.0.0"  # noqa: S104 - a scrape target must be reachable by Prometheus
-    # Unset: a fresh unique name per process. Set it only to a name no other live worker uses
-    # (a systemd template instance, say): a restart then resumes its own pending entries at once.
+    # None: a fresh unique name per process (see config/example.env for when to set one).
     worker_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:@-]{1,64}$")
 
     @field_validator("smtp_security", mode="before")

@@ -59,7 +59,7 @@ class RunFacts:
 
 
 def worker_env(config: RunConfig) -> dict[str, str]:
-    """Short timings, so that windows and recoveries fit in seconds (see README "Reliability")."""
+    """Short timings, so that windows and recoveries fit in seconds (see docs/reliability.md)."""
     return {
         "SMTP_HOST": "127.0.0.1",
         "SMTP_SECURITY": "none",

@@ -1,6 +1,6 @@
 """The chaos harness under `make test`: a short run must pass, and a broken worker must fail it.
 
-The long runs (`make chaos`) are run by hand; their figures are in the README ("Reliability").
+The long runs (`make chaos`) are run by hand; their figures are in docs/reliability.md.
 """
 
 from __future__ import annotations
