@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TO     ?= someone@example.com
 
-.PHONY: install run send test lint typecheck pytest bench bench-profile chaos clean
+.PHONY: install run send test test-fast lint typecheck pytest bench bench-profile chaos clean
 
 install: $(STAMP)
 
@@ -37,6 +37,12 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest
+
+# The inner loop: lint, format and the fast tests (unit tables and a few real-server ones).
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -m fast -q
 
 # Benchmark (bench/): floors, Producer, the worker end to end, latency, peak RSS. Prints a table
 # and writes var/bench/result-<time>.json. Options: make bench ARGS='--quick' (or --emails N --runs N).

@@ -22,6 +22,16 @@ from tests.smtp_server import SmtpServer
 
 STREAM, DEAD, DELAYED, GROUP = "{emails}:stream", "{emails}:dead", "{emails}:delayed", "workers"
 
+_UNIT_TESTS = Path(__file__).parent / "unit"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every unit test belongs to the inner-loop subset (`make test-fast`, `-m fast`)."""
+    for item in items:
+        if item.path.is_relative_to(_UNIT_TESTS):
+            item.add_marker(pytest.mark.fast)
+
+
 # Settings the tests control; anything inherited from the developer's shell is removed.
 _SETTING_PREFIXES = ("REDIS_", "SMTP_", "MAIL_", "EMAIL_", "WORKER_", "LOG_")
 

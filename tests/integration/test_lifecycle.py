@@ -24,6 +24,9 @@ from service.worker.shutdown import Shutdown
 from tests.conftest import GROUP, STREAM
 from tests.smtp_server import SmtpServer
 
+# Part of the inner-loop subset (`make test-fast`): real servers, but seconds in all.
+pytestmark = pytest.mark.fast
+
 # How far past WORKER_SHUTDOWN_SECONDS a stop may end: the event loop's own latency.
 _MARGIN_SECONDS = 0.5
 

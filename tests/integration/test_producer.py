@@ -18,6 +18,9 @@ from service.local.redis_server import RedisServer
 from service.wire import decode_entry
 from tests.conftest import as_entries
 
+# Part of the inner-loop subset (`make test-fast`): real servers, but seconds in all.
+pytestmark = pytest.mark.fast
+
 STREAM = "{emails}:stream"
 
 

@@ -20,6 +20,9 @@ from service.worker.smtp_result import Answered, FailureKind, SendFailure
 from service.worker.transaction import is_plain, send_prebuilt
 from tests.smtp_server import SmtpServer
 
+# Part of the inner-loop subset (`make test-fast`): real servers, but seconds in all.
+pytestmark = pytest.mark.fast
+
 SENDER = "app@example.com"
 CONTENT = (
     b"From: App <app@example.com>\r\nTo: a@example.com, b@example.com\r\nSubject: hi\r\n"

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -23,6 +24,9 @@ from service.store import (
 )
 from service.store.replies import claimed_entries
 from tests.conftest import as_entries
+
+# Part of the inner-loop subset (`make test-fast`): real servers, but seconds in all.
+pytestmark = pytest.mark.fast
 
 KEYS = QueueKeys("emails")
 
