@@ -16,7 +16,7 @@ from service.errors import SmtpUnavailableError
 from service.settings import WorkerSettings
 from service.worker.render import Outgoing
 from service.worker.smtp import SmtpPool
-from service.worker.smtp_result import Answered, FailureKind, SendFailure
+from service.worker.smtp_result import Answered, FailureKind, Reply, SendFailure
 from service.worker.transaction import is_plain, send_prebuilt
 from tests.smtp_server import SmtpServer
 
@@ -307,3 +307,38 @@ async def test_a_greeting_without_text_makes_the_server_unavailable_not_a_crash(
     assert result == SendFailure(FailureKind.UNAVAILABLE, where)
     assert probed.value.reason == where
     await pool.close()
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["one-by-one", "pipelined"])
+async def test_replies_without_text_are_read_as_their_codes(
+    smtp: SmtpServer, pipelining: bool
+) -> None:
+    # Bare codes to RCPT, to the message and to MAIL, each on its own send: the pool reports
+    # each as a reply with no text, never as a crash or an "unexpected" error.
+    smtp.behaviour.pipelining = pipelining
+    smtp.behaviour.rcpt_replies = {"gone@example.com": "550"}
+    settings = WorkerSettings(
+        _env_file=None,
+        smtp_host="127.0.0.1",
+        smtp_port=smtp.port,
+        smtp_security="none",
+        smtp_timeout_seconds=2,
+        mail_from="app@example.com",
+    )
+    pool = SmtpPool(settings, size=1, local_hostname="test")
+    recipients = ["a@example.com", "gone@example.com"]
+
+    partly = await pool.send(Outgoing(CONTENT, SENDER, recipients))
+    smtp.behaviour.data_replies = ["554"]
+    refused = await pool.send(Outgoing(CONTENT, SENDER, ["a@example.com"]))
+    smtp.behaviour.mail_replies = ["421"]
+    closing = await pool.send(Outgoing(CONTENT, SENDER, ["a@example.com"]))
+    await pool.close()
+
+    assert partly == Answered({"gone@example.com": Reply(550, "")})
+    assert refused == SendFailure(FailureKind.REFUSED, "SMTP 554", Reply(554, ""))
+    # One by one, the 421 is MAIL's reply (as sendmail reports it); pipelined, it is the reply
+    # that cut the group short. Either way a transient refusal, retried.
+    assert isinstance(closing, SendFailure)
+    assert (closing.detail, closing.reply) == ("SMTP 421", Reply(421, ""))
+    assert closing.kind is (FailureKind.REFUSED if pipelining else FailureKind.SENDER_REFUSED)
