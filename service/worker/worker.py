@@ -120,7 +120,7 @@ class Worker:
         self._started = True
         await self._resume_own_pending()
         if self._shutdown.requested.is_set():
-            return  # a cancellation lost on the way here (see stopping.py): start nothing
+            return  # a cancellation lost on the way here (see shutdown.py): start nothing
         # Plain tasks, not a TaskGroup: a TaskGroup cancels its tasks once, and a loop that lost
         # that cancellation would keep the worker from stopping. `run` cancels each of these
         # until it has ended.
