@@ -10,7 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["RedisServer", "find_redis_server", "free_port"]
+from .ports import free_port
+
+__all__ = ["RedisServer", "answers_ping", "find_redis_server", "free_port"]
 
 
 def find_redis_server() -> str:
@@ -30,16 +32,22 @@ def find_redis_server() -> str:
     )
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def answers_ping(host: str, port: int) -> bool:
+    """Whether a Redis that needs no password answers PING on `host`:`port`."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 class RedisServer:
-    """One `redis-server` on 127.0.0.1:`port`, persisting (AOF, everysec) to `data_dir`."""
+    """One `redis-server` on 127.0.0.1:`port`, persisting (AOF, everysec) to `data_dir`.
+
+    It runs in a process group of its own: a Ctrl-C meant for the program that started it
+    (`make run`, whose worker must drain into a live Redis first) does not stop it; `stop` does.
+    """
 
     def __init__(self, data_dir: Path, port: int | None = None) -> None:
         self.data_dir = data_dir.resolve()  # redis-server resolves paths after chdir to --dir
@@ -68,12 +76,15 @@ class RedisServer:
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
+            process_group=0,
         )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"redis-server exited; see {self.data_dir / 'redis.log'}")
-            if self._answers_ping():
+                log = self.data_dir / "redis.log"
+                last = log.read_text().strip().rpartition("\n")[2] if log.exists() else ""
+                raise RuntimeError(f"redis-server exited ({last or 'no log'}); see {log}")
+            if answers_ping("127.0.0.1", self.port):
                 return
             time.sleep(0.02)
         self.stop()
@@ -85,11 +96,3 @@ class RedisServer:
             self._process.terminate()
             self._process.wait(timeout=10)
         self._process = None
-
-    def _answers_ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
-        except OSError:
-            return False
