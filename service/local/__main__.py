@@ -30,7 +30,7 @@ from ..settings import DEFAULT_REDIS_URL, QueueSettings, redact_url
 from .mail_sink import MailSink
 from .ports import port_is_free
 from .redis_server import RedisServer, answers_ping
-from .stack_file import STACK_FILE, LocalStack, StackFile, running_stack
+from .stack_file import LocalStack, StackFile, running_stack
 
 # Where the SMTP sink listens if that port is free. The tests point it at a port of their own.
 SINK_PORT = int(os.environ.get("TEST_DEFAULT_SINK_PORT", "2525"))
@@ -89,14 +89,11 @@ def main() -> int:
             print(f"redis: {redact_url(configured.redis_url)}, as REDIS_URL says", flush=True)
         stack = LocalStack(pid=os.getpid(), redis_url=configured.redis_url or env["REDIS_URL"])
         if configured.smtp_host is None:
-            sink = MailSink(VAR / "mail", port=SINK_PORT)
-            sink.start()
+            sink = _start_sink(VAR / "mail")
             env.update(SMTP_HOST="127.0.0.1", SMTP_PORT=str(sink.port), SMTP_SECURITY="none")
             stack = dataclasses.replace(
                 stack, smtp=f"127.0.0.1:{sink.port}", mail_dir=str(sink.directory.resolve())
             )
-            moved = f" ({SINK_PORT} is taken)" if sink.port != SINK_PORT else ""
-            print(f"smtp: sink on 127.0.0.1:{sink.port}{moved}, mail in {sink.directory}/")
         else:
             print(f"smtp: {configured.smtp_host}, as SMTP_HOST says")
         stack_file.publish(stack)
@@ -147,15 +144,24 @@ def _start_redis_unless_one_answers(data_dir: Path) -> RedisServer | None:
     return server
 
 
+def _start_sink(directory: Path) -> MailSink:
+    """The SMTP sink, on SINK_PORT if free, else on a free port. Prints one line saying which."""
+    sink = MailSink(directory, port=SINK_PORT)
+    sink.start()
+    moved = f" ({SINK_PORT} is taken)" if sink.port != SINK_PORT else ""
+    print(f"smtp: sink on 127.0.0.1:{sink.port}{moved}, mail in {directory}/", flush=True)
+    return sink
+
+
 def _already_running(stack: LocalStack | None) -> str:
     if stack is None or stack.redis_url is None:
         pid = f" (pid {stack.pid})" if stack else ""
         return f"make run: one is already starting in this directory{pid}; not starting another"
-    mail = f"mail in {stack.mail_dir}/" if stack.mail_dir else "SMTP_HOST configured"
+    mail = f"mail in {stack.mail_dir}/" if stack.mail_dir else "no SMTP sink"
     return (
-        f"make run: already running in this directory (pid {stack.pid}; Redis "
-        f"{redact_url(stack.redis_url)}; {mail}; see {STACK_FILE}); not starting another. "
-        f"Stop it with Ctrl-C in its terminal or kill {stack.pid}"
+        f"make run: already running in this directory (pid {stack.pid}, Redis "
+        f"{redact_url(stack.redis_url)}, {mail}); not starting another. "
+        f"To stop it: Ctrl-C in its terminal, or kill {stack.pid}"
     )
 
 

@@ -62,6 +62,10 @@ class Stack:
         )
         assert self.process.poll() is None, self.output()
 
+    def events(self) -> list[dict[str, Any]]:
+        """The worker's log lines so far."""
+        return [json.loads(line) for line in self.output().splitlines() if line.startswith("{")]
+
     def state(self) -> dict[str, Any]:
         """`var/local/stack.json`."""
         state: dict[str, Any] = json.loads((self.workdir / "var/local/stack.json").read_text())
@@ -91,6 +95,7 @@ class Stack:
         wait_until(lambda: any(mail.iterdir()), 15, "a stored email")
         (stored,) = mail.iterdir()
         assert result.stdout.strip() in stored.read_text()  # the task id, in the Message-ID
+        assert "X-Envelope-From: worker@example.com\n" in stored.read_text()  # MAIL_FROM unset
 
 
 StartStack = Callable[..., Stack]
@@ -197,6 +202,26 @@ def test_takes_free_ports_when_the_defaults_are_taken_by_other_servers(
     assert stack.ctrl_c() == 0
 
 
+def test_a_redis_url_in_dotenv_is_used_as_it_is(tmp_path: Path, start_stack: StartStack) -> None:
+    configured = RedisServer(tmp_path / "configured-redis")
+    configured.start()
+    try:
+        url = f"redis://127.0.0.1:{configured.port}/0"
+        (tmp_path / ".env").write_text(f"REDIS_URL={url}\n")
+        default_port = free_port()
+        stack = start_stack(default_port, free_port())
+        stack.wait_started()
+        assert f"redis: {url}, as REDIS_URL says\n" in stack.output()
+        (starting,) = [e for e in stack.events() if e["event"] == "worker_starting"]
+        assert starting["redis"] == url
+        assert stack.state()["redis_url"] == url
+        assert not answers_ping("127.0.0.1", default_port)
+        assert not (tmp_path / "var/redis").exists()
+        assert stack.ctrl_c() == 0
+    finally:
+        configured.stop()
+
+
 def test_a_second_stack_in_the_same_directory_is_refused(
     tmp_path: Path, start_stack: StartStack
 ) -> None:
@@ -207,9 +232,9 @@ def test_a_second_stack_in_the_same_directory_is_refused(
     assert second.returncode == 1
     assert second.stdout == ""  # nothing started, nothing said but why
     assert second.stderr == (
-        f"make run: already running in this directory (pid {first.process.pid}; Redis "
-        f"{state['redis_url']}; mail in {tmp_path / 'var/mail'}/; see var/local/stack.json); "
-        f"not starting another. Stop it with Ctrl-C in its terminal or kill {first.process.pid}\n"
+        f"make run: already running in this directory (pid {first.process.pid}, Redis "
+        f"{state['redis_url']}, mail in {tmp_path / 'var/mail'}/); not starting another. "
+        f"To stop it: Ctrl-C in its terminal, or kill {first.process.pid}\n"
     )
     assert first.state() == state
     assert first.process.poll() is None
@@ -222,8 +247,12 @@ def test_ctrl_c_reaches_the_worker_once_and_everything_exits_0(
     port = free_port()
     stack = start_stack(port, free_port())
     stack.wait_started()
+    (worker_pid,) = [e["pid"] for e in stack.events() if e["event"] == "worker_starting"]
+    # Outside the group a terminal's Ctrl-C reaches (two SIGINTs close together can merge into
+    # one, so the count below alone does not show it): only the stack passes the signal on.
+    assert os.getpgid(worker_pid) != os.getpgid(stack.process.pid)
     assert stack.ctrl_c() == 0
-    events = [json.loads(line) for line in stack.output().splitlines() if line.startswith("{")]
+    events = stack.events()
     stops = [
         (e["event"], e.get("signal"), e["forced"])
         for e in events
