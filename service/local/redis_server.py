@@ -62,6 +62,8 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> None:
         """Start the server and wait until it answers PING."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.data_dir / "redis.log"
+        logged_before = log.stat().st_size if log.exists() else 0  # redis-server appends
         self._process = subprocess.Popen(
             [
                 find_redis_server(),
@@ -72,7 +74,7 @@ class RedisServer:
                 "--appendfsync", "everysec",
                 "--save", "",
                 "--maxmemory-policy", "noeviction",
-                "--logfile", str(self.data_dir / "redis.log"),
+                "--logfile", str(log),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -81,9 +83,8 @@ class RedisServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                log = self.data_dir / "redis.log"
-                last = log.read_text().strip().rpartition("\n")[2] if log.exists() else ""
-                raise RuntimeError(f"redis-server exited ({last or 'no log'}); see {log}")
+                why = _last_line(log, logged_before) or "it logged nothing"
+                raise RuntimeError(f"redis-server exited: {why}; see {log}")
             if answers_ping("127.0.0.1", self.port):
                 return
             time.sleep(0.02)
@@ -96,3 +97,12 @@ class RedisServer:
             self._process.terminate()
             self._process.wait(timeout=10)
         self._process = None
+
+
+def _last_line(log: Path, start: int) -> str:
+    """The last line written to `log` from byte `start` on ("" if none)."""
+    if not log.exists():
+        return ""
+    with log.open("rb") as file:
+        file.seek(start)
+        return file.read().decode(errors="replace").strip().rpartition("\n")[2]

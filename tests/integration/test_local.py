@@ -269,10 +269,10 @@ def test_ctrl_c_reaches_the_worker_once_and_everything_exits_0(
 def test_a_failed_start_says_why_in_one_line_and_leaves_nothing_running(
     tmp_path: Path, start_stack: StartStack
 ) -> None:
-    port = free_port()
-    stack = start_stack(port, free_port(), REDIS_SERVER="/bin/false")  # exits at once
+    log = tmp_path / "var/redis/redis.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("1:M an earlier run's last line\n")  # not this start's reason
+    stack = start_stack(free_port(), free_port(), REDIS_SERVER="/bin/false")  # exits at once
     assert stack.process.wait(timeout=30) == 1
-    assert stack.output() == (
-        f"make run: redis-server exited (no log); see {tmp_path / 'var/redis/redis.log'}\n"
-    )
+    assert stack.output() == f"make run: redis-server exited: it logged nothing; see {log}\n"
     assert not (tmp_path / "var/local/stack.json").exists()
