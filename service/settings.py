@@ -30,7 +30,6 @@ __all__ = [
     "QueueSettings",
     "WorkerSettings",
     "load_settings",
-    "local_stack_notice",
     "redact_url",
 ]
 
@@ -85,6 +84,14 @@ class QueueSettings(BaseSettings):
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    def local_stack_notice(self) -> str | None:
+        """One line for a CLI to print when its Redis is that of `make run` (REDIS_URL unset)."""
+        stack = running_stack()
+        url = self.redis_url.get_secret_value()
+        if "redis_url" in self.model_fields_set or stack is None or stack.redis_url != url:
+            return None
+        return f"using the Redis of make run (pid {stack.pid}, {STACK_FILE}): {redact_url(url)}"
 
     @property
     def json_logs(self) -> bool:
@@ -178,15 +185,6 @@ def redact_url(url: str) -> str:
     credentials = (parts.username or "") + (":***" if parts.password is not None else "")
     netloc = (f"{credentials}@" if credentials else "") + parts.netloc.rpartition("@")[2]
     return parts._replace(netloc=netloc, query="", fragment="").geturl()
-
-
-def local_stack_notice(settings: QueueSettings) -> str | None:
-    """One line for a CLI to print when its Redis is that of `make run` (REDIS_URL unset)."""
-    stack = running_stack()
-    url = settings.redis_url.get_secret_value()
-    if "redis_url" in settings.model_fields_set or stack is None or stack.redis_url != url:
-        return None
-    return f"using the Redis of make run (pid {stack.pid}, {STACK_FILE}): {redact_url(url)}"
 
 
 def load_settings(cls: type[S]) -> S:

@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 from ..connection import connect_redis
 from ..errors import ConfigError
 from ..keys import QueueKeys
-from ..settings import QueueSettings, load_settings, local_stack_notice
+from ..settings import QueueSettings, load_settings
 from .queue import DeadLetter, QueueAdmin, QueueStats
 from .tables import table
 
@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(QueueSettings)
-        if notice := local_stack_notice(settings):
+        if notice := settings.local_stack_notice():
             print(notice, file=sys.stderr)
         keys = QueueKeys(args.queue or settings.email_queue)
     except (ConfigError, ValueError) as exc:

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from ..errors import ConfigError, QueueFull
-from ..settings import QueueSettings, load_settings, local_stack_notice
+from ..settings import QueueSettings, load_settings
 from ..task import EmailTask
 from . import DEFAULT_MAX_BACKLOG, Producer
 
@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(QueueSettings)
-        if notice := local_stack_notice(settings):
+        if notice := settings.local_stack_notice():
             print(notice, file=sys.stderr)
         tasks = _read_tasks(args)
         schedule = _schedule(args)

@@ -15,7 +15,6 @@ from service.settings import (
     WorkerSettings,
     is_loopback,
     load_settings,
-    local_stack_notice,
     redact_url,
 )
 
@@ -147,7 +146,7 @@ def test_redis_url_unset_is_that_of_the_make_run_running_here() -> None:
     try:
         settings = load_settings(QueueSettings)
         assert settings.redis_url.get_secret_value() == "redis://127.0.0.1:7/0"
-        assert local_stack_notice(settings) == (
+        assert settings.local_stack_notice() == (
             f"using the Redis of make run (pid {os.getpid()}, var/local/stack.json): "
             "redis://127.0.0.1:7/0"
         )
@@ -156,7 +155,7 @@ def test_redis_url_unset_is_that_of_the_make_run_running_here() -> None:
     assert not STACK_FILE.exists()
     settings = load_settings(QueueSettings)
     assert settings.redis_url.get_secret_value() == DEFAULT_REDIS_URL
-    assert local_stack_notice(settings) is None
+    assert settings.local_stack_notice() is None
 
 
 @pytest.mark.parametrize("where", ["environment", ".env"])
@@ -173,7 +172,7 @@ def test_redis_url_configured_wins_over_make_run(
     try:
         settings = load_settings(QueueSettings)
         assert settings.redis_url.get_secret_value() == "redis://configured:1/0"
-        assert local_stack_notice(settings) is None
+        assert settings.local_stack_notice() is None
     finally:
         stack_file.release()
 
