@@ -9,8 +9,9 @@ started from this directory read it to reach the same Redis, and a second `make 
 refused.
 
 The worker (`python -m service.worker`) and redis-server run in process groups of their own, so
-the terminal's Ctrl-C reaches only this process, which passes it on once: the worker drains (a
-second Ctrl-C stops it at once), then Redis and the sink stop.
+that of ours the terminal's Ctrl-C reaches only this process, which passes it on once: the worker
+drains (a second Ctrl-C stops it at once), then Redis and the sink stop, and we exit 0. (make,
+which gets the Ctrl-C too, waits for us, then ends itself by SIGINT without a message.)
 """
 
 from __future__ import annotations
