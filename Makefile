@@ -21,9 +21,10 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/python -m service.local
 
-# Enqueue one email on the local stack of `make run` (or on $$REDIS_URL when set).
+# Enqueue one email: on $$REDIS_URL when set, else on the Redis of the `make run` running in this
+# directory (var/local/stack.json), else on localhost:6379.
 send: $(STAMP)
-	REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6380/0} $(BIN)/python -m service.producer \
+	$(BIN)/python -m service.producer \
 		--to '$(TO)' --subject 'Hello from make send' --text 'It works: this email went through the queue.'
 
 test: lint typecheck pytest

@@ -4,12 +4,16 @@ The environment variable names are a public contract: each field upper-cased, ex
 `config/example.env` (tests/unit/test_docs.py keeps that file and the README's table in step).
 `QueueSettings` is what a producer needs; `WorkerSettings` adds SMTP and worker tuning. Secrets
 are `SecretStr`, so neither `repr()` nor a validation error ever shows them.
+
+With `REDIS_URL` set in neither, the Redis is that of the `make run` running in the working
+directory (its state file, `var/local/stack.json`), else `DEFAULT_REDIS_URL`.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import ipaddress
+import os
 import sys
 from typing import Literal, Self, TypeVar
 from urllib.parse import urlsplit
@@ -19,13 +23,29 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
 from .keys import validate_queue_name
+from .local.stack_file import STACK_FILE, running_stack
 from .task import EmailAddress
 
-__all__ = ["QueueSettings", "WorkerSettings", "load_settings", "redact_url"]
+__all__ = [
+    "DEFAULT_REDIS_URL",
+    "QueueSettings",
+    "WorkerSettings",
+    "load_settings",
+    "redact_url",
+]
 
 S = TypeVar("S", bound="QueueSettings")
 
 _DEFAULT_PORTS = {"none": 25, "starttls": 587, "tls": 465}
+
+# The Redis every tool shares when nothing is configured. The tests point it at a server of
+# their own (TEST_DEFAULT_REDIS_URL), so that no test can reach a Redis that is not theirs.
+DEFAULT_REDIS_URL = os.environ.get("TEST_DEFAULT_REDIS_URL", "redis://localhost:6379/0")
+
+
+def _default_redis_url() -> SecretStr:
+    stack = running_stack()
+    return SecretStr(stack.redis_url if stack and stack.redis_url else DEFAULT_REDIS_URL)
 
 
 class QueueSettings(BaseSettings):
@@ -35,7 +55,7 @@ class QueueSettings(BaseSettings):
         env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
     )
 
-    redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
+    redis_url: SecretStr = Field(default_factory=_default_redis_url)
     email_queue: str = "emails"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] | None = None
@@ -64,6 +84,14 @@ class QueueSettings(BaseSettings):
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    def local_stack_notice(self) -> str | None:
+        """One line for a CLI to print when its Redis is that of `make run` (REDIS_URL unset)."""
+        stack = running_stack()
+        url = self.redis_url.get_secret_value()
+        if "redis_url" in self.model_fields_set or stack is None or stack.redis_url != url:
+            return None
+        return f"using the Redis of make run (pid {stack.pid}, {STACK_FILE}): {redact_url(url)}"
 
     @property
     def json_logs(self) -> bool:

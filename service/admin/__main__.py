@@ -54,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(QueueSettings)
+        if notice := settings.local_stack_notice():
+            print(notice, file=sys.stderr)
         keys = QueueKeys(args.queue or settings.email_queue)
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -8,6 +8,8 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
+from .ports import free_port, port_is_free
+
 __all__ = ["MailSink"]
 
 
@@ -28,13 +30,19 @@ class _StoreHandler:
 
 
 class MailSink:
-    """aiosmtpd on 127.0.0.1:`port` (in a thread), writing what it receives to `directory`."""
+    """aiosmtpd on 127.0.0.1 (in a thread), writing what it receives to `directory`.
+
+    It listens on `port` when that is free, else on any free port: `port` says which.
+    """
 
     def __init__(self, directory: Path, port: int) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
-        self.port = port
-        self._controller = Controller(_StoreHandler(directory), hostname="127.0.0.1", port=port)
+        # Checked first: aiosmtpd takes seconds to report a port in use, and then with a traceback.
+        self.port = port if port_is_free(port) else free_port()
+        self._controller = Controller(
+            _StoreHandler(directory), hostname="127.0.0.1", port=self.port
+        )
 
     def start(self) -> None:
         """Start accepting connections."""

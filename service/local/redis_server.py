@@ -10,7 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["RedisServer", "find_redis_server", "free_port"]
+from .ports import free_port
+
+__all__ = ["RedisServer", "answers_ping", "find_redis_server", "free_port"]
 
 
 def find_redis_server() -> str:
@@ -30,16 +32,22 @@ def find_redis_server() -> str:
     )
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def answers_ping(host: str, port: int) -> bool:
+    """Whether a Redis that needs no password answers PING on `host`:`port`."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 class RedisServer:
-    """One `redis-server` on 127.0.0.1:`port`, persisting (AOF, everysec) to `data_dir`."""
+    """One `redis-server` on 127.0.0.1:`port`, persisting (AOF, everysec) to `data_dir`.
+
+    It runs in a process group of its own: a Ctrl-C meant for the program that started it
+    (`make run`, whose worker must drain into a live Redis first) does not stop it; `stop` does.
+    """
 
     def __init__(self, data_dir: Path, port: int | None = None) -> None:
         self.data_dir = data_dir.resolve()  # redis-server resolves paths after chdir to --dir
@@ -54,6 +62,8 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> None:
         """Start the server and wait until it answers PING."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.data_dir / "redis.log"
+        logged_before = log.stat().st_size if log.exists() else 0  # redis-server appends
         self._process = subprocess.Popen(
             [
                 find_redis_server(),
@@ -64,16 +74,18 @@ class RedisServer:
                 "--appendfsync", "everysec",
                 "--save", "",
                 "--maxmemory-policy", "noeviction",
-                "--logfile", str(self.data_dir / "redis.log"),
+                "--logfile", str(log),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
+            process_group=0,
         )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"redis-server exited; see {self.data_dir / 'redis.log'}")
-            if self._answers_ping():
+                why = _last_line(log, logged_before) or "it logged nothing"
+                raise RuntimeError(f"redis-server exited: {why}; see {log}")
+            if answers_ping("127.0.0.1", self.port):
                 return
             time.sleep(0.02)
         self.stop()
@@ -86,10 +98,11 @@ class RedisServer:
             self._process.wait(timeout=10)
         self._process = None
 
-    def _answers_ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
-        except OSError:
-            return False
+
+def _last_line(log: Path, start: int) -> str:
+    """The last line written to `log` from byte `start` on ("" if none)."""
+    if not log.exists():
+        return ""
+    with log.open("rb") as file:
+        file.seek(start)
+        return file.read().decode(errors="replace").strip().rpartition("\n")[2]

@@ -39,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(QueueSettings)
+        if notice := settings.local_stack_notice():
+            print(notice, file=sys.stderr)
         tasks = _read_tasks(args)
         schedule = _schedule(args)
     except (ConfigError, UsageError) as exc:

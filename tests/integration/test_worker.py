@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -258,33 +257,6 @@ def test_worker_resumes_its_own_pending_entries_at_start(
     events = [orjson.loads(line) for line in worker.output().splitlines()]
     assert {"event": "resuming_pending", "entries": 1}.items() <= events[2].items()
     assert worker.stop() == 0
-
-
-def test_make_run_style_local_stack_delivers_to_var_mail(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "SMTP_", "MAIL_"))}
-    env["LOG_FORMAT"] = "json"
-    with (tmp_path / "stack.log").open("wb") as log:
-        stack = subprocess.Popen(
-            [sys.executable, "-m", "service.local"], cwd=tmp_path, env=env,
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        stack_log = tmp_path / "stack.log"
-        wait_until(lambda: "worker_started" in stack_log.read_text(), 15, "the local stack")
-        result = subprocess.run(
-            [sys.executable, "-m", "service.producer", "--to", "you@example.com", "--subject",
-             "Hi", "--text", "It works"],
-            env={**env, "REDIS_URL": "redis://127.0.0.1:6380/0"}, cwd=tmp_path,
-            capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr
-        mail = tmp_path / "var" / "mail"
-        wait_until(lambda: mail.exists() and any(mail.iterdir()), 15, "a stored email")
-        (stored,) = mail.iterdir()
-        assert result.stdout.strip() in stored.read_text()
-    finally:
-        stack.send_signal(signal.SIGTERM)
-        assert stack.wait(timeout=15) == 0
 
 
 @pytest.mark.parametrize(("cap", "connections"), [("0", 1), ("3", 4)])

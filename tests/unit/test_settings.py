@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from service.errors import ConfigError
-from service.settings import WorkerSettings, is_loopback, load_settings, redact_url
+from service.local.stack_file import STACK_FILE, LocalStack, StackFile, running_stack
+from service.settings import (
+    DEFAULT_REDIS_URL,
+    QueueSettings,
+    WorkerSettings,
+    is_loopback,
+    load_settings,
+    redact_url,
+)
 
 _ALL = (
     "REDIS_URL", "EMAIL_QUEUE", "LOG_LEVEL", "LOG_FORMAT", "SMTP_HOST", "SMTP_PORT",
@@ -121,3 +132,73 @@ def test_redact_url(url: str, redacted: str) -> None:
 )  # fmt: skip
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+_STACK = LocalStack(
+    pid=os.getpid(), redis_url="redis://127.0.0.1:7/0", smtp="127.0.0.1:8", mail_dir="/m"
+)
+
+
+def test_redis_url_unset_is_that_of_the_make_run_running_here() -> None:
+    stack_file = StackFile()
+    assert stack_file.claim()
+    stack_file.publish(_STACK)
+    try:
+        settings = load_settings(QueueSettings)
+        assert settings.redis_url.get_secret_value() == "redis://127.0.0.1:7/0"
+        assert settings.local_stack_notice() == (
+            f"using the Redis of make run (pid {os.getpid()}, var/local/stack.json): "
+            "redis://127.0.0.1:7/0"
+        )
+    finally:
+        stack_file.release()
+    assert not STACK_FILE.exists()
+    settings = load_settings(QueueSettings)
+    assert settings.redis_url.get_secret_value() == DEFAULT_REDIS_URL
+    assert settings.local_stack_notice() is None
+
+
+@pytest.mark.parametrize("where", ["environment", ".env"])
+def test_redis_url_configured_wins_over_make_run(
+    monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    if where == "environment":
+        monkeypatch.setenv("REDIS_URL", "redis://configured:1/0")
+    else:
+        Path(".env").write_text("REDIS_URL=redis://configured:1/0\n")
+    stack_file = StackFile()
+    assert stack_file.claim()
+    stack_file.publish(_STACK)
+    try:
+        settings = load_settings(QueueSettings)
+        assert settings.redis_url.get_secret_value() == "redis://configured:1/0"
+        assert settings.local_stack_notice() is None
+    finally:
+        stack_file.release()
+
+
+@pytest.mark.parametrize("lock_file", [False, True])
+def test_a_state_file_left_by_a_killed_make_run_is_ignored(lock_file: bool) -> None:
+    # A killed stack leaves its file; its lock went with its process (pids are reused).
+    STACK_FILE.parent.mkdir(parents=True)
+    STACK_FILE.write_text('{"pid": 1, "redis_url": "redis://127.0.0.1:7/0"}')
+    if lock_file:
+        STACK_FILE.with_suffix(".lock").touch()
+    assert running_stack() is None
+    assert load_settings(QueueSettings).redis_url.get_secret_value() == DEFAULT_REDIS_URL
+    stack_file = StackFile()
+    assert stack_file.claim()  # and the next make run starts
+    stack_file.release()
+
+
+def test_a_second_claim_is_refused_while_the_first_holds_the_file() -> None:
+    first, second = StackFile(), StackFile()
+    assert first.claim()
+    assert running_stack() == LocalStack(pid=os.getpid())  # starting: no Redis yet
+    assert load_settings(QueueSettings).redis_url.get_secret_value() == DEFAULT_REDIS_URL
+    first.publish(_STACK)
+    assert not second.claim()
+    assert running_stack() == _STACK
+    first.release()
+    assert second.claim()
+    second.release()
