@@ -205,6 +205,31 @@ def test_a_bare_421_greeting_pauses_the_worker_and_burns_no_attempt(
     assert str(paused["reason"]).endswith(f"127.0.0.1:{smtp.port}: SMTP 421")
 
 
+def test_a_server_that_refuses_ehlo_pauses_the_worker_once_and_probes_less_and_less_often(
+    redis_server: RedisServer, db: redis_sync.Redis, smtp: SmtpServer, start_worker: StartWorker
+) -> None:
+    # It greets, then refuses EHLO and HELO: no send can reach MAIL. The probes must see that
+    # too (not connect and QUIT, pass, resume, and pause again about once a second forever).
+    smtp.behaviour.helo_reply = "554 5.7.1 not welcome"
+    (task_id,) = enqueue(redis_server.url, [_task()])
+    worker = start_worker(WORKER_MAX_ATTEMPTS="1")
+    worker.wait_for_log("smtp_unavailable")
+    time.sleep(4.5)  # probes after 0.5-1 s, then 1-2 s, then 2-4 s
+    output = worker.output()
+    assert _log_events(output, "smtp_available") == []
+    assert len(_log_events(output, "smtp_unavailable")) == 1
+    probes = _log_events(output, "smtp_probe_failed")
+    assert [p["failures"] for p in probes] == list(range(1, len(probes) + 1))
+    assert 2 <= len(probes) <= 3
+    assert str(probes[0]["reason"]).endswith(": SMTP 554 5.7.1 not welcome")
+    assert dead_letters(db) == []
+    smtp.behaviour.helo_reply = None
+    wait_until(lambda: smtp.task_ids() == [task_id], 30, "the email once EHLO is accepted")
+    worker.wait_for_log("smtp_available")
+    assert worker.stop() == 0
+    assert len(_log_events(worker.output(), "smtp_unavailable")) == 1
+
+
 def test_rejected_credentials_pause_the_worker_until_fixed(
     redis_server: RedisServer, db: redis_sync.Redis, smtp: SmtpServer, start_worker: StartWorker
 ) -> None:

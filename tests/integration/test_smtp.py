@@ -342,3 +342,50 @@ async def test_replies_without_text_are_read_as_their_codes(
     assert isinstance(closing, SendFailure)
     assert (closing.detail, closing.reply) == ("SMTP 421", Reply(421, ""))
     assert closing.kind is (FailureKind.REFUSED if pipelining else FailureKind.SENDER_REFUSED)
+
+
+def _pool(smtp: SmtpServer, **settings: Any) -> SmtpPool:
+    """A pool of one connection to the test server, without TLS, with a short deadline."""
+    values: dict[str, Any] = {
+        "smtp_host": "127.0.0.1",
+        "smtp_port": smtp.port,
+        "smtp_security": "none",
+        "smtp_timeout_seconds": 2,
+        "mail_from": "app@example.com",
+        **settings,
+    }
+    return SmtpPool(WorkerSettings(_env_file=None, **values), size=1, local_hostname="test")
+
+
+async def test_the_probe_fails_where_a_send_cannot_open_its_session(smtp: SmtpServer) -> None:
+    # A server that greets but refuses EHLO and HELO: no send can reach MAIL. A probe that only
+    # connected and said QUIT passed here, the breaker resumed, and every send paused it again.
+    smtp.behaviour.helo_reply = "554 5.7.1 not welcome"
+    pool = _pool(smtp)
+    where = f"cannot open an SMTP session with 127.0.0.1:{smtp.port}: SMTP 554 5.7.1 not welcome"
+
+    result = await pool.send(Outgoing(CONTENT, SENDER, ["a@example.com"]))
+    with pytest.raises(SmtpUnavailableError) as probed:
+        await pool.probe()
+
+    assert result == SendFailure(FailureKind.UNAVAILABLE, where)
+    assert probed.value.reason == where
+    smtp.behaviour.helo_reply = None
+    await pool.probe()  # the server takes sessions again: so does the probe
+    await pool.close()
+
+
+async def test_the_probe_logs_in_as_a_send_does(smtp: SmtpServer) -> None:
+    smtp.behaviour.credentials = ("mailer", "the-right-one")
+    pool = _pool(smtp, smtp_username="mailer", smtp_password="a-wrong-one")  # noqa: S106
+
+    with pytest.raises(SmtpUnavailableError) as probed:
+        await pool.probe()
+
+    assert probed.value.reason.endswith(
+        "authentication failed (SMTP 535); check SMTP_USERNAME/SMTP_PASSWORD"
+    )
+    assert "a-wrong-one" not in probed.value.reason
+    smtp.behaviour.credentials = ("mailer", "a-wrong-one")
+    await pool.probe()
+    await pool.close()
