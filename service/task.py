@@ -13,6 +13,7 @@ import email.policy
 import functools
 import re
 import unicodedata
+from collections.abc import Iterable
 from email.headerregistry import Address
 from typing import Annotated, Any, Final
 
@@ -35,6 +36,7 @@ __all__ = [
     "EmailAddress",
     "EmailTask",
     "addr_spec",
+    "distinct_addresses",
 ]
 
 # RFC 5321 4.5.3.1.8 asks servers to accept at least 100 recipients; more is a mailing-list job.
@@ -182,11 +184,29 @@ class EmailTask(BaseModel):
         return self
 
     def recipients(self) -> list[str]:
-        """Every envelope recipient (to, cc and bcc), as bare addresses."""
-        return [addr_spec(mailbox) for mailbox in (*self.to, *self.cc, *self.bcc)]
+        """Every envelope recipient (to, cc and bcc), as bare addresses, each once."""
+        return distinct_addresses(
+            [addr_spec(mailbox) for mailbox in (*self.to, *self.cc, *self.bcc)]
+        )
 
 
 @functools.lru_cache(maxsize=_ADDRESS_CACHE_SIZE)
 def addr_spec(mailbox: str) -> str:
     """The bare address (`a@example.com`) of an already validated mailbox."""
     return str(email.policy.default.header_factory("to", mailbox).addresses[0].addr_spec)
+
+
+def distinct_addresses(addresses: Iterable[str]) -> list[str]:
+    """Each bare address once, in first-seen order and spelling.
+
+    An envelope that names an address twice gets two RCPT replies for it (one may accept, the
+    next refuse, e.g. 452 past a server's recipient limit) and may deliver two copies. Addresses
+    compare with the domain case-insensitive (RFC 5321 2.3.5) and the local part as written:
+    RFC 5321 2.4 lets the receiving host tell `Joe@` from `joe@`, and merging two mailboxes
+    would lose an email where keeping both costs at worst a second copy.
+    """
+    seen: dict[str, str] = {}
+    for address in addresses:
+        local, _, domain = address.rpartition("@")
+        seen.setdefault(f"{local}@{domain.lower()}", address)
+    return list(seen.values())

@@ -162,7 +162,8 @@ class _Session(SMTP):
             await super()._handle_client()
             return
         await self.push(greeting)
-        self.transport.close()
+        if self.transport is not None:
+            self.transport.close()
 
 
 class _Controller(Controller):
@@ -181,7 +182,8 @@ class SmtpServer:
         self.quits = 0
         self.lock = threading.Lock()
         self._running = False
-        self._controller = _Controller(
+        # Typed as the base class: the TLS server (tests/servers.py) puts a plain one here.
+        self._controller: Controller = _Controller(
             _Handler(self),
             hostname="127.0.0.1",
             port=port,

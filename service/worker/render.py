@@ -25,7 +25,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Final
 
-from ..task import addr_spec
+from ..task import addr_spec, distinct_addresses
 from ..wire import QueuedTask
 
 __all__ = ["Outgoing", "render"]
@@ -92,7 +92,8 @@ def render(queued: QueuedTask, *, default_sender: str, default_mail_from: str = 
     extra = list(task.headers.items())
     data = _as_bytes(headers, extra, task.text, task.html)
     content = data if data is not None else _as_message(headers + extra, task.text, task.html)
-    return Outgoing(content, mail_from, queued.envelope_recipients())
+    # Each address once, also in a retry copy written before envelopes were made distinct.
+    return Outgoing(content, mail_from, distinct_addresses(queued.envelope_recipients()))
 
 
 @functools.lru_cache(maxsize=256)

@@ -134,6 +134,29 @@ def test_partial_refusal_never_resends_to_accepted_recipients(
     assert (partly["retry_recipients"], partly["dead_recipients"]) == (1, 1)
 
 
+def test_an_address_in_to_and_cc_is_one_recipient_and_a_452_retries_only_the_refused(
+    redis_server: RedisServer, db: redis_sync.Redis, smtp: SmtpServer, start_worker: StartWorker
+) -> None:
+    # `a` is in To and in Cc; the server takes two recipients per transaction and answers 452
+    # to the rest (RFC 5321 4.5.3.1.10). `a` must be in the envelope once, and only `c`, the
+    # one refused, in the retry: never `a` again, though it was refused as a duplicate.
+    smtp.behaviour.max_recipients = 2
+    a, b, c = "a@example.com", "b@example.com", "c@example.com"
+    task = EmailTask(to=[a, b, c], cc=[f"A <{a}>"], subject="s", text="x")
+    (task_id,) = enqueue(redis_server.url, [task])
+    worker = start_worker()
+    wait_until(lambda: len(smtp.received) == 2, 15, "the send and the retry")
+    worker.wait_for_log("task_sent")
+    time.sleep(0.5)  # a third copy, if any, would come within 0.2 s
+    assert [r.rcpt_tos for r in smtp.received] == [[a, b], [c]]
+    assert smtp.task_ids() == [task_id, task_id]
+    assert dead_letters(db) == []
+    assert worker.stop() == 0
+    (partly,) = _log_events(worker.output(), "task_partly_sent")
+    assert partly["retry_recipients"] == 1
+    assert partly["reason"] == f"refused: {c} 452 4.5.3 Too many recipients"
+
+
 def test_scheduled_sends_are_not_delivered_early(
     redis_server: RedisServer, db: redis_sync.Redis, smtp: SmtpServer, start_worker: StartWorker
 ) -> None:

@@ -25,7 +25,9 @@ from service.worker.breaker import SAME_OUTAGE_SECONDS, SmtpBreaker, failures_ca
         (4, 3600.0, 0),
     ],
 )
-def test_failures_carried(failures_at_resume: int, since_resume: float | None, carried: int) -> None:
+def test_failures_carried(
+    failures_at_resume: int, since_resume: float | None, carried: int
+) -> None:
     assert failures_carried(failures_at_resume, since_resume) == carried
 
 

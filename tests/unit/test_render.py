@@ -74,6 +74,19 @@ def test_same_task_renders_the_same_message() -> None:
     assert first.message.as_bytes() == second.message.as_bytes()
 
 
+def test_the_envelope_names_each_address_once() -> None:
+    task = EmailTask(
+        to=["a@example.com", "b@example.com"], cc="A <a@example.com>", bcc="b@example.com",
+        subject="s", text="x",
+    )  # fmt: skip
+    out = render(QueuedTask(TASK_ID, 0, task), default_sender="d@example.com")
+    assert out.recipients == ["a@example.com", "b@example.com"]
+    assert out.message["Cc"] == "A <a@example.com>"  # the headers stay as the producer wrote them
+    # A retry copy written before envelopes were distinct may still name an address twice.
+    retry = QueuedTask(TASK_ID, 0, task, tries=1, recipients=("b@example.com", "b@example.com"))
+    assert render(retry, default_sender="d@example.com").recipients == ["b@example.com"]
+
+
 # The fast path writes bytes itself; the library's rendering of the same email is the reference.
 _BOUNDARY = re.compile(rb"={15}\d{19}==")
 _SENDER = "D <d@example.com>"

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from service import EmailTask
-from service.task import MAX_BODY_CHARS, MAX_RECIPIENTS
+from service.task import MAX_BODY_CHARS, MAX_RECIPIENTS, distinct_addresses
 
 BASE: dict[str, Any] = {"to": "a@example.com", "subject": "Hi", "text": "Hello"}
 
@@ -90,6 +90,43 @@ def test_recipients_are_bare_addresses_of_to_cc_and_bcc() -> None:
         to="A <a@example.com>", cc="C <c@example.com>", bcc="b@example.com", subject="s", text="x"
     )
     assert task.recipients() == ["a@example.com", "c@example.com", "b@example.com"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "envelope"),
+    [
+        # In To and Cc (once with a display name): one recipient, where it first appeared.
+        (
+            {"to": ["a@example.com", "b@example.com"], "cc": "A <a@example.com>"},
+            ["a@example.com", "b@example.com"],
+        ),
+        (
+            {"to": "b@example.com", "bcc": ["a@example.com", "b@example.com"]},
+            ["b@example.com", "a@example.com"],
+        ),
+        # The domain is case-insensitive (validation stores it in lower case anyway).
+        ({"to": "a@EXAMPLE.com", "cc": "a@example.COM"}, ["a@example.com"]),
+        # The local part is not (RFC 5321 2.4): two spellings stay two recipients.
+        ({"to": "a@example.com", "cc": "A@example.com"}, ["a@example.com", "A@example.com"]),
+    ],
+)  # fmt: skip
+def test_the_envelope_holds_each_address_once(fields: dict[str, Any], envelope: list[str]) -> None:
+    assert EmailTask(**{**BASE, **fields}).recipients() == envelope
+
+
+@pytest.mark.parametrize(
+    ("addresses", "distinct"),
+    [
+        ([], []),
+        (["a@example.com", "a@example.com"], ["a@example.com"]),
+        (["a@Example.com", "b@example.com", "a@example.COM"], ["a@Example.com", "b@example.com"]),
+        (["Joe@example.com", "joe@example.com"], ["Joe@example.com", "joe@example.com"]),
+        # Only the last @ splits: a quoted local part may hold one.
+        (['"a@b"@example.com', '"a@b"@EXAMPLE.com'], ['"a@b"@example.com']),
+    ],
+)
+def test_distinct_addresses(addresses: list[str], distinct: list[str]) -> None:
+    assert distinct_addresses(addresses) == distinct
 
 
 def test_bodies_stay_out_of_repr() -> None:
