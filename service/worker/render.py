@@ -6,8 +6,9 @@ output, a large share of a worker's CPU time. Most transactional emails are plai
 ASCII header lines and 7-bit bodies. For those, `render` writes the bytes itself, exactly as the
 library would write them (the tests compare both byte for byte). A header line that needs folding
 or RFC 2047 encoding is still written by the library's own header classes; a body that needs a
-transfer encoding (non-ASCII text, lines over 78 characters) or an extra header that the library
-parses specially sends the whole email through the library.
+transfer encoding (non-ASCII text, lines over 78 characters) sends the whole email through the
+library. Extra headers are unstructured fields either way: validation (`service/task.py`)
+refuses every name the library or aiosmtplib would treat specially (Content-*, Resent-*...).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import re
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Final
@@ -36,9 +36,6 @@ _MAX_LINE: Final = _POLICY.max_line_length or 78
 # Words of printable ASCII separated by single spaces: what the library writes out verbatim when
 # the line fits (checked against the library for every shape in the tests).
 _VERBATIM_VALUE: Final = re.compile(r"[!-~]+(?: [!-~]+)*")
-# Extra headers the library parses as something other than plain text (Resent-*, Content-*...),
-# and the ones aiosmtplib strips when it flattens a message: those take the library's path.
-_SPECIAL_HEADERS: Final = frozenset(HeaderRegistry().registry) | {"resent-bcc"}
 _TEXT_HEADERS: Final = (
     'Content-Type: text/{}; charset="utf-8"\r\nContent-Transfer-Encoding: 7bit\r\n'
 )
@@ -89,9 +86,9 @@ def render(queued: QueuedTask, *, default_sender: str, default_mail_from: str = 
     headers.append(("Subject", task.subject))
     headers.append(("Date", _date_header(queued.dated_ms // 1000)))
     headers.append(("Message-ID", f"<{queued.task_id}@{mail_from.rpartition('@')[2]}>"))
-    extra = list(task.headers.items())
-    data = _as_bytes(headers, extra, task.text, task.html)
-    content = data if data is not None else _as_message(headers + extra, task.text, task.html)
+    headers.extend(task.headers.items())
+    data = _as_bytes(headers, task.text, task.html)
+    content = data if data is not None else _as_message(headers, task.text, task.html)
     # Each address once, also in a retry copy written before envelopes were made distinct.
     return Outgoing(content, mail_from, distinct_addresses(queued.envelope_recipients()))
 
@@ -116,20 +113,13 @@ def _as_message(headers: list[tuple[str, str]], text: str | None, html: str | No
     return message
 
 
-def _as_bytes(
-    headers: list[tuple[str, str]],
-    extra: list[tuple[str, str]],
-    text: str | None,
-    html: str | None,
-) -> bytes | None:
+def _as_bytes(headers: list[tuple[str, str]], text: str | None, html: str | None) -> bytes | None:
     """The email's bytes as the library would write them, or None when it must write them."""
-    if any(name.lower() in _SPECIAL_HEADERS for name, _ in extra):
-        return None
     parts = [(subtype, _seven_bit(body)) for subtype, body in (("plain", text), ("html", html))]
     bodies = [(subtype, body) for subtype, body in parts if body is not None]
     if not bodies or len(bodies) != sum(1 for body in (text, html) if body is not None):
         return None  # a body needs a transfer encoding
-    head = "".join([_header_line(name, value) for name, value in (*headers, *extra)])
+    head = "".join([_header_line(name, value) for name, value in headers])
     if len(bodies) == 1:
         subtype, body = bodies[0]
         head += _TEXT_HEADERS.format(subtype) + "MIME-Version: 1.0\r\n\r\n"
