@@ -6,9 +6,10 @@ output, a large share of a worker's CPU time. Most transactional emails are plai
 ASCII header lines and 7-bit bodies. For those, `render` writes the bytes itself, exactly as the
 library would write them (the tests compare both byte for byte). A header line that needs folding
 or RFC 2047 encoding is still written by the library's own header classes; a body that needs a
-transfer encoding (non-ASCII text, lines over 78 characters) sends the whole email through the
-library. Extra headers are unstructured fields either way: validation (`service/task.py`)
-refuses every name the library or aiosmtplib would treat specially (Content-*, Resent-*...).
+transfer encoding (non-ASCII text, lines over 78 characters, control characters) sends the
+whole email through the library. Extra headers are unstructured fields either way: validation
+(`service/task.py`) refuses every name the library or aiosmtplib would treat specially
+(Content-*, Resent-*...).
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ _VERBATIM_VALUE: Final = re.compile(r"[!-~]+(?: [!-~]+)*")
 _TEXT_HEADERS: Final = (
     'Content-Type: text/{}; charset="utf-8"\r\nContent-Transfer-Encoding: 7bit\r\n'
 )
+# Control characters other than TAB, CR and LF. RFC 2045 (2.7, 2.8) allows no NUL in 7bit or
+# 8bit data, and the library would send any of them raw under either: a body holding one is
+# sent quoted-printable instead, which writes each as =XX (RFC 2045 6.7), so the message stays
+# valid and the body arrives exactly as written.
+_BODY_CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_BODY_CONTROL_BYTES: Final = re.compile(_BODY_CONTROL.pattern.encode())
 # What the library's generator writes for a multipart boundary: 15 '=', 19 digits, '=='.
 _BOUNDARY_DIGITS: Final = len(repr(sys.maxsize - 1))
 
@@ -105,12 +112,17 @@ def _as_message(headers: list[tuple[str, str]], text: str | None, html: str | No
     for name, value in headers:
         message[name] = value
     if text is not None:
-        message.set_content(text)
+        message.set_content(text, cte=_transfer_encoding(text))
         if html is not None:
-            message.add_alternative(html, subtype="html")
+            message.add_alternative(html, subtype="html", cte=_transfer_encoding(html))
     elif html is not None:
-        message.set_content(html, subtype="html")
+        message.set_content(html, subtype="html", cte=_transfer_encoding(html))
     return message
+
+
+def _transfer_encoding(body: str) -> str | None:
+    """Quoted-printable for a body with control characters; otherwise the library's choice."""
+    return "quoted-printable" if _BODY_CONTROL.search(body) else None
 
 
 def _as_bytes(headers: list[tuple[str, str]], text: str | None, html: str | None) -> bytes | None:
@@ -145,12 +157,14 @@ def _header_line(name: str, value: str) -> str:
 
 
 def _seven_bit(body: str | None) -> bytes | None:
-    """A body the library sends as 7bit, with CRLF line ends; None if it would encode it."""
+    """A body the library sends as 7bit, with CRLF line ends; None if it must encode it."""
     if not body:
         return None
     try:
         data = body.encode("ascii")
     except UnicodeEncodeError:
+        return None
+    if _BODY_CONTROL_BYTES.search(data):
         return None
     lines = data.splitlines()
     if max(len(line) for line in lines) > _MAX_LINE:

@@ -5,6 +5,7 @@ server offers PIPELINING (the commands go out in groups) or not (one by one)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,9 +13,11 @@ from typing import Any
 import aiosmtplib
 import pytest
 
+from service import EmailTask
 from service.errors import SmtpUnavailableError
 from service.settings import WorkerSettings
-from service.worker.render import Outgoing
+from service.wire import QueuedTask
+from service.worker.render import Outgoing, render
 from service.worker.smtp import SmtpPool
 from service.worker.smtp_result import Answered, FailureKind, Reply, SendFailure
 from service.worker.transaction import is_plain, send_prebuilt
@@ -389,3 +392,26 @@ async def test_the_probe_logs_in_as_a_send_does(smtp: SmtpServer) -> None:
     smtp.behaviour.credentials = ("mailer", "a-wrong-one")
     await pool.probe()
     await pool.close()
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["one-by-one", "pipelined"])
+async def test_control_characters_in_a_body_reach_the_server_encoded_and_intact(
+    smtp: SmtpServer, pipelining: bool
+) -> None:
+    smtp.behaviour.pipelining = pipelining
+    text = "NUL\x00 ESC\x1b[1m DEL\x7f"
+    task = EmailTask(to="a@example.com", subject="s", text=text, html="<p>\x1b</p>")
+    pool = _pool(smtp)
+
+    result = await pool.send(render(QueuedTask("0" * 32, 0, task), default_sender=SENDER))
+    await pool.close()
+
+    assert result == Answered({})
+    (received,) = smtp.received
+    assert re.search(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", received.content) is None
+    plain, html = received.message.get_body(("plain",)), received.message.get_body(("html",))
+    assert plain is not None
+    assert html is not None
+    assert plain["Content-Transfer-Encoding"] == "quoted-printable"
+    assert plain.get_content().replace("\r\n", "\n") == text + "\n"
+    assert html.get_content().replace("\r\n", "\n") == "<p>\x1b</p>\n"

@@ -235,3 +235,33 @@ def test_an_extra_header_is_refused_or_sent_on_every_path(name: str, value: str)
         _, sent = _sent_bytes(QueuedTask(TASK_ID, 0, task))
         parsed = email.message_from_bytes(sent, _class=EmailMessage, policy=email.policy.default)
         assert parsed.get_all(name) == [value], (name, body)
+
+
+# Octets no body may carry raw: RFC 2045 allows no NUL in 7bit or 8bit data, and a text body's
+# other control characters (ESC, DEL...) have no meaning there. Quoted-printable carries them all.
+_RAW_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+CONTROL_BODIES = {
+    "NUL, ESC and DEL in ASCII text": {"text": "a\x00b \x1b[31mred\x1b[0m \x7f end"},
+    "ESC in html alone": {"html": "<p>\x1b</p>"},
+    "form feed and vertical tab": {"text": "page one\x0cpage two\x0bx\nnext line"},
+    "NUL in non-ASCII text": {"text": "Grüße\x00"},
+    "a control in html beside plain text": {"text": "plain", "html": "<b>\x01</b>"},
+    "a control in text beside plain html": {"text": "\x07bell", "html": "<b>x</b>"},
+    "a long line with a control": {"text": "\x00" + "x" * 200},
+}
+
+
+@pytest.mark.parametrize("fields", CONTROL_BODIES.values(), ids=CONTROL_BODIES.keys())
+def test_control_characters_in_bodies_are_sent_quoted_printable(fields: dict[str, str]) -> None:
+    task = EmailTask(to="a@example.com", subject="s", **fields)
+    _, sent = _sent_bytes(QueuedTask(TASK_ID, 0, task))
+    assert _RAW_CONTROL.search(sent) is None
+    parsed = email.message_from_bytes(sent, _class=EmailMessage, policy=email.policy.default)
+    for subtype, body in (("plain", task.text), ("html", task.html)):
+        if body is None:
+            continue
+        part = parsed.get_body((subtype,))
+        assert part is not None
+        if _RAW_CONTROL.search(body.encode()):
+            assert part["Content-Transfer-Encoding"] == "quoted-printable"
+        assert part.get_content().replace("\r\n", "\n") == body + "\n"  # exactly as written
