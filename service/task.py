@@ -13,7 +13,8 @@ import email.policy
 import functools
 import re
 import unicodedata
-from email.headerregistry import Address
+from collections.abc import Iterable
+from email.headerregistry import Address, HeaderRegistry
 from typing import Annotated, Any, Final
 
 from email_validator import EmailNotValidError, validate_email
@@ -35,6 +36,7 @@ __all__ = [
     "EmailAddress",
     "EmailTask",
     "addr_spec",
+    "distinct_addresses",
 ]
 
 # RFC 5321 4.5.3.1.8 asks servers to accept at least 100 recipients; more is a mailing-list job.
@@ -67,6 +69,14 @@ RESERVED_HEADERS: Final = frozenset(
 
 # RFC 5322 2.2: a field name is printable US-ASCII except the colon.
 _HEADER_NAME = re.compile(r"[!-9;-~]{1,76}")
+# Extra headers are unstructured fields, sent as given by every rendering path. Beyond the
+# reserved ones, three kinds could not be, so they are refused here rather than lost later:
+# Content-* describe the body, which the worker builds (the email library clears them when it
+# sets one, and moves them into a part of a multipart); Resent-* belong to a message a user
+# sends again (RFC 5322 3.6.6), not to a new one, and aiosmtplib deletes Resent-Bcc when it
+# flattens a message; and the other fields the email library parses into a structure of its
+# own (its header registry) it would rewrite.
+_STRUCTURED_HEADERS: Final = frozenset(HeaderRegistry().registry)
 
 
 # Control characters (CR, LF, NUL...) and the Unicode line and paragraph separators, which the
@@ -93,6 +103,30 @@ def _check_header_text(value: str) -> str:
     if "=?" in value:
         raise ValueError("contains '=?' (RFC 2047 encoded words are refused; pass plain text)")
     return value
+
+
+def _header_name_problem(name: str) -> str | None:
+    """Why `name` cannot be an extra header, or None if it can."""
+    lowered = name.lower()
+    if not _HEADER_NAME.fullmatch(name):
+        return "is not a valid header name"
+    if lowered in RESERVED_HEADERS:
+        return "is set by the worker and cannot be overridden"
+    if lowered.startswith("content-"):
+        return "describes the body, which the worker builds (Content-* headers are refused)"
+    if lowered.startswith("resent-"):
+        return "is for a message sent again, not a new one (Resent-* headers are refused)"
+    if lowered in _STRUCTURED_HEADERS:
+        return "is a structured field the email library would rewrite (refused)"
+    return None
+
+
+def _check_header_names(headers: dict[str, str]) -> dict[str, str]:
+    for name in headers:
+        problem = _header_name_problem(name)
+        if problem is not None:
+            raise ValueError(f"{name!r} {problem}")
+    return headers
 
 
 # Addresses repeat (a sender, a newsletter's list): a worker validates every task it decodes, and
@@ -143,6 +177,9 @@ _AddressList = Annotated[
 ]
 _HeaderText = Annotated[str, Field(max_length=MAX_HEADER_CHARS), AfterValidator(_check_header_text)]
 _Body = Annotated[str, Field(max_length=MAX_BODY_CHARS)]
+_Headers = Annotated[
+    dict[str, _HeaderText], Field(max_length=MAX_HEADERS), AfterValidator(_check_header_names)
+]
 
 
 class EmailTask(BaseModel):
@@ -150,8 +187,8 @@ class EmailTask(BaseModel):
 
     `to`, `cc`, `bcc` and `reply_to` take one address or a list; `sender` defaults to the worker's
     `MAIL_FROM`; at least one of `text` and `html` is required; `headers` adds extra headers
-    (not those in `RESERVED_HEADERS`). Invalid input raises `pydantic.ValidationError`, whose
-    errors name the offending field.
+    (not those in `RESERVED_HEADERS`, nor Content-* or Resent-*). Invalid input raises
+    `pydantic.ValidationError`, whose errors name the offending field.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
@@ -165,7 +202,7 @@ class EmailTask(BaseModel):
     # Bodies stay out of repr() so a task printed in a traceback or log never leaks its content.
     text: _Body | None = Field(default=None, repr=False)
     html: _Body | None = Field(default=None, repr=False)
-    headers: dict[str, _HeaderText] = Field(default_factory=dict, max_length=MAX_HEADERS)
+    headers: _Headers = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check_whole_task(self) -> EmailTask:
@@ -174,19 +211,32 @@ class EmailTask(BaseModel):
         recipients = len(self.to) + len(self.cc) + len(self.bcc)
         if recipients > MAX_RECIPIENTS:
             raise ValueError(f"{recipients} recipients in to, cc and bcc; at most {MAX_RECIPIENTS}")
-        for name in self.headers:
-            if not _HEADER_NAME.fullmatch(name):
-                raise ValueError(f"headers: {name!r} is not a valid header name")
-            if name.lower() in RESERVED_HEADERS:
-                raise ValueError(f"headers: {name!r} is set by the worker and cannot be overridden")
         return self
 
     def recipients(self) -> list[str]:
-        """Every envelope recipient (to, cc and bcc), as bare addresses."""
-        return [addr_spec(mailbox) for mailbox in (*self.to, *self.cc, *self.bcc)]
+        """Every envelope recipient (to, cc and bcc), as bare addresses, each once."""
+        return distinct_addresses(
+            [addr_spec(mailbox) for mailbox in (*self.to, *self.cc, *self.bcc)]
+        )
 
 
 @functools.lru_cache(maxsize=_ADDRESS_CACHE_SIZE)
 def addr_spec(mailbox: str) -> str:
     """The bare address (`a@example.com`) of an already validated mailbox."""
     return str(email.policy.default.header_factory("to", mailbox).addresses[0].addr_spec)
+
+
+def distinct_addresses(addresses: Iterable[str]) -> list[str]:
+    """Each bare address once, in first-seen order and spelling.
+
+    An envelope that names an address twice gets two RCPT replies for it (one may accept, the
+    next refuse, e.g. 452 past a server's recipient limit) and may deliver two copies. Addresses
+    compare with the domain case-insensitive (RFC 5321 2.3.5) and the local part as written:
+    RFC 5321 2.4 lets the receiving host tell `Joe@` from `joe@`, and merging two mailboxes
+    would lose an email where keeping both costs at worst a second copy.
+    """
+    seen: dict[str, str] = {}
+    for address in addresses:
+        local, _, domain = address.rpartition("@")
+        seen.setdefault(f"{local}@{domain.lower()}", address)
+    return list(seen.values())

@@ -54,6 +54,12 @@ class Behaviour:
     # Greet new connections with this reply instead of 220, then close them (e.g. a bare
     # "421": RFC 5321 makes the text after the code optional).
     greeting: str | None = None
+    # Answer EHLO and HELO with this reply (e.g. "554 5.7.1 not welcome") instead of accepting
+    # them: a server that greets, then refuses every session.
+    helo_reply: str | None = None
+    # Answer "452 4.5.3 Too many recipients" to every RCPT after this many were accepted in
+    # one transaction (RFC 5321 4.5.3.1.10: the client sends the others in a later one).
+    max_recipients: int | None = None
 
 
 class _Handler:
@@ -63,10 +69,20 @@ class _Handler:
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
     ) -> list[str]:
+        refusal = self.server.behaviour.helo_reply
+        if refusal is not None:
+            return [refusal]  # no host name recorded: aiosmtpd then refuses MAIL too
         session.host_name = hostname  # this hook's duty, in aiosmtpd
         if self.server.behaviour.pipelining:
             responses.insert(-1, "250-PIPELINING")
         return responses
+
+    async def handle_HELO(self, server: Any, session: Any, envelope: Any, hostname: str) -> str:
+        refusal = self.server.behaviour.helo_reply
+        if refusal is not None:
+            return refusal
+        session.host_name = hostname  # this hook's duty, in aiosmtpd
+        return f"250 {server.hostname}"
 
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
@@ -86,10 +102,14 @@ class _Handler:
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: Any
     ) -> str:
+        behaviour = self.server.behaviour
         with self.server.lock:
-            reply = self.server.behaviour.rcpt_replies.get(address)
+            reply = behaviour.rcpt_replies.get(address)
             if isinstance(reply, list):
                 reply = reply.pop(0) if reply else None
+        limit = behaviour.max_recipients
+        if reply is None and limit is not None and len(envelope.rcpt_tos) >= limit:
+            return "452 4.5.3 Too many recipients"
         if reply is not None:
             if self.server.behaviour.data_despite_refusals:
                 envelope.rcpt_tos.append(address)
@@ -162,6 +182,7 @@ class SmtpServer:
         self.quits = 0
         self.lock = threading.Lock()
         self._running = False
+        # Typed as the base class: the TLS server (tests/servers.py) puts a plain one here.
         self._controller: Controller = _Controller(
             _Handler(self),
             hostname="127.0.0.1",

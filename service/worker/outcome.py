@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from ..task import distinct_addresses
 from .smtp_result import Answered, FailureKind, SendFailure, SendResult, first_line
 
 __all__ = [
@@ -135,8 +136,10 @@ def after_send(
 
     `refused` maps each refused recipient to its reply (code, text); the others were accepted
     and are never sent to again. Refused recipients with a transient reply are retried, the
-    others dead-lettered; once the attempts are used up, every refused recipient is.
+    others dead-lettered; once the attempts are used up, every refused recipient is. Each
+    address counts once, however often `recipients` names it.
     """
+    recipients = distinct_addresses(recipients)
     if not refused:
         return Decision(accepted=len(recipients))
     failed_tries = tries + 1

@@ -6,8 +6,10 @@ output, a large share of a worker's CPU time. Most transactional emails are plai
 ASCII header lines and 7-bit bodies. For those, `render` writes the bytes itself, exactly as the
 library would write them (the tests compare both byte for byte). A header line that needs folding
 or RFC 2047 encoding is still written by the library's own header classes; a body that needs a
-transfer encoding (non-ASCII text, lines over 78 characters) or an extra header that the library
-parses specially sends the whole email through the library.
+transfer encoding (non-ASCII text, lines over 78 characters, control characters) sends the
+whole email through the library. Extra headers are unstructured fields either way: validation
+(`service/task.py`) refuses every name the library or aiosmtplib would treat specially
+(Content-*, Resent-*...).
 """
 
 from __future__ import annotations
@@ -20,12 +22,11 @@ import re
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Final
 
-from ..task import addr_spec
+from ..task import addr_spec, distinct_addresses
 from ..wire import QueuedTask
 
 __all__ = ["Outgoing", "render"]
@@ -36,12 +37,15 @@ _MAX_LINE: Final = _POLICY.max_line_length or 78
 # Words of printable ASCII separated by single spaces: what the library writes out verbatim when
 # the line fits (checked against the library for every shape in the tests).
 _VERBATIM_VALUE: Final = re.compile(r"[!-~]+(?: [!-~]+)*")
-# Extra headers the library parses as something other than plain text (Resent-*, Content-*...),
-# and the ones aiosmtplib strips when it flattens a message: those take the library's path.
-_SPECIAL_HEADERS: Final = frozenset(HeaderRegistry().registry) | {"resent-bcc"}
 _TEXT_HEADERS: Final = (
     'Content-Type: text/{}; charset="utf-8"\r\nContent-Transfer-Encoding: 7bit\r\n'
 )
+# Control characters other than TAB, CR and LF. RFC 2045 (2.7, 2.8) allows no NUL in 7bit or
+# 8bit data, and the library would send any of them raw under either: a body holding one is
+# sent quoted-printable instead, which writes each as =XX (RFC 2045 6.7), so the message stays
+# valid and the body arrives exactly as written.
+_BODY_CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_BODY_CONTROL_BYTES: Final = re.compile(_BODY_CONTROL.pattern.encode())
 # What the library's generator writes for a multipart boundary: 15 '=', 19 digits, '=='.
 _BOUNDARY_DIGITS: Final = len(repr(sys.maxsize - 1))
 
@@ -89,10 +93,11 @@ def render(queued: QueuedTask, *, default_sender: str, default_mail_from: str = 
     headers.append(("Subject", task.subject))
     headers.append(("Date", _date_header(queued.dated_ms // 1000)))
     headers.append(("Message-ID", f"<{queued.task_id}@{mail_from.rpartition('@')[2]}>"))
-    extra = list(task.headers.items())
-    data = _as_bytes(headers, extra, task.text, task.html)
-    content = data if data is not None else _as_message(headers + extra, task.text, task.html)
-    return Outgoing(content, mail_from, queued.envelope_recipients())
+    headers.extend(task.headers.items())
+    data = _as_bytes(headers, task.text, task.html)
+    content = data if data is not None else _as_message(headers, task.text, task.html)
+    # Each address once, also in a retry copy written before envelopes were made distinct.
+    return Outgoing(content, mail_from, distinct_addresses(queued.envelope_recipients()))
 
 
 @functools.lru_cache(maxsize=256)
@@ -107,28 +112,26 @@ def _as_message(headers: list[tuple[str, str]], text: str | None, html: str | No
     for name, value in headers:
         message[name] = value
     if text is not None:
-        message.set_content(text)
+        message.set_content(text, cte=_transfer_encoding(text))
         if html is not None:
-            message.add_alternative(html, subtype="html")
+            message.add_alternative(html, subtype="html", cte=_transfer_encoding(html))
     elif html is not None:
-        message.set_content(html, subtype="html")
+        message.set_content(html, subtype="html", cte=_transfer_encoding(html))
     return message
 
 
-def _as_bytes(
-    headers: list[tuple[str, str]],
-    extra: list[tuple[str, str]],
-    text: str | None,
-    html: str | None,
-) -> bytes | None:
+def _transfer_encoding(body: str) -> str | None:
+    """Quoted-printable for a body with control characters; otherwise the library's choice."""
+    return "quoted-printable" if _BODY_CONTROL.search(body) else None
+
+
+def _as_bytes(headers: list[tuple[str, str]], text: str | None, html: str | None) -> bytes | None:
     """The email's bytes as the library would write them, or None when it must write them."""
-    if any(name.lower() in _SPECIAL_HEADERS for name, _ in extra):
-        return None
     parts = [(subtype, _seven_bit(body)) for subtype, body in (("plain", text), ("html", html))]
     bodies = [(subtype, body) for subtype, body in parts if body is not None]
     if not bodies or len(bodies) != sum(1 for body in (text, html) if body is not None):
         return None  # a body needs a transfer encoding
-    head = "".join([_header_line(name, value) for name, value in (*headers, *extra)])
+    head = "".join([_header_line(name, value) for name, value in headers])
     if len(bodies) == 1:
         subtype, body = bodies[0]
         head += _TEXT_HEADERS.format(subtype) + "MIME-Version: 1.0\r\n\r\n"
@@ -154,12 +157,14 @@ def _header_line(name: str, value: str) -> str:
 
 
 def _seven_bit(body: str | None) -> bytes | None:
-    """A body the library sends as 7bit, with CRLF line ends; None if it would encode it."""
+    """A body the library sends as 7bit, with CRLF line ends; None if it must encode it."""
     if not body:
         return None
     try:
         data = body.encode("ascii")
     except UnicodeEncodeError:
+        return None
+    if _BODY_CONTROL_BYTES.search(data):
         return None
     lines = data.splitlines()
     if max(len(line) for line in lines) > _MAX_LINE:

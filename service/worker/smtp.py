@@ -10,9 +10,10 @@ with plain addresses goes out through the worker's own transaction (`transaction
 through aiosmtplib's `send_message`/`sendmail`.
 
 A send returns the project's own `SendResult` (`smtp_result.py`), never an aiosmtplib
-exception. Failing to open a session (connection refused, TLS or AUTH failing, greeting
+exception. Failing to open a session (connection refused; greeting, EHLO, TLS or AUTH
 refused) is an `UNAVAILABLE` failure, distinct from a message's own failure: the worker then
-pauses rather than charging the email an attempt.
+pauses rather than charging the email an attempt. The breaker's probe opens its session the same
+way, so it passes only where a send could reach MAIL.
 """
 
 from __future__ import annotations
@@ -102,16 +103,17 @@ class SmtpPool:
             return Answered({to: Reply(r.code, r.message) for to, r in refused.items()})
 
     async def probe(self) -> None:
-        """Open and close one session; raise `SmtpUnavailableError` if that fails."""
-        client = self._new_client()
+        """Open one session as a send does, then QUIT; raise `SmtpUnavailableError` if it fails.
+
+        A connection alone proves little: a server may greet and then refuse EHLO, TLS or AUTH,
+        and every send would fail where this passed.
+        """
         try:
             async with asyncio.timeout(self._settings.smtp_timeout_seconds):
-                await client.connect()
-                await client.quit()
+                client = await self._open_session()
         except Exception as exc:
             raise SmtpUnavailableError(self._describe(exc)) from exc
-        finally:
-            client.close()
+        await _quit(client)
 
     @property
     def idle_connections(self) -> int:
@@ -158,6 +160,14 @@ class SmtpPool:
                 client.close()
                 continue
             return connection
+        return _Connection(await self._open_session())
+
+    async def _open_session(self) -> aiosmtplib.SMTP:
+        """A new session, ready for MAIL: everything a send needs before it, as configured.
+
+        `connect` reads the greeting and does TLS, EHLO + STARTTLS and AUTH where they are
+        configured; `greet` says EHLO (or HELO) where none of them needed it.
+        """
         client = self._new_client()
         try:
             await client.connect()
@@ -165,7 +175,7 @@ class SmtpPool:
         except BaseException:
             client.close()
             raise
-        return _Connection(client)
+        return client
 
     def _describe(self, exc: BaseException) -> str:
         """Why no session could be opened, without any credential."""

@@ -134,6 +134,29 @@ def test_partial_refusal_never_resends_to_accepted_recipients(
     assert (partly["retry_recipients"], partly["dead_recipients"]) == (1, 1)
 
 
+def test_an_address_in_to_and_cc_is_one_recipient_and_a_452_retries_only_the_refused(
+    redis_server: RedisServer, db: redis_sync.Redis, smtp: SmtpServer, start_worker: StartWorker
+) -> None:
+    # `a` is in To and in Cc; the server takes two recipients per transaction and answers 452
+    # to the rest (RFC 5321 4.5.3.1.10). `a` must be in the envelope once, and only `c`, the
+    # one refused, in the retry: never `a` again, though it was refused as a duplicate.
+    smtp.behaviour.max_recipients = 2
+    a, b, c = "a@example.com", "b@example.com", "c@example.com"
+    task = EmailTask(to=[a, b, c], cc=[f"A <{a}>"], subject="s", text="x")
+    (task_id,) = enqueue(redis_server.url, [task])
+    worker = start_worker()
+    wait_until(lambda: len(smtp.received) == 2, 15, "the send and the retry")
+    worker.wait_for_log("task_sent")
+    time.sleep(0.5)  # a third copy, if any, would come within 0.2 s
+    assert [r.rcpt_tos for r in smtp.received] == [[a, b], [c]]
+    assert smtp.task_ids() == [task_id, task_id]
+    assert dead_letters(db) == []
+    assert worker.stop() == 0
+    (partly,) = _log_events(worker.output(), "task_partly_sent")
+    assert partly["retry_recipients"] == 1
+    assert partly["reason"] == f"refused: {c} 452 4.5.3 Too many recipients"
+
+
 def test_scheduled_sends_are_not_delivered_early(
     redis_server: RedisServer, db: redis_sync.Redis, smtp: SmtpServer, start_worker: StartWorker
 ) -> None:
@@ -203,6 +226,31 @@ def test_a_bare_421_greeting_pauses_the_worker_and_burns_no_attempt(
     assert worker.stop() == 0
     (paused,) = _log_events(worker.output(), "smtp_unavailable")
     assert str(paused["reason"]).endswith(f"127.0.0.1:{smtp.port}: SMTP 421")
+
+
+def test_a_server_that_refuses_ehlo_pauses_the_worker_once_and_probes_less_and_less_often(
+    redis_server: RedisServer, db: redis_sync.Redis, smtp: SmtpServer, start_worker: StartWorker
+) -> None:
+    # It greets, then refuses EHLO and HELO: no send can reach MAIL. The probes must see that
+    # too (not connect and QUIT, pass, resume, and pause again about once a second forever).
+    smtp.behaviour.helo_reply = "554 5.7.1 not welcome"
+    (task_id,) = enqueue(redis_server.url, [_task()])
+    worker = start_worker(WORKER_MAX_ATTEMPTS="1")
+    worker.wait_for_log("smtp_unavailable")
+    time.sleep(4.5)  # probes after 0.5-1 s, then 1-2 s, then 2-4 s
+    output = worker.output()
+    assert _log_events(output, "smtp_available") == []
+    assert len(_log_events(output, "smtp_unavailable")) == 1
+    probes = _log_events(output, "smtp_probe_failed")
+    assert [p["failures"] for p in probes] == list(range(1, len(probes) + 1))
+    assert 2 <= len(probes) <= 3
+    assert str(probes[0]["reason"]).endswith(": SMTP 554 5.7.1 not welcome")
+    assert dead_letters(db) == []
+    smtp.behaviour.helo_reply = None
+    wait_until(lambda: smtp.task_ids() == [task_id], 30, "the email once EHLO is accepted")
+    worker.wait_for_log("smtp_available")
+    assert worker.stop() == 0
+    assert len(_log_events(worker.output(), "smtp_unavailable")) == 1
 
 
 def test_rejected_credentials_pause_the_worker_until_fixed(

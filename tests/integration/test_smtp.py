@@ -5,6 +5,7 @@ server offers PIPELINING (the commands go out in groups) or not (one by one)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,9 +13,11 @@ from typing import Any
 import aiosmtplib
 import pytest
 
+from service import EmailTask
 from service.errors import SmtpUnavailableError
 from service.settings import WorkerSettings
-from service.worker.render import Outgoing
+from service.wire import QueuedTask
+from service.worker.render import Outgoing, render
 from service.worker.smtp import SmtpPool
 from service.worker.smtp_result import Answered, FailureKind, Reply, SendFailure
 from service.worker.transaction import is_plain, send_prebuilt
@@ -342,3 +345,73 @@ async def test_replies_without_text_are_read_as_their_codes(
     assert isinstance(closing, SendFailure)
     assert (closing.detail, closing.reply) == ("SMTP 421", Reply(421, ""))
     assert closing.kind is (FailureKind.REFUSED if pipelining else FailureKind.SENDER_REFUSED)
+
+
+def _pool(smtp: SmtpServer, **settings: Any) -> SmtpPool:
+    """A pool of one connection to the test server, without TLS, with a short deadline."""
+    values: dict[str, Any] = {
+        "smtp_host": "127.0.0.1",
+        "smtp_port": smtp.port,
+        "smtp_security": "none",
+        "smtp_timeout_seconds": 2,
+        "mail_from": "app@example.com",
+        **settings,
+    }
+    return SmtpPool(WorkerSettings(_env_file=None, **values), size=1, local_hostname="test")
+
+
+async def test_the_probe_fails_where_a_send_cannot_open_its_session(smtp: SmtpServer) -> None:
+    # A server that greets but refuses EHLO and HELO: no send can reach MAIL. A probe that only
+    # connected and said QUIT passed here, the breaker resumed, and every send paused it again.
+    smtp.behaviour.helo_reply = "554 5.7.1 not welcome"
+    pool = _pool(smtp)
+    where = f"cannot open an SMTP session with 127.0.0.1:{smtp.port}: SMTP 554 5.7.1 not welcome"
+
+    result = await pool.send(Outgoing(CONTENT, SENDER, ["a@example.com"]))
+    with pytest.raises(SmtpUnavailableError) as probed:
+        await pool.probe()
+
+    assert result == SendFailure(FailureKind.UNAVAILABLE, where)
+    assert probed.value.reason == where
+    smtp.behaviour.helo_reply = None
+    await pool.probe()  # the server takes sessions again: so does the probe
+    await pool.close()
+
+
+async def test_the_probe_logs_in_as_a_send_does(smtp: SmtpServer) -> None:
+    smtp.behaviour.credentials = ("mailer", "the-right-one")
+    pool = _pool(smtp, smtp_username="mailer", smtp_password="a-wrong-one")  # noqa: S106
+
+    with pytest.raises(SmtpUnavailableError) as probed:
+        await pool.probe()
+
+    assert probed.value.reason.endswith(
+        "authentication failed (SMTP 535); check SMTP_USERNAME/SMTP_PASSWORD"
+    )
+    assert "a-wrong-one" not in probed.value.reason
+    smtp.behaviour.credentials = ("mailer", "a-wrong-one")
+    await pool.probe()
+    await pool.close()
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["one-by-one", "pipelined"])
+async def test_control_characters_in_a_body_reach_the_server_encoded_and_intact(
+    smtp: SmtpServer, pipelining: bool
+) -> None:
+    smtp.behaviour.pipelining = pipelining
+    text = "NUL\x00 ESC\x1b[1m DEL\x7f"
+    task = EmailTask(to="a@example.com", subject="s", text=text, html="<p>\x1b</p>")
+    pool = _pool(smtp)
+
+    result = await pool.send(render(QueuedTask("0" * 32, 0, task), default_sender=SENDER))
+    await pool.close()
+
+    assert result == Answered({})
+    (received,) = smtp.received
+    assert re.search(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", received.content) is None
+    plain, html = received.message.get_body(("plain",)), received.message.get_body(("html",))
+    assert plain is not None
+    assert html is not None
+    assert plain["Content-Transfer-Encoding"] == "quoted-printable"
+    assert plain.get_content().replace("\r\n", "\n") == text + "\n"
+    assert html.get_content().replace("\r\n", "\n") == "<p>\x1b</p>\n"

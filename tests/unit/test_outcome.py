@@ -113,6 +113,21 @@ def test_after_send(
 
 
 @pytest.mark.parametrize(
+    ("recipients", "refused", "accepted", "retry"),
+    [
+        ([A, B, A], {}, 2, ()),
+        ([A, B, A], {A: (450, "4.2.1 busy")}, 1, (A,)),
+        ([A, A, B, B, C], {B: (452, "4.5.3 too many"), C: (451, "later")}, 1, (B, C)),
+    ],
+)
+def test_after_send_counts_and_retries_each_address_once(
+    recipients: list[str], refused: dict[str, tuple[int, str]], accepted: int, retry: tuple[str]
+) -> None:
+    decision = after_send(recipients, refused, tries=0, max_attempts=5)
+    assert (decision.accepted, decision.retry) == (accepted, retry)
+
+
+@pytest.mark.parametrize(
     ("verdict", "tries", "max_attempts", "expected"),
     [
         # expected: (recipients retried, recipients dead, tries recorded, outcome)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from email.headerregistry import HeaderRegistry
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from service import EmailTask
-from service.task import MAX_BODY_CHARS, MAX_RECIPIENTS
+from service.task import MAX_BODY_CHARS, MAX_RECIPIENTS, distinct_addresses
 
 BASE: dict[str, Any] = {"to": "a@example.com", "subject": "Hi", "text": "Hello"}
 
@@ -38,9 +39,14 @@ BASE: dict[str, Any] = {"to": "a@example.com", "subject": "Hi", "text": "Hello"}
         ({"text": None}, "", "text or html is required"),
         ({"text": "x" * (MAX_BODY_CHARS + 1)}, "text", "at most"),
         ({"headers": {"X-Tag": "a\nb"}}, "headers.X-Tag", "control character"),
-        ({"headers": {"From": "x@example.com"}}, "", "'From' is set by the worker"),
-        ({"headers": {"message-id": "<x@y>"}}, "", "'message-id' is set by the worker"),
-        ({"headers": {"Bad Name": "x"}}, "", "not a valid header name"),
+        ({"headers": {"From": "x@example.com"}}, "headers", "'From' is set by the worker"),
+        ({"headers": {"message-id": "<x@y>"}}, "headers", "'message-id' is set by the worker"),
+        ({"headers": {"Bad Name": "x"}}, "headers", "not a valid header name"),
+        ({"headers": {"Content-Language": "en"}}, "headers", "'Content-Language' describes the"),
+        ({"headers": {"content-id": "<p@x>"}}, "headers", "(Content-* headers are refused)"),
+        ({"headers": {"Resent-To": "x@example.com"}}, "headers", "'Resent-To' is for a message"),
+        ({"headers": {"Resent-Bcc": "x@example.com"}}, "headers", "(Resent-* headers are refused)"),
+        ({"headers": {"Orig-Date": "Mon, 1 Jan 2024"}}, "headers", "'Orig-Date' is a structured"),
         ({"headers": {f"X-{i}": "v" for i in range(51)}}, "headers", "at most 50 items"),
         ({"to": [f"u{i}@example.com" for i in range(MAX_RECIPIENTS + 1)]}, "to", "at most 100"),
         (
@@ -81,6 +87,22 @@ def test_valid_tasks_are_normalized(field: str, value: Any, stored: Any) -> None
     assert getattr(task, field) == (value if stored is None else stored)
 
 
+# Every field name the email library parses into a structure of its own, and what aiosmtplib
+# deletes when it flattens a message: an extra header with one of these names would be rewritten
+# or dropped on one rendering path and not the other.
+SPECIAL_HEADERS = sorted({*HeaderRegistry().registry, "bcc", "resent-bcc", "content-language"})
+
+
+@pytest.mark.parametrize("name", SPECIAL_HEADERS)
+def test_headers_the_renderers_treat_specially_are_refused(name: str) -> None:
+    for spelling in (name, name.title(), name.upper()):
+        with pytest.raises(ValidationError) as caught:
+            EmailTask(**{**BASE, "headers": {spelling: "x"}})
+        (error,) = caught.value.errors()
+        assert error["loc"] == ("headers",)
+        assert repr(spelling) in error["msg"]
+
+
 def test_html_alone_is_enough() -> None:
     assert EmailTask(to="a@example.com", subject="s", html="<p>x</p>").text is None
 
@@ -90,6 +112,43 @@ def test_recipients_are_bare_addresses_of_to_cc_and_bcc() -> None:
         to="A <a@example.com>", cc="C <c@example.com>", bcc="b@example.com", subject="s", text="x"
     )
     assert task.recipients() == ["a@example.com", "c@example.com", "b@example.com"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "envelope"),
+    [
+        # In To and Cc (once with a display name): one recipient, where it first appeared.
+        (
+            {"to": ["a@example.com", "b@example.com"], "cc": "A <a@example.com>"},
+            ["a@example.com", "b@example.com"],
+        ),
+        (
+            {"to": "b@example.com", "bcc": ["a@example.com", "b@example.com"]},
+            ["b@example.com", "a@example.com"],
+        ),
+        # The domain is case-insensitive (validation stores it in lower case anyway).
+        ({"to": "a@EXAMPLE.com", "cc": "a@example.COM"}, ["a@example.com"]),
+        # The local part is not (RFC 5321 2.4): two spellings stay two recipients.
+        ({"to": "a@example.com", "cc": "A@example.com"}, ["a@example.com", "A@example.com"]),
+    ],
+)  # fmt: skip
+def test_the_envelope_holds_each_address_once(fields: dict[str, Any], envelope: list[str]) -> None:
+    assert EmailTask(**{**BASE, **fields}).recipients() == envelope
+
+
+@pytest.mark.parametrize(
+    ("addresses", "distinct"),
+    [
+        ([], []),
+        (["a@example.com", "a@example.com"], ["a@example.com"]),
+        (["a@Example.com", "b@example.com", "a@example.COM"], ["a@Example.com", "b@example.com"]),
+        (["Joe@example.com", "joe@example.com"], ["Joe@example.com", "joe@example.com"]),
+        # Only the last @ splits: a quoted local part may hold one.
+        (['"a@b"@example.com', '"a@b"@EXAMPLE.com'], ['"a@b"@example.com']),
+    ],
+)
+def test_distinct_addresses(addresses: list[str], distinct: list[str]) -> None:
+    assert distinct_addresses(addresses) == distinct
 
 
 def test_bodies_stay_out_of_repr() -> None:
