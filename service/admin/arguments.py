@@ -190,7 +190,10 @@ def _common_options(
     parser: argparse.ArgumentParser, *, default_queue: object, default_json: object
 ) -> None:
     parser.add_argument(
-        "--queue", type=queue_name, default=default_queue, help="queue name (default: $EMAIL_QUEUE)"
+        "--queue",
+        type=queue_name,
+        default=default_queue,
+        help="queue name (default: $EMAIL_QUEUE or 'emails')",
     )
     parser.add_argument(
         "--json", action="store_true", default=default_json, help="JSON output for scripts"
