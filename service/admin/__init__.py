@@ -5,6 +5,22 @@
 
 from __future__ import annotations
 
-from .queue import ConsumerInfo, DeadLetter, QueueAdmin, QueueStats, WorkerBeat
+from .queue import (
+    BulkResult,
+    ConsumerInfo,
+    DeadLetter,
+    Progress,
+    QueueAdmin,
+    QueueStats,
+    WorkerBeat,
+)
 
-__all__ = ["ConsumerInfo", "DeadLetter", "QueueAdmin", "QueueStats", "WorkerBeat"]
+__all__ = [
+    "BulkResult",
+    "ConsumerInfo",
+    "DeadLetter",
+    "Progress",
+    "QueueAdmin",
+    "QueueStats",
+    "WorkerBeat",
+]

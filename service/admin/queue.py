@@ -1,13 +1,15 @@
 """Reading and repairing one queue in Redis: what `python -m service.admin` runs.
 
 Every change goes through the queue's store and the same atomic scripts as the worker: a dead
-letter is requeued or it is not, and a consumer is removed only while it owns nothing.
+letter is requeued or it is not, and a consumer is removed only while it owns nothing. Bulk
+actions work through the dead letters present when they start, so they end even while workers
+dead-letter more (a requeued task that fails again comes back as a new letter, behind them).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -16,7 +18,15 @@ import orjson
 from ..store import ConsumerInfo, QueueStore
 from ..store.replies import Fields
 
-__all__ = ["ConsumerInfo", "DeadLetter", "QueueAdmin", "QueueStats", "WorkerBeat"]
+__all__ = [
+    "BulkResult",
+    "ConsumerInfo",
+    "DeadLetter",
+    "Progress",
+    "QueueAdmin",
+    "QueueStats",
+    "WorkerBeat",
+]
 
 _SCAN_BATCH: Final = 100
 # A worker is live while its last heartbeat is younger than this many of its intervals.
@@ -36,6 +46,23 @@ class QueueStats:
     next_due_in_s: float | None
     dead: int
     consumers: tuple[ConsumerInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BulkResult:
+    """What a bulk action did to the dead letters present when it started."""
+
+    done: int  # letters requeued or purged
+    present_at_start: int  # the snapshot; letters removed by someone else meanwhile are not done
+
+
+# Called with (letters gone through so far, letters present at the start): first with 0, then
+# after each batch.
+Progress = Callable[[int, int], None]
+
+
+def _no_progress(seen: int, present: int) -> None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,23 +174,33 @@ class QueueAdmin:
             requeued[dead_id] = await self._store.requeue_dead(dead_id, task_id)
         return requeued
 
-    async def requeue_all(self) -> int:
-        """Put every dead letter back on the stream; return how many."""
-        count = 0
-        async for batch in self._dead_id_batches():
-            count += sum(1 for new_id in (await self.requeue(batch)).values() if new_id)
-        return count
+    async def requeue_all(self, progress: Progress = _no_progress) -> BulkResult:
+        """Put every dead letter present now back on the stream, each at most once.
+
+        Letters added meanwhile are left alone: under a live worker they are the requeued
+        copies failing again, and requeueing them too would never end.
+        """
+
+        async def requeue(letters: list[DeadLetter]) -> int:
+            done = 0
+            for letter in letters:
+                if await self._store.requeue_dead(letter.dead_id, letter.task_id):
+                    done += 1
+            return done
+
+        return await self._through_snapshot(requeue, progress)
 
     async def purge(self, dead_ids: Sequence[str]) -> int:
         """Delete these dead letters for good; return how many existed."""
         return await self._store.purge_dead(dead_ids)
 
-    async def purge_all(self) -> int:
-        """Delete every dead letter for good; return how many."""
-        count = 0
-        async for batch in self._dead_id_batches():
-            count += await self.purge(batch)
-        return count
+    async def purge_all(self, progress: Progress = _no_progress) -> BulkResult:
+        """Delete every dead letter present now for good; letters added meanwhile stay."""
+
+        async def purge(letters: list[DeadLetter]) -> int:
+            return await self.purge([letter.dead_id for letter in letters])
+
+        return await self._through_snapshot(purge, progress)
 
     async def workers(self) -> list[WorkerBeat]:
         """Every worker with a heartbeat record, live ones first."""
@@ -193,15 +230,31 @@ class QueueAdmin:
                 removed.append(consumer.name)
         return removed
 
-    async def _dead_id_batches(self) -> AsyncIterator[list[str]]:
+    async def _through_snapshot(
+        self, act: Callable[[list[DeadLetter]], Awaitable[int]], progress: Progress
+    ) -> BulkResult:
+        """Run `act` on batches of the dead letters present now, each letter once.
+
+        Stream ids only grow, so the newest id now bounds the snapshot: every letter added
+        later has a higher id.
+        """
+        present, newest = await self._store.dead_tail()
+        progress(0, present)
+        done = seen = 0
+        async for batch in self._batches_until(newest):
+            done += await act(batch)
+            seen += len(batch)
+            progress(seen, present)
+        return BulkResult(done=done, present_at_start=present)
+
+    async def _batches_until(self, newest: str | None) -> AsyncIterator[list[DeadLetter]]:
         after = "-"
-        while True:
-            letters = await self._store.dead_letters(after=after, count=_SCAN_BATCH)
-            if not letters:
+        while newest is not None:
+            page = await self._store.dead_letters_until(after=after, last=newest, count=_SCAN_BATCH)
+            if not page:
                 return
-            ids = [dead_id for dead_id, _ in letters]
-            yield ids
-            after = "(" + ids[-1]
+            yield [_dead_letter(dead_id, fields) for dead_id, fields in page]
+            after = "(" + page[-1][0]
 
 
 def _dead_letter(dead_id: str, fields: Fields) -> DeadLetter:

@@ -299,3 +299,22 @@ class QueueStore:
             return await self._scripts[call.source](keys=call.keys, args=call.args)
         except OutOfMemoryError:  # only scripts that add data are refused at maxmemory
             raise QueueFull(self.queue, backlog=None, limit=None) from None
+
+    # --- dead letters in bulk (admin) -------------------------------------------------------
+
+    async def dead_tail(self) -> tuple[int, str | None]:
+        """How many dead letters there are and the newest one's id (None: none), read at one
+        instant: the snapshot a bulk action works through while workers add more behind it."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xlen(self.keys.dead)
+            pipe.xrevrange(self.keys.dead, count=1)
+            count, newest = await pipe.execute()
+        return int(count), as_str(newest[0][0]) if newest else None
+
+    async def dead_letters_until(
+        self, *, after: str, last: str, count: int
+    ) -> list[tuple[str, Fields]]:
+        """Up to `count` dead letters, oldest first, from id `after` on ("(id)": after it) up to
+        id `last` included."""
+        reply: Any = await self._redis.xrange(self.keys.dead, min=after, max=last, count=count)
+        return [(as_str(entry_id), fields) for entry_id, fields in reply]

@@ -1,0 +1,130 @@
+"""How each admin command's result reads for people (pure functions of the `--json` values).
+
+Every stored value passes through `printable` (in `table`, or here directly): dead letters and
+consumer names hold whatever producers, SMTP servers and Redis clients put there.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import orjson
+
+from .queue import QueueStats
+from .tables import printable, table
+
+__all__ = [
+    "count_text",
+    "dead_list_text",
+    "dead_show_text",
+    "health_text",
+    "prune_text",
+    "stats_text",
+]
+
+_BODY_PREVIEW_CHARS: Final = 500
+
+
+def stats_text(stats: dict[str, Any]) -> str:
+    """`stats`: the queue's places, then its consumers."""
+    s = QueueStats(**{**stats, "consumers": ()})
+    rows: list[tuple[str, object]] = [
+        ("stream (waiting or being sent)", s.stream),
+        ("  handed to a worker, unsettled", s.pending),
+        ("  never handed out (lag)", s.lag),
+        ("  oldest entry age (s)", s.oldest_age_s),
+        ("delayed (retries, scheduled)", s.delayed),
+        ("  next due in (s)", s.next_due_in_s),
+        ("dead letters", s.dead),
+    ]
+    consumers = [(c["name"], c["pending"], c["idle_ms"] / 1000) for c in stats["consumers"]]
+    return (
+        f"queue {s.queue!r}\n\n"
+        + table(["", "count"], rows)
+        + "\n"
+        + table(["consumer", "pending", "idle (s)"], consumers)
+    )
+
+
+def health_text(result: dict[str, Any]) -> str:
+    """`health`: one row per worker heartbeat, then the verdict."""
+    rows = [
+        (
+            w["consumer"],
+            "live" if w["live"] else "dead",
+            w["state"],
+            w["state_for_s"],
+            w["age_s"],
+            w["outcomes"].get("sent", 0),
+            sum(n for outcome, n in w["outcomes"].items() if outcome not in ("sent", "skipped")),
+            f"{w['host']}:{w['pid']}",
+        )
+        for w in result["workers"]
+    ]
+    headers = ["worker", "", "state", "for (s)", "beat (s ago)", "sent", "failed", "host:pid"]
+    verdict = "healthy\n" if result["healthy"] else f"unhealthy: {result['reason']}\n"
+    return (table(headers, rows) if rows else "no worker heartbeats\n") + verdict
+
+
+def dead_list_text(letters: list[dict[str, Any]]) -> str:
+    """`dead list`: one row per letter, recipients and reason cut to fit."""
+    if not letters:
+        return "no dead letters\n"
+    rows = [
+        (
+            letter["dead_id"],
+            letter["dead_at"],
+            letter["task_id"],
+            letter["attempts"],
+            ", ".join(letter["recipients"])[:40],
+            letter["reason"][:70],
+        )
+        for letter in letters
+    ]
+    return table(["id", "dead at", "task", "attempts", "recipients", "reason"], rows)
+
+
+def dead_show_text(record: dict[str, Any]) -> str:
+    """`dead show`: every field, one per line; the task as indented JSON, long bodies cut."""
+    lines = []
+    for name, value in record.items():
+        shown = _task_preview(value) if name == "task" else printable(value)
+        lines.append(f"{printable(name)}: {shown}")
+    return "\n".join(lines) + "\n"
+
+
+def _task_preview(payload: str) -> str:
+    """The task JSON, indented, with long bodies cut (the whole is in --json)."""
+    try:
+        task = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return printable(_cut(payload))
+    if isinstance(task, dict):
+        for body in ("text", "html"):
+            value = task.get(body)
+            if isinstance(value, str):
+                task[body] = _cut(value)
+    # JSON escapes control characters but not every character a terminal acts on (U+2028, the
+    # bidirectional controls); its line breaks are all its own.
+    lines = orjson.dumps(task, option=orjson.OPT_INDENT_2).decode().split("\n")
+    return "".join(f"\n  {printable(line, json=True)}" for line in lines)
+
+
+def _cut(text: str) -> str:
+    if len(text) <= _BODY_PREVIEW_CHARS:
+        return text
+    return text[:_BODY_PREVIEW_CHARS] + f"... ({len(text):,} characters)"
+
+
+def count_text(result: dict[str, Any]) -> str:
+    """`dead requeue` and `dead purge`: how many (of how many present, for `--all`)."""
+    verb, done = next(iter(result.items()))
+    if "present_at_start" in result:
+        return f"{verb}: {done:,} (of {result['present_at_start']:,} present at the start)\n"
+    return f"{verb}: {done:,}\n"
+
+
+def prune_text(result: dict[str, Any]) -> str:
+    """`consumers prune`: each consumer removed."""
+    removed = result["removed"]
+    return "".join(f"removed {printable(name)}\n" for name in removed) or "nothing to remove\n"
