@@ -25,7 +25,9 @@ from tests.integration.test_worker import StartWorker
 from tests.smtp_server import SmtpServer
 
 ROOT = Path(__file__).parents[2]
-EXAMPLES = sorted((ROOT / "examples").glob("*_app.py"))
+EXAMPLES = sorted((ROOT / "examples").glob("django_*.py")) + sorted(
+    (ROOT / "examples").glob("*_app.py")
+)
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda path: path.name)
