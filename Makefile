@@ -34,7 +34,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict service tests bench
+	$(BIN)/mypy --strict service tests bench examples
 
 pytest: $(STAMP)
 	$(BIN)/pytest

@@ -6,15 +6,25 @@ Run the worker with `python -m service.worker`.
 
 from __future__ import annotations
 
-from .errors import ConfigError, EmailServiceError, QueueFull, WireFormatError
-from .producer import Producer
+from .errors import (
+    ConfigError,
+    EmailServiceError,
+    EnqueueError,
+    QueueFull,
+    QueueUnavailable,
+    WireFormatError,
+)
+from .producer import Producer, SyncProducer
 from .task import EmailTask
 
 __all__ = [
     "ConfigError",
     "EmailServiceError",
     "EmailTask",
+    "EnqueueError",
     "Producer",
     "QueueFull",
+    "QueueUnavailable",
+    "SyncProducer",
     "WireFormatError",
 ]

@@ -1,10 +1,18 @@
-"""Building the Redis client every part of the service uses, with timeouts that fit streams."""
+"""Building the Redis clients every part of the service uses, with timeouts that fit each.
+
+The worker's client waits long (blocking stream reads) and retries as redis-py does by default:
+it rides out any outage anyway. A producer's client serves a web request: it fails within about
+`connect_timeout + timeout`, and retries a command only when the connection it used had been
+closed before the command could run (a pooled connection Redis dropped while idle), never after
+a timeout, when the command may have run: the caller decides, with an idempotency key.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Final
 
+import redis
 from redis.asyncio import Redis
 from redis.asyncio.connection import (
     AbstractConnection,
@@ -12,33 +20,84 @@ from redis.asyncio.connection import (
     SSLConnection,
     UnixDomainSocketConnection,
 )
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
 
-__all__ = ["READ_BLOCK_MS", "connect_redis"]
+__all__ = [
+    "PRODUCER_CONNECT_TIMEOUT_SECONDS",
+    "PRODUCER_TIMEOUT_SECONDS",
+    "READ_BLOCK_MS",
+    "connect_redis",
+    "connect_redis_for_producer",
+    "connect_sync_redis_for_producer",
+]
 
 # How long one XREADGROUP waits for new entries. redis-py raises TimeoutError when a blocking
 # read outlasts socket_timeout (redis-py #2807), so the socket timeout below must stay above it.
 READ_BLOCK_MS: Final = 2_000
 _SOCKET_TIMEOUT_SECONDS: Final = 10.0
 _CONNECT_TIMEOUT_SECONDS: Final = 5.0
+# A producer's defaults: a hung or unreachable Redis fails an enqueue in about 2 to 3 seconds.
+PRODUCER_TIMEOUT_SECONDS: Final = 2.0
+PRODUCER_CONNECT_TIMEOUT_SECONDS: Final = 1.0
+# Every client speaks RESP2 (protocol=2): the stream replies this package parses have one shape
+# on every supported server and redis-py version; and returns bytes, as field values are binary.
 
 
 def connect_redis(url: str) -> Redis:
-    """A client for `url` (`redis://`, `rediss://` or `unix://`); connects lazily.
-
-    RESP2 is pinned: the stream replies this package parses have the same shape on every
-    supported server and redis-py version.
-    """
+    """The worker's (and admin's) client for `url` (`redis://`, `rediss://` or `unix://`);
+    connects lazily."""
     client = Redis.from_url(
         url,
-        protocol=2,
-        decode_responses=False,
         socket_timeout=_SOCKET_TIMEOUT_SECONDS,
         socket_connect_timeout=_CONNECT_TIMEOUT_SECONDS,
+        protocol=2,
+        decode_responses=False,
         health_check_interval=30,
     )
-    # The URL picks redis-py's connection class (TCP, TLS or unix socket), and a class passed
-    # to from_url would be overridden by it: swap in ours before the pool opens a connection.
+    return _closed_write_safe(client)
+
+
+def connect_redis_for_producer(url: str, *, timeout: float, connect_timeout: float) -> Redis:
+    """An asyncio producer's client for `url`: `timeout` per command, one retry only on a
+    connection closed before the command ran (see the module's docstring)."""
+    client = Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=connect_timeout,
+        retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        protocol=2,
+        decode_responses=False,
+        health_check_interval=30,
+    )
+    return _closed_write_safe(client)
+
+
+def connect_sync_redis_for_producer(
+    url: str, *, timeout: float, connect_timeout: float
+) -> redis.Redis:
+    """A sync producer's client for `url`, as `connect_redis_for_producer`. Safe to share
+    between threads; after a fork, the child opens connections of its own (redis-py's pool
+    checks the process id)."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=connect_timeout,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        protocol=2,
+        decode_responses=False,
+        health_check_interval=30,
+    )
+
+
+def _closed_write_safe(client: Redis) -> Redis:
+    """`client`, whose writes on a reset connection raise ConnectionError on uvloop too.
+
+    The URL picks redis-py's connection class (TCP, TLS or unix socket), and a class passed to
+    from_url would be overridden by it: ours is swapped in before the pool opens a connection.
+    """
     pool = client.connection_pool
     pool.connection_class = _CLOSED_WRITE_SAFE.get(pool.connection_class, pool.connection_class)
     return client

@@ -9,7 +9,9 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "EmailServiceError",
+    "EnqueueError",
     "QueueFull",
+    "QueueUnavailable",
     "SmtpUnavailableError",
     "WireFormatError",
 ]
@@ -36,7 +38,18 @@ class WireFormatError(EmailServiceError, ValueError):
         self.reason = reason
 
 
-class QueueFull(EmailServiceError):
+class EnqueueError(EmailServiceError):
+    """Enqueueing failed. `maybe_enqueued` says whether the task(s) may be in the queue anyway:
+    when True, retry with the same idempotency key to be sure of one email, not two."""
+
+    maybe_enqueued: bool = False
+
+    def __init__(self, queue: str, message: str) -> None:
+        super().__init__(message)
+        self.queue = queue
+
+
+class QueueFull(EnqueueError):
     """The queue cannot take more tasks; nothing was enqueued. Retry later.
 
     Either its backlog (`backlog` tasks, live and delayed) reached the producer's `limit`, or
@@ -48,10 +61,25 @@ class QueueFull(EmailServiceError):
             detail = "Redis is out of memory (maxmemory reached)"
         else:
             detail = f"{backlog} tasks waiting and the limit is {limit}"
-        super().__init__(f"queue {queue!r} is full: {detail}; nothing was enqueued")
-        self.queue = queue
+        super().__init__(queue, f"queue {queue!r} is full: {detail}; nothing was enqueued")
         self.backlog = backlog
         self.limit = limit
+
+
+class QueueUnavailable(EnqueueError, ConnectionError):
+    """Redis could not be reached, refused us, or did not answer in time.
+
+    `reason` is Redis's or redis-py's word for it (never a password); the redis-py exception is
+    the `__cause__`. `maybe_enqueued` is True when the command may have run (a reply that never
+    came, a connection lost after the command was sent), False when it cannot have (no
+    connection, wrong credentials, a refused command).
+    """
+
+    def __init__(self, queue: str, *, reason: str, maybe_enqueued: bool) -> None:
+        outcome = "it may have been enqueued" if maybe_enqueued else "nothing was enqueued"
+        super().__init__(queue, f"queue {queue!r} is unavailable: {reason}; {outcome}")
+        self.reason = reason
+        self.maybe_enqueued = maybe_enqueued
 
 
 class SmtpUnavailableError(EmailServiceError):

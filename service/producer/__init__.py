@@ -10,31 +10,33 @@ Importing this module never imports the worker or any SMTP code.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Final, Self
+from typing import Self
 
 from redis.asyncio import Redis
 
-from ..connection import connect_redis
+from ..connection import (
+    PRODUCER_CONNECT_TIMEOUT_SECONDS,
+    PRODUCER_TIMEOUT_SECONDS,
+    connect_redis_for_producer,
+)
 from ..keys import QueueKeys
 from ..store import NewTask, QueueStore
 from ..task import EmailTask
-from ..wire import encode_entry
 from .backlog import BacklogEstimate
+from .prepare import (
+    DEFAULT_IDEMPOTENCY_WINDOW,
+    DEFAULT_MAX_BACKLOG,
+    Delay,
+    Limits,
+    is_plain,
+    new_tasks,
+)
+from .sync import SyncProducer
 
-__all__ = ["DEFAULT_IDEMPOTENCY_WINDOW", "DEFAULT_MAX_BACKLOG", "Producer"]
-
-# About 150 MB of 1 KB emails: far below what a queue's Redis should hold, far above a healthy
-# backlog. Size it to your Redis (`max_backlog=`); None disables the check.
-DEFAULT_MAX_BACKLOG: Final = 100_000
-DEFAULT_IDEMPOTENCY_WINDOW: Final = timedelta(hours=24)
-_MAX_DELAY: Final = timedelta(days=366)
-_MAX_KEY_CHARS: Final = 200
-
-Delay = timedelta | float | int
+__all__ = ["DEFAULT_IDEMPOTENCY_WINDOW", "DEFAULT_MAX_BACKLOG", "Producer", "SyncProducer"]
 
 
 class Producer:
@@ -46,7 +48,9 @@ class Producer:
 
     `max_backlog` bounds the tasks waiting in the queue (live and delayed): past it, enqueueing
     raises `QueueFull` instead of filling Redis. An idempotency key is remembered for
-    `idempotency_window`.
+    `idempotency_window`. Every failure is an `EnqueueError` (`QueueFull`, `QueueUnavailable`),
+    whose `maybe_enqueued` says whether the task may be in the queue all the same. For a
+    producer shared by the threads of a sync app, see `SyncProducer`.
     """
 
     def __init__(
@@ -57,15 +61,10 @@ class Producer:
         max_backlog: int | None = DEFAULT_MAX_BACKLOG,
         idempotency_window: timedelta = DEFAULT_IDEMPOTENCY_WINDOW,
     ) -> None:
-        if max_backlog is not None and max_backlog < 1:
-            raise ValueError(f"max_backlog must be at least 1 (or None), not {max_backlog}")
-        if idempotency_window <= timedelta(0):
-            raise ValueError("idempotency_window must be positive")
+        self._limits = Limits.checked(max_backlog, idempotency_window)
         self._redis = redis
         self._store = QueueStore(redis, QueueKeys(queue))
-        self._max_backlog = max_backlog or 0
-        self._window_ms = int(idempotency_window.total_seconds() * 1000)
-        self._backlog = BacklogEstimate(self._max_backlog)
+        self._backlog = BacklogEstimate(self._limits.max_backlog)
         self._owns_client = False
 
     @classmethod
@@ -76,10 +75,17 @@ class Producer:
         queue: str = "emails",
         max_backlog: int | None = DEFAULT_MAX_BACKLOG,
         idempotency_window: timedelta = DEFAULT_IDEMPOTENCY_WINDOW,
+        timeout: float = PRODUCER_TIMEOUT_SECONDS,
+        connect_timeout: float = PRODUCER_CONNECT_TIMEOUT_SECONDS,
     ) -> Self:
-        """A producer with its own client for `url` (`redis://` or `rediss://`)."""
+        """A producer with its own client for `url` (`redis://`, `rediss://` or `unix://`).
+
+        `timeout` bounds each command, `connect_timeout` each connection: a hung or unreachable
+        Redis fails an enqueue with `QueueUnavailable` within about their sum.
+        """
+        client = connect_redis_for_producer(url, timeout=timeout, connect_timeout=connect_timeout)
         producer = cls(
-            connect_redis(url),
+            client,
             queue=queue,
             max_backlog=max_backlog,
             idempotency_window=idempotency_window,
@@ -105,12 +111,11 @@ class Producer:
         `send_at` (timezone-aware) or `delay` (seconds or a timedelta) schedules it for later.
         With `idempotency_key`, a key already used within the idempotency window enqueues
         nothing and returns the id of the task first enqueued with it. Raises `QueueFull` when
-        the backlog is at `max_backlog`.
+        the backlog is at `max_backlog`, `QueueUnavailable` when Redis cannot be reached or does
+        not answer in time.
         """
-        if idempotency_key is not None:
-            _check_key(idempotency_key)
-        new = _prepare(task, _due_ms(send_at, delay), idempotency_key)
-        ids = await self._add([new])
+        new = new_tasks([task], send_at=send_at, delay=delay, idempotency_key=idempotency_key)
+        ids = await self._add(new)
         return ids[0]
 
     async def enqueue_many(
@@ -126,8 +131,7 @@ class Producer:
         `QueueFull` or an error) none. Redis runs the batch as one step, so keep batches to a
         few thousand tasks.
         """
-        due_ms = _due_ms(send_at, delay)
-        new = [_prepare(task, due_ms, None) for task in tasks]
+        new = new_tasks(tasks, send_at=send_at, delay=delay)
         return await self._add(new) if new else []
 
     async def _add(self, tasks: list[NewTask]) -> list[str]:
@@ -136,13 +140,12 @@ class Producer:
         Tasks due now and without an idempotency key skip the script while this producer's
         view of the backlog says the limit is far off (see `backlog`).
         """
-        plain = all(not task.due_ms and task.idempotency_key is None for task in tasks)
-        if plain and self._backlog.allows_plain_add(time.monotonic(), len(tasks)):
+        if is_plain(tasks) and self._backlog.allows_plain_add(time.monotonic(), len(tasks)):
             await self._store.add_now([task.fields for task in tasks])
             self._backlog.add(len(tasks))
             return [task.task_id for task in tasks]
         reply = await self._store.enqueue(
-            tasks, max_backlog=self._max_backlog, window_ms=self._window_ms
+            tasks, max_backlog=self._limits.max_backlog, window_ms=self._limits.window_ms
         )
         if reply.backlog is not None:
             self._backlog.observe(reply.backlog, time.monotonic())
@@ -166,39 +169,3 @@ class Producer:
 
     def __repr__(self) -> str:
         return f"Producer(queue={self.queue!r})"
-
-
-def _prepare(task: EmailTask, due_ms: int | None, idempotency_key: str | None) -> NewTask:
-    """A task about to be enqueued, with its new id and its entry's fields."""
-    if not isinstance(task, EmailTask):
-        raise TypeError(f"expected an EmailTask, got {type(task).__name__}")
-    task_id = uuid.uuid4().hex
-    now_ms = time.time_ns() // 1_000_000
-    fields = encode_entry(task, task_id, now_ms, due_ms=due_ms)
-    due = due_ms if due_ms is not None and due_ms > now_ms else 0
-    return NewTask(task_id, fields, due, idempotency_key)
-
-
-def _due_ms(send_at: datetime | None, delay: Delay | None) -> int | None:
-    """When a scheduled task is due (ms since the epoch), or None to send it now."""
-    if send_at is not None and delay is not None:
-        raise ValueError("give send_at or delay, not both")
-    if delay is not None:
-        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-        if not 0 <= seconds <= _MAX_DELAY.total_seconds():
-            raise ValueError(f"delay must be between 0 and {_MAX_DELAY.days} days")
-        return time.time_ns() // 1_000_000 + int(seconds * 1000)
-    if send_at is not None:
-        if send_at.tzinfo is None or send_at.utcoffset() is None:
-            raise ValueError("send_at must be timezone-aware (e.g. datetime.now(UTC))")
-        if send_at - datetime.now(UTC) > _MAX_DELAY:
-            raise ValueError(f"send_at must be within {_MAX_DELAY.days} days")
-        return int(send_at.timestamp() * 1000)
-    return None
-
-
-def _check_key(key: str) -> None:
-    if not isinstance(key, str) or not 0 < len(key) <= _MAX_KEY_CHARS:
-        raise ValueError(f"idempotency_key must be a string of 1 to {_MAX_KEY_CHARS} characters")
-    if not key.isprintable():
-        raise ValueError("idempotency_key must not contain control characters")

@@ -20,9 +20,8 @@ from typing import Any, TextIO
 
 import orjson
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 
-from ..errors import ConfigError, QueueFull
+from ..errors import ConfigError, EnqueueError
 from ..settings import QueueSettings, load_settings
 from ..task import EmailTask
 from . import DEFAULT_MAX_BACKLOG, Producer
@@ -52,11 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:  # a delay or send_at out of range, found before anything was sent
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except QueueFull as exc:
+    except EnqueueError as exc:  # full, or Redis unreachable: the message says which
         print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (RedisError, OSError) as exc:
-        print(f"error: could not enqueue on Redis: {type(exc).__name__}", file=sys.stderr)
         return 1
     finally:
         sys.stdout.write("".join(f"{task_id}\n" for task_id in task_ids))

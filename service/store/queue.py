@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from redis.asyncio import Redis
-from redis.exceptions import OutOfMemoryError, ResponseError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 from redis.typing import EncodableT, FieldT
 
 from ..errors import QueueFull
@@ -69,10 +69,14 @@ class QueueStore:
         """Add `tasks` in one atomic step, checking the backlog and idempotency keys.
 
         Raises `QueueFull` when the backlog would pass `max_backlog` (0: no limit) or Redis is
-        at its memory limit; nothing was enqueued then.
+        at its memory limit (nothing was enqueued then), `QueueUnavailable` when Redis cannot
+        be reached or does not answer in time.
         """
         call = scripts.enqueue(self.keys, tasks, max_backlog=max_backlog, window_ms=window_ms)
-        reply = scripts.enqueue_reply(await self._run(call))
+        try:
+            reply = scripts.enqueue_reply(await self._run(call))
+        except RedisError as exc:
+            raise replies.enqueue_error(self.queue, exc) from exc
         if reply.full:
             raise QueueFull(self.queue, backlog=reply.backlog, limit=max_backlog)
         return reply
@@ -80,7 +84,7 @@ class QueueStore:
     async def add_now(self, entries: Sequence[Mapping[str, bytes]]) -> None:
         """Add entries due now without any check: one XADD, or XADDs in one MULTI/EXEC.
 
-        All or nothing; raises `QueueFull` when Redis is at its memory limit.
+        All or nothing; raises as `enqueue` does.
         """
         # str keys and bytes values are what xadd takes; dict invariance hides it from mypy.
         items = [cast("dict[FieldT, EncodableT]", dict(fields)) for fields in entries]
@@ -92,8 +96,8 @@ class QueueStore:
                 for fields in items:
                     pipe.xadd(self.keys.stream, fields)
                 await pipe.execute()
-        except OutOfMemoryError:  # in a MULTI, EXEC then runs nothing: all or nothing holds
-            raise QueueFull(self.queue, backlog=None, limit=None) from None
+        except RedisError as exc:  # OOM in a MULTI: EXEC then runs nothing, all or nothing holds
+            raise replies.enqueue_error(self.queue, exc) from exc
 
     # --- consuming --------------------------------------------------------------------------
 

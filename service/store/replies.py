@@ -11,7 +11,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    BusyLoadingError,
+    OutOfMemoryError,
+    RedisError,
+    ResponseError,
+)
+
+from ..errors import EnqueueError, QueueFull, QueueUnavailable
 
 __all__ = [
     "ConsumerInfo",
@@ -21,11 +30,13 @@ __all__ = [
     "autoclaimed",
     "claimed_entries",
     "consumers",
+    "enqueue_error",
     "entry_ms",
     "group_info",
     "is_busy_group",
     "is_missing_group",
     "is_missing_stream",
+    "may_have_run",
     "read_entries",
 ]
 
@@ -122,3 +133,25 @@ def is_busy_group(exc: ResponseError) -> bool:
 def is_missing_stream(exc: ResponseError) -> bool:
     """XINFO on a key that does not exist ("ERR no such key")."""
     return "no such key" in str(exc)
+
+
+def may_have_run(exc: RedisError) -> bool:
+    """Whether the command that failed with `exc` may have run on the server all the same.
+
+    No when Redis refused it (an error reply: scripts check before they write), when no
+    connection was made (redis-py says "connecting to" then) or Redis refused the connection
+    (credentials, still loading). Yes when the command was sent and its reply never came: a
+    timeout, or a connection lost on the way.
+    """
+    if isinstance(exc, ResponseError | AuthenticationError | AuthorizationError | BusyLoadingError):
+        return False
+    return "connecting to" not in str(exc)
+
+
+def enqueue_error(queue: str, exc: RedisError) -> EnqueueError:
+    """What a failed enqueue command means to the producer's caller: `QueueFull` when Redis is
+    at its memory limit, else `QueueUnavailable`."""
+    if isinstance(exc, OutOfMemoryError):
+        return QueueFull(queue, backlog=None, limit=None)
+    reason = f"{type(exc).__name__}: {str(exc).strip()}".rstrip(": ")[:300]
+    return QueueUnavailable(queue, reason=reason, maybe_enqueued=may_have_run(exc))

@@ -19,7 +19,7 @@ from typing import Any, Final
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from service import EmailTask, Producer
+from service import EmailTask, EnqueueError, Producer
 from service.connection import connect_redis
 from tests.chaos.attribution import Disruption, Outcome, parse_outcomes
 from tests.chaos.faults import STREAM, Injector
@@ -160,7 +160,7 @@ async def _produce(config: RunConfig, facts: RunFacts, url: str, number: int) ->
                     )
                     facts.last_enqueue_at = max(facts.last_enqueue_at, time.time())
                     break
-                except (RedisError, OSError):
+                except EnqueueError:
                     await asyncio.sleep(0.2)  # Redis restarting or frozen: try again
             await asyncio.sleep(pace)
 

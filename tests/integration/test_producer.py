@@ -123,7 +123,8 @@ def test_cli_bad_redis_url_names_the_variable_without_the_password() -> None:
 def test_cli_reports_an_unreachable_redis() -> None:
     result = _cli("redis://127.0.0.1:1/0", "--to", "a@example.com", "--text", "t")
     assert result.returncode == 1
-    assert "could not enqueue on Redis: ConnectionError" in result.stderr
+    assert "queue 'emails' is unavailable: ConnectionError: " in result.stderr
+    assert result.stderr.rstrip().endswith("nothing was enqueued")
 
 
 def test_importing_service_pulls_in_no_worker_or_smtp_code() -> None:

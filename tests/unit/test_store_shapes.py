@@ -6,8 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from redis.exceptions import ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    OutOfMemoryError,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from service.errors import QueueFull, QueueUnavailable
 from service.keys import QueueKeys
 from service.store import replies, scripts
 from service.store.replies import ConsumerInfo, GroupInfo
@@ -188,3 +197,37 @@ def test_error_words(
 
 def test_entry_ms() -> None:
     assert replies.entry_ms(b"1700000000123-4") == 1_700_000_000_123
+
+
+@pytest.mark.parametrize(
+    ("error", "ran"),
+    [
+        # No connection: nothing was sent.
+        (RedisConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused."), False),
+        (RedisTimeoutError("Timeout connecting to server"), False),
+        (AuthenticationError("invalid username-password pair or user is disabled."), False),
+        (BusyLoadingError("Redis is loading the dataset in memory"), False),
+        # Redis answered with an error: it did not run the command (scripts check first).
+        (ResponseError("NOPERM this user has no permissions to run the 'evalsha' command"), False),
+        (OutOfMemoryError("command not allowed when used memory > 'maxmemory'."), False),
+        # Sent, and no reply: it may have run.
+        (RedisTimeoutError("Timeout reading from 127.0.0.1:6379"), True),
+        (RedisConnectionError("Connection closed by server."), True),
+        (RedisConnectionError("Error 32 while writing to socket. Broken pipe."), True),
+    ],
+)
+def test_may_have_run(error: RedisError, ran: bool) -> None:
+    assert replies.may_have_run(error) is ran
+
+
+def test_enqueue_error_is_queue_full_at_maxmemory_else_unavailable() -> None:
+    full = replies.enqueue_error("q", OutOfMemoryError("OOM command not allowed"))
+    assert isinstance(full, QueueFull)
+    assert (full.backlog, full.limit, full.maybe_enqueued) == (None, None, False)
+    lost = replies.enqueue_error("q", RedisTimeoutError("Timeout reading from h:6379"))
+    assert isinstance(lost, QueueUnavailable)
+    assert (lost.reason, lost.maybe_enqueued) == ("TimeoutError: Timeout reading from h:6379", True)
+    assert str(lost) == (
+        "queue 'q' is unavailable: TimeoutError: Timeout reading from h:6379; "
+        "it may have been enqueued"
+    )
