@@ -32,6 +32,7 @@ __all__ = [
     "MAX_HEADERS",
     "MAX_HEADER_CHARS",
     "MAX_RECIPIENTS",
+    "MAX_TAGS",
     "RESERVED_HEADERS",
     "EmailAddress",
     "EmailTask",
@@ -46,6 +47,12 @@ MAX_HEADER_CHARS: Final = 998
 MAX_HEADERS: Final = 50
 # Far above any real transactional email, far below what would hurt a Redis instance.
 MAX_BODY_CHARS: Final = 2_000_000
+# Tags label a task for the people who look for it later ("welcome", "user:42"): a few short
+# words, kept in log lines and dead letters, never sent.
+MAX_TAGS: Final = 10
+MAX_TAG_CHARS: Final = 64
+# Letters, digits and a few separators: a tag is safe in a log line, a URL and a shell.
+_TAG = re.compile(rf"[A-Za-z0-9_.:@/=+-]{{1,{MAX_TAG_CHARS}}}")
 
 # Headers the worker derives from the task's own fields or from the transport; letting `headers`
 # set them would make two sources of truth (or forge routing), so they are refused by name.
@@ -103,6 +110,14 @@ def _check_header_text(value: str) -> str:
     if "=?" in value:
         raise ValueError("contains '=?' (RFC 2047 encoded words are refused; pass plain text)")
     return value
+
+
+def _check_tag(tag: str) -> str:
+    if not _TAG.fullmatch(tag):
+        raise ValueError(
+            f"a tag is 1 to {MAX_TAG_CHARS} letters, digits or any of _.:@/=+- (not {tag[:70]!r})"
+        )
+    return tag
 
 
 def _header_name_problem(name: str) -> str | None:
@@ -180,6 +195,7 @@ _Body = Annotated[str, Field(max_length=MAX_BODY_CHARS)]
 _Headers = Annotated[
     dict[str, _HeaderText], Field(max_length=MAX_HEADERS), AfterValidator(_check_header_names)
 ]
+_Tag = Annotated[str, AfterValidator(_check_tag)]
 
 
 class EmailTask(BaseModel):
@@ -187,7 +203,8 @@ class EmailTask(BaseModel):
 
     `to`, `cc`, `bcc` and `reply_to` take one address or a list; `sender` defaults to the worker's
     `MAIL_FROM`; at least one of `text` and `html` is required; `headers` adds extra headers
-    (not those in `RESERVED_HEADERS`, nor Content-* or Resent-*). Invalid input raises
+    (not those in `RESERVED_HEADERS`, nor Content-* or Resent-*); `tags` label the task in log
+    lines and dead letters (up to 10 words of letters, digits and `_.:@/=+-`). Invalid input raises
     `pydantic.ValidationError`, whose errors name the offending field.
     """
 
@@ -203,6 +220,7 @@ class EmailTask(BaseModel):
     text: _Body | None = Field(default=None, repr=False)
     html: _Body | None = Field(default=None, repr=False)
     headers: _Headers = Field(default_factory=dict)
+    tags: list[_Tag] = Field(default_factory=list, max_length=MAX_TAGS)
 
     @model_validator(mode="after")
     def _check_whole_task(self) -> EmailTask:

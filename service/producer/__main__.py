@@ -115,6 +115,7 @@ def _task_from_args(args: argparse.Namespace) -> EmailTask:
         "text": args.text,
         "html": args.html,
         "headers": headers,
+        "tags": args.tag,
     }
     return _validate(fields, where="")
 
@@ -162,6 +163,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--html", help="HTML body")
     parser.add_argument(
         "--header", action="append", default=[], metavar="NAME:VALUE", help="extra header"
+    )
+    parser.add_argument(
+        "--tag", action="append", default=[], help="label for logs and dead letters (repeatable)"
     )
     parser.add_argument("--delay", type=float, metavar="SECONDS", help="send this much later")
     parser.add_argument(

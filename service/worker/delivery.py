@@ -81,7 +81,8 @@ class Delivery:
         try:
             planned, queued = await self._attempt(entry)
             if queued is not None:
-                task_log = task_log.bind(task_id=queued.task_id, attempt=queued.tries + 1)
+                tags = {"tags": queued.task.tags} if queued.task.tags else {}
+                task_log = task_log.bind(task_id=queued.task_id, attempt=queued.tries + 1, **tags)
             settled = await self._record(planned.write, release)
         except asyncio.CancelledError:
             task_log.warning("task_interrupted", outcome="pending", **_elapsed(started))

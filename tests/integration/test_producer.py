@@ -69,7 +69,7 @@ def _cli(redis_url: str, *args: str, stdin: str = "") -> subprocess.CompletedPro
 async def test_cli_enqueues_one_task(redis_server: RedisServer, redis: Redis) -> None:
     result = _cli(
         redis_server.url, "--to", "a@example.com", "--cc", "c@example.com", "--subject", "Hi",
-        "--text", "Hello", "--header", "X-Tag: one",
+        "--text", "Hello", "--header", "X-Tag: one", "--tag", "welcome", "--tag", "user:42",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     ((_, fields),) = as_entries(await redis.xrange(STREAM))
@@ -77,6 +77,7 @@ async def test_cli_enqueues_one_task(redis_server: RedisServer, redis: Redis) ->
     assert result.stdout == f"{envelope.task_id}\n"
     assert envelope.task.cc == ["c@example.com"]
     assert envelope.task.headers == {"X-Tag": "one"}
+    assert envelope.task.tags == ["welcome", "user:42"]
 
 
 async def test_cli_jsonl_is_all_or_nothing(redis_server: RedisServer, redis: Redis) -> None:

@@ -58,6 +58,12 @@ BASE: dict[str, Any] = {"to": "a@example.com", "subject": "Hi", "text": "Hello"}
             "120 recipients",
         ),
         ({"attachments": []}, "attachments", "Extra inputs are not permitted"),
+        ({"tags": ["two words"]}, "tags.0", "a tag is 1 to 64 letters"),
+        ({"tags": ["\x1b[2J"]}, "tags.0", "a tag is 1 to 64 letters"),
+        ({"tags": [""]}, "tags.0", "a tag is 1 to 64 letters"),
+        ({"tags": ["x" * 65]}, "tags.0", "a tag is 1 to 64 letters"),
+        ({"tags": [f"t{i}" for i in range(11)]}, "tags", "at most 10 items"),
+        ({"tags": "welcome"}, "tags", "Input should be a valid list"),
     ],
 )
 def test_invalid_tasks_name_the_field(changes: dict[str, Any], location: str, message: str) -> None:
@@ -80,6 +86,7 @@ def test_invalid_tasks_name_the_field(changes: dict[str, Any], location: str, me
         ("cc", "c@example.com", ["c@example.com"]),
         ("sender", "News <news@example.com>", "News <news@example.com>"),
         ("headers", {"X-Campaign": "spring", "List-Unsubscribe": "<mailto:u@example.com>"}, None),
+        ("tags", ["welcome", "user:42", "campaign=spring-2027", "a/b@c+d_e.f"], None),
     ],
 )
 def test_valid_tasks_are_normalized(field: str, value: Any, stored: Any) -> None:
