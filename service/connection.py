@@ -14,7 +14,10 @@ from redis.asyncio.connection import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-__all__ = ["READ_BLOCK_MS", "connect_redis"]
+from .addresses import redis_tls_problem, redis_url_problem
+from .errors import ConfigError
+
+__all__ = ["READ_BLOCK_MS", "check_redis_url", "connect_redis"]
 
 # How long one XREADGROUP waits for new entries. redis-py raises TimeoutError when a blocking
 # read outlasts socket_timeout (redis-py #2807), so the socket timeout below must stay above it.
@@ -27,8 +30,10 @@ def connect_redis(url: str) -> Redis:
     """A client for `url` (`redis://`, `rediss://` or `unix://`); connects lazily.
 
     RESP2 is pinned: the stream replies this package parses have the same shape on every
-    supported server and redis-py version.
+    supported server and redis-py version. A URL the client could not use raises `ConfigError`
+    here rather than at the first connect (`check_redis_url`).
     """
+    check_redis_url(url)
     client = Redis.from_url(
         url,
         protocol=2,
@@ -42,6 +47,19 @@ def connect_redis(url: str) -> Redis:
     pool = client.connection_pool
     pool.connection_class = _CLOSED_WRITE_SAFE.get(pool.connection_class, pool.connection_class)
     return client
+
+
+def check_redis_url(url: str) -> None:
+    """Raise `ConfigError` naming `REDIS_URL` for anything in `url` a client could not use.
+
+    The URL's syntax, its query options (a `?socket_timeout=` must outlast the blocking read),
+    and for `rediss://` the files its TLS options name. The message never repeats the URL.
+    """
+    problem = redis_url_problem(url, min_socket_timeout=READ_BLOCK_MS / 1000)
+    if problem is None:
+        problem = redis_tls_problem(url)
+    if problem is not None:
+        raise ConfigError("REDIS_URL", problem)
 
 
 class _ClosedWriteIsConnectionError(AbstractConnection):
