@@ -16,14 +16,24 @@ from pathlib import Path
 
 import pytest
 
-from service.local.redis_server import RedisServer, free_port
+from service.local.redis_server import free_port
+from tests.servers import redis_server
 
-SECRET = "hunter2-url-pw"  # noqa: S105 - in every REDIS_URL below, checked for leaks
+SECRET = "hunter2-url-pw"  # noqa: S105 - the test server's password, checked for leaks
 
 
-def _redis(server: RedisServer, tail: str, scheme: str = "redis") -> str:
-    """The test server's URL with a password (it has none: it is never reached) and `tail`."""
-    return f"{scheme}://:{SECRET}@127.0.0.1:{server.port}{tail}"
+@pytest.fixture(scope="module")
+def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A redis-server that wants SECRET: every URL here is right but for the one fault."""
+    port = free_port()
+    args = ["--port", str(port), "--requirepass", SECRET, "--save", ""]
+    with redis_server(tmp_path_factory.mktemp("redis"), args, _redis(port, "/0")):
+        yield port
+
+
+def _redis(port: int, tail: str, scheme: str = "redis") -> str:
+    """The test server's URL, with its password, followed by `tail`."""
+    return f"{scheme}://:{SECRET}@127.0.0.1:{port}{tail}"
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +45,8 @@ def busy_port() -> Iterator[int]:
         yield listener.getsockname()[1]
 
 
-# Each: the overrides (given the Redis server and a busy port), the variable, part of the reason.
-WORKER_CASES: dict[str, tuple[Callable[[RedisServer, int], dict[str, str]], str, str]] = {
+# Each: the overrides (given the Redis port and a busy port), the variable, part of the reason.
+WORKER_CASES: dict[str, tuple[Callable[[int, int], dict[str, str]], str, str]] = {
     "metrics host does not resolve": (
         lambda r, busy: {"METRICS_HOST": "no-such-host.invalid", "METRICS_PORT": str(free_port())},
         "METRICS_HOST",
@@ -105,7 +115,7 @@ WORKER_CASES: dict[str, tuple[Callable[[RedisServer, int], dict[str, str]], str,
         "ssl_ca_certs",
     ),
     "redis host with a space": (
-        lambda r, busy: {"REDIS_URL": f"redis://:{SECRET}@local host:{r.port}/0"},
+        lambda r, busy: {"REDIS_URL": f"redis://:{SECRET}@local host:{r}/0"},
         "REDIS_URL",
         "host",
     ),
@@ -161,13 +171,13 @@ def _assert_one_line(result: subprocess.CompletedProcess[str], prefix: str, reas
 @pytest.mark.parametrize("case", list(WORKER_CASES))
 def test_worker_stops_with_one_line_naming_the_variable(
     case: str,
-    redis_server: RedisServer,
+    redis_port: int,
     busy_port: int,
     worker_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
     overrides, variable, reason = WORKER_CASES[case]
-    env = {**worker_env, **overrides(redis_server, busy_port)}
+    env = {**worker_env, **overrides(redis_port, busy_port)}
     result = _run("service.worker", env, tmp_path)
     _assert_one_line(result, f"error: invalid setting {variable}: ", reason)
 
@@ -201,11 +211,11 @@ CLI_CASES = {
 def test_clis_stop_with_one_line_naming_the_variable(
     command: list[str],
     case: str,
-    redis_server: RedisServer,
+    redis_port: int,
     worker_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
     tail, scheme, reason = CLI_CASES[case]
-    env = {**worker_env, "REDIS_URL": _redis(redis_server, tail, scheme)}
+    env = {**worker_env, "REDIS_URL": _redis(redis_port, tail, scheme)}
     result = _run(command[0], env, tmp_path, *command[1:])
     _assert_one_line(result, "error: REDIS_URL: ", reason)
