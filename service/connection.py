@@ -25,10 +25,14 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
+from .addresses import redis_tls_problem, redis_url_problem
+from .errors import ConfigError
+
 __all__ = [
     "PRODUCER_CONNECT_TIMEOUT_SECONDS",
     "PRODUCER_TIMEOUT_SECONDS",
     "READ_BLOCK_MS",
+    "check_redis_url",
     "connect_redis",
     "connect_redis_for_producer",
     "connect_sync_redis_for_producer",
@@ -48,7 +52,9 @@ PRODUCER_CONNECT_TIMEOUT_SECONDS: Final = 1.0
 
 def connect_redis(url: str) -> Redis:
     """The worker's (and admin's) client for `url` (`redis://`, `rediss://` or `unix://`);
-    connects lazily."""
+    connects lazily. A URL the client could not use raises `ConfigError` here rather than at
+    the first connect (`check_redis_url`)."""
+    check_redis_url(url)
     client = Redis.from_url(
         url,
         socket_timeout=_SOCKET_TIMEOUT_SECONDS,
@@ -63,6 +69,7 @@ def connect_redis(url: str) -> Redis:
 def connect_redis_for_producer(url: str, *, timeout: float, connect_timeout: float) -> Redis:
     """An asyncio producer's client for `url`: `timeout` per command, one retry only on a
     connection closed before the command ran (see the module's docstring)."""
+    check_redis_url(url)
     client = Redis.from_url(
         url,
         socket_timeout=timeout,
@@ -81,6 +88,7 @@ def connect_sync_redis_for_producer(
     """A sync producer's client for `url`, as `connect_redis_for_producer`. Safe to share
     between threads; after a fork, the child opens connections of its own (redis-py's pool
     checks the process id)."""
+    check_redis_url(url)
     return redis.Redis.from_url(
         url,
         socket_timeout=timeout,
@@ -101,6 +109,19 @@ def _closed_write_safe(client: Redis) -> Redis:
     pool = client.connection_pool
     pool.connection_class = _CLOSED_WRITE_SAFE.get(pool.connection_class, pool.connection_class)
     return client
+
+
+def check_redis_url(url: str) -> None:
+    """Raise `ConfigError` naming `REDIS_URL` for anything in `url` a client could not use.
+
+    The URL's syntax, its query options (a `?socket_timeout=` must outlast the blocking read),
+    and for `rediss://` the files its TLS options name. The message never repeats the URL.
+    """
+    problem = redis_url_problem(url, min_socket_timeout=READ_BLOCK_MS / 1000)
+    if problem is None:
+        problem = redis_tls_problem(url)
+    if problem is not None:
+        raise ConfigError("REDIS_URL", problem)
 
 
 class _ClosedWriteIsConnectionError(AbstractConnection):

@@ -1,5 +1,9 @@
 """Structured logging: one JSON object per line (or readable console lines), for us and for
-every library that logs through the standard `logging` module."""
+every library that logs through the standard `logging` module.
+
+No traceback, in either format, shows local variables: a frame's locals can hold a password
+(redis-py's AUTH arguments, a URL with credentials).
+"""
 
 from __future__ import annotations
 
@@ -23,7 +27,6 @@ def configure_logging(*, level: str, json: bool) -> None:
     renderer: structlog.typing.Processor
     if json:
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
-        # Never show_locals: a frame's locals can hold a password (redis-py's auth arguments).
         shared.append(
             structlog.processors.ExceptionRenderer(
                 structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
@@ -33,7 +36,7 @@ def configure_logging(*, level: str, json: bool) -> None:
             sys.stdout.buffer
         )
     else:
-        renderer = structlog.dev.ConsoleRenderer()
+        renderer = _console_renderer()
         logger_factory = structlog.PrintLoggerFactory(sys.stdout)
     structlog.configure(
         processors=[*shared, renderer],
@@ -49,7 +52,7 @@ def _route_stdlib_logging(
 ) -> None:
     """Render records of other libraries (asyncio, redis, aiosmtplib) like our own lines."""
     final: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer() if json else _console_renderer()
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
@@ -60,3 +63,10 @@ def _route_stdlib_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def _console_renderer() -> structlog.dev.ConsoleRenderer:
+    # Left to its default, ConsoleRenderer formats tracebacks with rich, or better-exceptions,
+    # whichever is importable, and both print every frame's local variables. The plain
+    # formatter prints the same traceback as Python does, whatever is installed.
+    return structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)

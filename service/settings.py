@@ -18,9 +18,18 @@ import sys
 from typing import Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .addresses import host_problem
+from .connection import check_redis_url
 from .errors import ConfigError
 from .keys import validate_queue_name
 from .local.stack_file import STACK_FILE, running_stack
@@ -35,6 +44,7 @@ __all__ = [
 ]
 
 S = TypeVar("S", bound="QueueSettings")
+T = TypeVar("T", str, SecretStr, None)
 
 _DEFAULT_PORTS = {"none": 25, "starttls": 587, "tls": 465}
 
@@ -52,7 +62,11 @@ class QueueSettings(BaseSettings):
     """Where the queue lives: enough for a producer."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+        allow_inf_nan=False,  # "nan" and "inf" parse as floats; no setting means them
     )
 
     redis_url: SecretStr = Field(default_factory=_default_redis_url)
@@ -63,16 +77,9 @@ class QueueSettings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: SecretStr) -> SecretStr:
-        # Messages here never echo the URL: it may carry a password.
-        parts = urlsplit(value.get_secret_value())
-        if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("must start with redis://, rediss:// or unix://")
-        if parts.scheme != "unix" and not parts.hostname:
-            raise ValueError("has no host")
-        try:
-            parts.port  # noqa: B018 - urlsplit validates the port lazily, on access
-        except ValueError:
-            raise ValueError("has an invalid port") from None
+        # Everything redis-py would refuse late, or misread, refused now; the message never
+        # echoes the URL (it may carry a password).
+        check_redis_url(value.get_secret_value())
         return value
 
     @field_validator("email_queue")
@@ -124,6 +131,24 @@ class WorkerSettings(QueueSettings):
     metrics_host: str = "0.0.0.0"  # noqa: S104 - a scrape target must be reachable by Prometheus
     # None: a fresh unique name per process (see config/example.env for when to set one).
     worker_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:@-]{1,64}$")
+
+    @field_validator("smtp_host", "metrics_host")
+    @classmethod
+    def _check_host(cls, value: str, info: ValidationInfo) -> str:
+        # Else a blank or malformed host would only fail at each connect (SMTP: paused forever).
+        port_setting = "SMTP_PORT" if info.field_name == "smtp_host" else "METRICS_PORT"
+        if problem := host_problem(value, port_setting=port_setting):
+            raise ValueError(problem)
+        return value
+
+    @field_validator("smtp_username", "smtp_password")
+    @classmethod
+    def _check_not_blank(cls, value: T) -> T:
+        # Empty credentials would be sent as AUTH (or fail as AUTH unsupported) at every send.
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if text is not None and not text.strip():
+            raise ValueError("is empty: set SMTP_USERNAME and SMTP_PASSWORD, or neither")
+        return value
 
     @field_validator("smtp_security", mode="before")
     @classmethod
@@ -185,6 +210,10 @@ def load_settings(cls: type[S]) -> S:
         return cls()
     except ValidationError as exc:
         raise _config_error(exc) from None
+    except UnicodeDecodeError as exc:  # only .env is decoded: the environment is already text
+        raise ConfigError(".env", f"is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:  # .env exists but cannot be read
+        raise ConfigError(".env", f"cannot be read: {exc.strerror}") from None
 
 
 def _config_error(exc: ValidationError) -> ConfigError:

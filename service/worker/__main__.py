@@ -42,6 +42,9 @@ def main() -> int:
     configure_logging(level=settings.log_level, json=settings.json_logs)
     try:
         return eventloop.run(serve_until_signalled(settings), choice=settings.worker_event_loop)
+    except ConfigError as exc:  # what only the running worker can find: a metrics port in use
+        print(f"error: invalid setting {exc}", file=sys.stderr)
+        return 2
     except Exception:
         log.exception("worker_crashed")
         return 1

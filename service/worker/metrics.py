@@ -9,14 +9,17 @@ on Redis.
 
 from __future__ import annotations
 
+import errno
+import socket
 from collections import Counter as Tally
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from ..errors import ConfigError
 from ..store import QueueSizes
 
-__all__ = ["WorkerMetrics"]
+__all__ = ["WorkerMetrics", "listen_error"]
 
 # From a fast local relay (milliseconds) to a slow remote one (tens of seconds).
 _SEND_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -31,7 +34,10 @@ class WorkerMetrics:
         self._registry: CollectorRegistry | None = None
 
     def serve(self, host: str, port: int) -> None:
-        """Expose the metrics over HTTP on `host`:`port` (`/metrics`)."""
+        """Expose the metrics over HTTP on `host`:`port` (`/metrics`).
+
+        Raises `ConfigError` naming `METRICS_HOST` or `METRICS_PORT` when it cannot listen there.
+        """
         registry = CollectorRegistry()
         labels = ["queue"]
         self._sent = Counter(
@@ -84,7 +90,10 @@ class WorkerMetrics:
             labels,
             registry=registry,
         )
-        start_http_server(port, addr=host, registry=registry)
+        try:
+            start_http_server(port, addr=host, registry=registry)
+        except OSError as exc:
+            raise listen_error(exc, host, port) from exc
         self._registry = registry
 
     @property
@@ -139,3 +148,22 @@ class WorkerMetrics:
         for state, count in smtp.items():
             self._smtp.labels(self.queue, state).set(count)
         self._paused.labels(self.queue).set(1 if paused else 0)
+
+
+def listen_error(error: OSError, host: str, port: int) -> ConfigError:
+    """The setting to blame, and why, when the metrics server cannot listen on `host`:`port`.
+
+    Only binding tells: a name that does not resolve, an address of another machine, a port
+    another process holds or one below 1024 without the privilege.
+    """
+    if isinstance(error, socket.gaierror):
+        return ConfigError("METRICS_HOST", f"{host!r} does not resolve")
+    if error.errno == errno.EADDRNOTAVAIL:
+        return ConfigError("METRICS_HOST", f"{host!r} is not an address of this machine")
+    if error.errno == errno.EADDRINUSE:
+        return ConfigError(
+            "METRICS_PORT", f"{port} is in use on {host} (another worker on this machine?)"
+        )
+    if error.errno == errno.EACCES:
+        return ConfigError("METRICS_PORT", f"{port} needs privileges this process lacks")
+    return ConfigError("METRICS_PORT", f"cannot listen on {host}:{port}: {error.strerror}")

@@ -18,12 +18,7 @@ from service.settings import (
     redact_url,
 )
 
-_ALL = (
-    "REDIS_URL", "EMAIL_QUEUE", "LOG_LEVEL", "LOG_FORMAT", "SMTP_HOST", "SMTP_PORT",
-    "SMTP_USERNAME", "SMTP_PASSWORD", "SMTP_SECURITY", "SMTP_TIMEOUT_SECONDS", "MAIL_FROM",
-    "WORKER_CONCURRENCY", "WORKER_RECLAIM_IDLE_SECONDS", "WORKER_SHUTDOWN_SECONDS",
-    "WORKER_MAX_ATTEMPTS", "WORKER_NAME",
-)  # fmt: skip
+_ALL = tuple(name.upper() for name in WorkerSettings.model_fields)
 
 
 @pytest.fixture(autouse=True)
@@ -63,6 +58,54 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None
         ({"WORKER_NAME": "a b"}, "WORKER_NAME", "should match pattern"),
         ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL", "'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT", "'json' or 'console'"),
+        # Every variable: empty, blank, wrong type, out of range, nonsense (config/example.env).
+        ({"REDIS_URL": ""}, "REDIS_URL", "must start with redis://"),
+        ({"REDIS_URL": "redis://h/abc"}, "REDIS_URL", "database (the path after the host)"),
+        ({"REDIS_URL": "redis://h/0?socket_timeout=abc"}, "REDIS_URL", "socket_timeout"),
+        ({"REDIS_URL": "redis://h/0?ssl_cert_reqs=none"}, "REDIS_URL", "only to rediss://"),
+        ({"REDIS_URL": "unix://"}, "REDIS_URL", "needs a socket path"),
+        ({"EMAIL_QUEUE": ""}, "EMAIL_QUEUE", "not a valid queue name"),
+        ({"EMAIL_QUEUE": " "}, "EMAIL_QUEUE", "not a valid queue name"),
+        ({"SMTP_HOST": ""}, "SMTP_HOST", "is empty"),
+        ({"SMTP_HOST": "  "}, "SMTP_HOST", "is empty"),
+        ({"SMTP_HOST": "smtp.example.com:587"}, "SMTP_HOST", "(set SMTP_PORT)"),
+        ({"SMTP_HOST": "smtp://smtp.example.com"}, "SMTP_HOST", "not a URL"),
+        ({"SMTP_HOST": "smtp example.com"}, "SMTP_HOST", "contains a space"),
+        ({"SMTP_PORT": ""}, "SMTP_PORT", "valid integer"),
+        ({"SMTP_PORT": "0"}, "SMTP_PORT", "greater than or equal to 1"),
+        ({"SMTP_USERNAME": "", "SMTP_PASSWORD": ""}, "SMTP_USERNAME", "is empty"),
+        ({"SMTP_USERNAME": "u", "SMTP_PASSWORD": "  "}, "SMTP_PASSWORD", "is empty"),
+        ({"SMTP_SECURITY": ""}, "SMTP_SECURITY", "'none', 'starttls' or 'tls'"),
+        ({"SMTP_TIMEOUT_SECONDS": ""}, "SMTP_TIMEOUT_SECONDS", "valid number"),
+        ({"SMTP_TIMEOUT_SECONDS": "nan"}, "SMTP_TIMEOUT_SECONDS", "finite number"),
+        ({"SMTP_TIMEOUT_SECONDS": "0"}, "SMTP_TIMEOUT_SECONDS", "greater than 0"),
+        (
+            {"SMTP_MAX_MESSAGES_PER_CONNECTION": "-1"},
+            "SMTP_MAX_MESSAGES_PER_CONNECTION",
+            "greater than or equal to 0",
+        ),
+        ({"MAIL_FROM": " "}, "MAIL_FROM", "not a single email address"),
+        ({"WORKER_CONCURRENCY": "501"}, "WORKER_CONCURRENCY", "less than or equal to 500"),
+        ({"WORKER_RECLAIM_IDLE_SECONDS": "inf"}, "WORKER_RECLAIM_IDLE_SECONDS", "finite number"),
+        ({"WORKER_SHUTDOWN_SECONDS": "nan"}, "WORKER_SHUTDOWN_SECONDS", "finite number"),
+        ({"WORKER_MAX_ATTEMPTS": "0"}, "WORKER_MAX_ATTEMPTS", "greater than or equal to 1"),
+        ({"WORKER_RETRY_BASE_SECONDS": "nan"}, "WORKER_RETRY_BASE_SECONDS", "finite number"),
+        ({"WORKER_RETRY_MAX_SECONDS": "-inf"}, "WORKER_RETRY_MAX_SECONDS", "finite number"),
+        (
+            {"WORKER_RETRY_BASE_SECONDS": "120", "WORKER_RETRY_MAX_SECONDS": "60"},
+            "WORKER_RETRY_BASE_SECONDS",
+            "must not exceed WORKER_RETRY_MAX_SECONDS",
+        ),
+        ({"WORKER_NAME": ""}, "WORKER_NAME", "should match pattern"),
+        ({"WORKER_EVENT_LOOP": "trio"}, "WORKER_EVENT_LOOP", "'auto', 'uvloop' or 'asyncio'"),
+        ({"WORKER_HEARTBEAT_SECONDS": "0"}, "WORKER_HEARTBEAT_SECONDS", "greater than or equal"),
+        ({"METRICS_PORT": ""}, "METRICS_PORT", "valid integer"),
+        ({"METRICS_PORT": "65536"}, "METRICS_PORT", "less than or equal to 65535"),
+        ({"METRICS_HOST": ""}, "METRICS_HOST", "is empty"),
+        ({"METRICS_HOST": "0.0.0.0:9108"}, "METRICS_HOST", "(set METRICS_PORT)"),
+        ({"METRICS_HOST": "[::]"}, "METRICS_HOST", "without brackets"),
+        ({"LOG_LEVEL": ""}, "LOG_LEVEL", "'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
+        ({"LOG_FORMAT": ""}, "LOG_FORMAT", "'json' or 'console'"),
     ],
 )
 def test_bad_values_name_their_variable(
@@ -74,6 +117,13 @@ def test_bad_values_name_their_variable(
         load_settings(WorkerSettings)
     assert caught.value.variable == variable
     assert reason in caught.value.reason
+
+
+def test_a_dotenv_that_is_not_utf8_names_the_file() -> None:
+    Path(".env").write_bytes(b"MAIL_FROM=a@example.com\nSMTP_HOST=\xff\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(WorkerSettings)
+    assert (caught.value.variable, caught.value.reason) == (".env", "is not UTF-8 text (byte 34)")
 
 
 def test_missing_mail_from(monkeypatch: pytest.MonkeyPatch) -> None:
