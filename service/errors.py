@@ -10,6 +10,8 @@ __all__ = [
     "ConfigError",
     "EmailServiceError",
     "QueueFull",
+    "QueueVanished",
+    "RedisFull",
     "SmtpUnavailableError",
     "WireFormatError",
 ]
@@ -52,6 +54,35 @@ class QueueFull(EmailServiceError):
         self.queue = queue
         self.backlog = backlog
         self.limit = limit
+
+
+class QueueVanished(EmailServiceError):
+    """The queue's stream or its consumer group no longer exists: Redis restarted without
+    persistence, or someone deleted them. `stream` names the key."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(f"the stream {stream!r} or its consumer group is gone")
+        self.stream = stream
+
+
+class RedisFull(EmailServiceError):
+    """Redis refused a write because it reached `maxmemory` (policy `noeviction`): nothing was
+    written. Writes that free memory (acknowledging, deleting) still go through.
+
+    The figures are Redis's own at the refusal (`INFO memory`); None where it would not say.
+    """
+
+    def __init__(
+        self, operation: str, *, used_memory: int | None, maxmemory: int | None, policy: str | None
+    ) -> None:
+        super().__init__(
+            f"Redis refused {operation}: out of memory "
+            f"(used_memory {used_memory}, maxmemory {maxmemory}, policy {policy})"
+        )
+        self.operation = operation
+        self.used_memory = used_memory
+        self.maxmemory = maxmemory
+        self.policy = policy
 
 
 class SmtpUnavailableError(EmailServiceError):

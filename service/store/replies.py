@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 __all__ = [
     "ConsumerInfo",
@@ -26,6 +26,8 @@ __all__ = [
     "is_busy_group",
     "is_missing_group",
     "is_missing_stream",
+    "is_out_of_memory",
+    "memory_figures",
     "read_entries",
 ]
 
@@ -122,3 +124,27 @@ def is_busy_group(exc: ResponseError) -> bool:
 def is_missing_stream(exc: ResponseError) -> bool:
     """XINFO on a key that does not exist ("ERR no such key")."""
     return "no such key" in str(exc)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """OOM: Redis is at `maxmemory` and refused a command that adds data.
+
+    redis-py raises `OutOfMemoryError` when the reply starts with OOM (a command, or a script on
+    Redis 7); Redis 6.2 wraps a refusal inside a script as "ERR Error running script ... -OOM".
+    """
+    return isinstance(exc, OutOfMemoryError) or (
+        isinstance(exc, ResponseError) and "OOM command not allowed" in str(exc)
+    )
+
+
+_POLICY = "maxmemory_policy"
+
+
+def memory_figures(info: Any) -> tuple[int | None, int | None, str | None]:
+    """(used_memory, maxmemory, maxmemory_policy) from an `INFO memory` reply."""
+    used, limit, policy = (info.get(name) for name in ("used_memory", "maxmemory", _POLICY))
+    return (
+        used if isinstance(used, int) else None,
+        limit if isinstance(limit, int) else None,
+        as_str(policy) if isinstance(policy, str | bytes) else None,
+    )

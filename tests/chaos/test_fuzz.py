@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from service import EmailTask, WireFormatError
 from service.store import MAX_ENTRY_FIELDS
+from service.store.replies import as_str
 from service.wire import QueuedTask, decode_entry, encode_entry
 from service.worker.render import render
 from tests.conftest import (
@@ -205,7 +206,7 @@ def test_a_worker_settles_every_entry_whatever_its_bytes(
         {**fields, b"id": uuid.uuid4().hex.encode()} if fields.get(b"id") == _TASK_ID else fields
         for fields in batch
     ]
-    ids = [db.xadd(STREAM, fields).decode() for fields in batch]  # type: ignore[arg-type]
+    ids = [as_str(db.xadd(STREAM, fields)) for fields in batch]  # type: ignore[arg-type]
     wait_until(lambda: db.xlen(STREAM) == 0 and pending_count(db) == 0, 30, "every entry settled")
     time.sleep(0.1)  # the SMTP server records a message just before it replies 250
     assert worker.process.poll() is None, worker.output()[-3000:]

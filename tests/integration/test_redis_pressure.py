@@ -99,12 +99,14 @@ def test_a_worker_at_maxmemory_keeps_sending_holds_what_it_cannot_write_and_reco
             wait_until(lambda: len(dead_letters(db)) == 1, 10, "the dead letter")
             wait_until(lambda: db.xlen(STREAM) == 0 and pending_count(db) == 0, 10, "settled")
             assert worker.stop() == 0
+            assert dead_letters(db)[0][b"id"].decode() == dead[0]
 
     assert sorted(smtp.task_ids()) == sorted(wanted)  # each once
-    assert dead_letters(db)[0][b"id"].decode() == dead[0]
     (full,) = events(worker, "redis_out_of_memory")  # once per change of state
     assert (full["level"], full["maxmemory"], full["maxmemory_policy"]) == (
-        "error", 1, "noeviction"
+        "error",
+        1,
+        "noeviction",
     )
     assert isinstance(full["used_memory"], int)
     assert len(events(worker, "redis_memory_available")) == 1
@@ -148,18 +150,18 @@ def test_a_redis_restarted_without_persistence_is_named_in_one_warning(
     worker_env: dict[str, str], smtp: SmtpServer, tmp_path: Path
 ) -> None:
     port = free_port()
-    with volatile_redis(tmp_path / "redis", port) as (url, _):
-        worker = WorkerProcess({**worker_env, "REDIS_URL": url}, tmp_path)
-        with running(worker):
+    url = f"redis://127.0.0.1:{port}/0"
+    with running(WorkerProcess({**worker_env, "REDIS_URL": url}, tmp_path)) as worker:
+        with volatile_redis(tmp_path / "redis", port):
             worker.wait_for_log("worker_started")
             first = enqueue(url, [_task("a@example.com", 1)])
             wait_until(lambda: smtp.task_ids() == first, 10, "the first email")
-    # The same port, nothing on disk: the stream and the group are gone.
-    with running(worker), volatile_redis(tmp_path / "redis", port) as (url, _):
-        worker.wait_for_log("queue_vanished", timeout=30)
-        second = enqueue(url, [_task("b@example.com", 2)])
-        wait_until(lambda: smtp.task_ids() == first + second, 20, "the second email")
-        assert worker.stop() == 0
+        # The same port, nothing on disk: the stream and the group are gone.
+        with volatile_redis(tmp_path / "redis", port):
+            worker.wait_for_log("queue_vanished", timeout=30)
+            second = enqueue(url, [_task("b@example.com", 2)])
+            wait_until(lambda: smtp.task_ids() == first + second, 20, "the second email")
+            assert worker.stop() == 0
     (warning,) = events(worker, "queue_vanished")
     assert warning["level"] == "warning"
     assert warning["stream"] == STREAM

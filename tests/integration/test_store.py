@@ -14,7 +14,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from service.errors import RedisFull
-
 from service.keys import CONSUMER_GROUP, QueueKeys
 from service.store import (
     SENT_RECORD_TTL_MS,
@@ -25,7 +24,7 @@ from service.store import (
     SettleReply,
     SettleWrite,
 )
-from service.store.replies import claimed_entries
+from service.store.replies import as_str, claimed_entries
 from tests.conftest import as_entries
 
 # Part of the inner-loop subset (`make test-fast`): real servers, but seconds in all.
@@ -296,6 +295,10 @@ async def test_an_entry_settled_between_claim_and_count_is_not_handed_out(redis:
 # --- hostile entries: a script that fails must leave the entry where it was -----------------
 
 
+# Packs its arguments after the first as the worker stores a delayed entry.
+_PACK = "local t = {} for i = 2, #ARGV do t[#t + 1] = ARGV[i] end return cmsgpack.pack(t)"
+
+
 def _fields(count: int) -> dict[bytes, bytes]:
     return {f"f{n}".encode(): b"x" for n in range(count)}
 
@@ -325,14 +328,14 @@ async def test_a_settle_too_large_for_a_script_is_refused_before_it_writes(redis
         SettleWrite(entry.entry_id, "t", retry=RetryCopy(1, entry.fields)),
         SettleWrite(entry.entry_id, "t", dead={**entry.fields, b"dead_entry_id": b"x"}),
     ):
-        with pytest.raises(ValueError, match="5001 fields|5000 fields"):
+        with pytest.raises(ValueError, match=r"500[01] fields"):
             await stream.store.settle(write)
         assert await _where(redis, entry.entry_id, "t") == ["stream", "pending"]
 
 
 async def test_promote_dead_letters_a_delayed_entry_it_cannot_put_back(redis: Redis) -> None:
     stream = await _stream(redis)
-    pack = "local t = {} for i = 2, #ARGV do t[#t + 1] = ARGV[i] end return cmsgpack.pack(t)"
+    pack = _PACK
     huge = await redis.eval(pack, 0, "x", *[b for pair in _fields(5000).items() for b in pair])
     for task_id, packed in (("huge", huge), ("garbage", b"\xc1not msgpack"), ("odd", b"\x91\xa1v")):
         await redis.zadd(KEYS.delayed, {task_id: 1})
@@ -360,7 +363,7 @@ async def test_requeue_refuses_a_dead_letter_too_large_to_copy_and_keeps_it(
     store = QueueStore(redis, KEYS)
     dead_id = await redis.xadd(KEYS.dead, cast_fields(_fields(5000)))
     with pytest.raises(ResponseError, match="5000 fields"):
-        await store.requeue_dead(dead_id.decode(), "t")
+        await store.requeue_dead(as_str(dead_id), "t")
     assert await redis.xlen(KEYS.dead) == 1
     assert await redis.xlen(KEYS.stream) == 0
 
@@ -380,6 +383,8 @@ async def test_at_maxmemory_a_plain_ack_goes_through_and_a_retry_is_refused_unto
     for n in range(3):
         await redis.xadd(KEYS.stream, {"n": str(n)})
     sent, retried, dead = await stream.read_new(3, block_ms=10)
+    await redis.zadd(KEYS.delayed, {"due": 1})
+    await redis.hset(KEYS.delayed_entries, "due", await redis.eval(_PACK, 0, "x", "v", "1"))
     await redis.config_set("maxmemory", 1)
     try:
         assert (await stream.settle(sent, task_id="a")).took_effect  # acks free memory
@@ -393,10 +398,11 @@ async def test_at_maxmemory_a_plain_ack_goes_through_and_a_retry_is_refused_unto
         await redis.config_set("maxmemory", 0)
     assert refused.value.maxmemory == 1
     assert refused.value.policy == "noeviction"
-    assert refused.value.used_memory is not None and refused.value.used_memory > 1
+    assert (refused.value.used_memory or 0) > 1
     assert await _where(redis, sent.entry_id, "a") == []
     assert await _where(redis, retried.entry_id, "b") == ["stream", "pending"]
     assert await _where(redis, dead.entry_id, "c") == ["stream", "pending"]
+    assert await redis.zcard(KEYS.delayed) == 1  # the promotion waits too
     # Once memory is free the same writes go through.
     await stream.settle(retried, task_id="b", retry=(1, {b"n": b"1"}))
     await stream.settle(dead, task_id="c", dead={b"n": b"2", b"dead_entry_id": b"c"})
