@@ -142,7 +142,8 @@ class _Session(SMTP):
             await super()._handle_client()
             return
         await self.push(greeting)
-        self.transport.close()
+        if self.transport is not None:
+            self.transport.close()
 
 
 class _Controller(Controller):
@@ -161,7 +162,7 @@ class SmtpServer:
         self.quits = 0
         self.lock = threading.Lock()
         self._running = False
-        self._controller = _Controller(
+        self._controller: Controller = _Controller(
             _Handler(self),
             hostname="127.0.0.1",
             port=port,
