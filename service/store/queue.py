@@ -73,7 +73,7 @@ class QueueStore:
         """
         call = scripts.enqueue(self.keys, tasks, max_backlog=max_backlog, window_ms=window_ms)
         try:
-            reply = scripts.enqueue_reply(await self._run(call))
+            reply = scripts.enqueue_reply(await self._run(call, "ENQUEUE"))
         except RedisFull:
             raise QueueFull(self.queue, backlog=None, limit=None) from None
         if reply.full:
@@ -232,12 +232,14 @@ class QueueStore:
         Raises `RedisFull` at maxmemory: nothing moved.
         """
         call = scripts.promote_due(self.keys, now_ms=now_ms, limit=limit)
-        return scripts.promote_reply(await self._run(call))
+        return scripts.promote_reply(await self._run(call, "PROMOTE_DUE"))
 
     async def forget_consumer(self, consumer: str) -> bool:
         """Remove `consumer` from the group if it owns no pending entry; whether it was."""
         try:
-            removed = await self._run(scripts.forget_consumer(self.keys, consumer))
+            removed = await self._run(
+                scripts.forget_consumer(self.keys, consumer), "XGROUP DELCONSUMER"
+            )
         except ResponseError as exc:
             if replies.is_missing_group(exc):  # the group was never created
                 return False
@@ -306,7 +308,7 @@ class QueueStore:
     async def requeue_dead(self, dead_id: str, task_id: str) -> str | None:
         """Put a dead letter back on the stream; its new entry id, or None if it is gone."""
         call = scripts.requeue_dead(self.keys, dead_id=dead_id, task_id=task_id)
-        new_id = await self._run(call)
+        new_id = await self._run(call, "REQUEUE_DEAD")
         return as_str(new_id) if new_id else None
 
     async def purge_dead(self, dead_ids: Sequence[str]) -> int:
@@ -355,11 +357,11 @@ class QueueStore:
         uptime = info.get("uptime_in_seconds")
         return uptime if isinstance(uptime, int) else None
 
-    async def _run(self, call: ScriptCall) -> Any:
+    async def _run(self, call: ScriptCall, operation: str) -> Any:
         try:
             return await self._scripts[call.source](keys=call.keys, args=call.args)
         except ResponseError as exc:
-            raise await self._full("a script", exc) from None
+            raise await self._full(operation, exc) from None
 
     async def _full(self, operation: str, exc: ResponseError) -> Exception:
         """`RedisFull` with Redis's memory figures if `exc` is an OOM refusal, else `exc`."""

@@ -100,8 +100,9 @@ async def serve(settings: WorkerSettings, shutdown: Shutdown) -> int:
     beating: asyncio.Task[None] | None = None
     try:
         async with supervision:  # systemd READY/STOPPING/WATCHDOG
-            if not await supervision.start_up():  # Redis reachable, looked at, permissions
-                return 2
+            exit_code = await supervision.start_up()  # Redis reachable, looked at, permitted
+            if exit_code is not None:
+                return exit_code
             beating = asyncio.create_task(heartbeat.run(), name="heartbeat")
             return await worker.run()
     finally:

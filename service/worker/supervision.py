@@ -20,7 +20,7 @@ from typing import Final
 
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 
 from ..store import QueueStore
 from .backoff import redis_retry_delay
@@ -69,20 +69,25 @@ class Supervision:
     ) -> None:
         await cancel_and_wait(self._tasks, "worker stopped")
 
-    async def start_up(self) -> bool:
-        """Wait for Redis, look at it, then send READY; False if the worker must not start.
-
-        True also when a stop is requested meanwhile: the worker's run then stops at once.
-        """
+    async def start_up(self) -> int | None:
+        """Wait for Redis, look at it, then send READY. None: the worker may start (also when
+        a stop was requested meanwhile: its run then stops at once); else the exit code, 2 for
+        a missing permission, 1 for credentials Redis refuses."""
         checks = asyncio.create_task(self._checks(), name="start-up checks")
         stop = asyncio.create_task(self._shutdown.requested.wait())
         try:
             await asyncio.wait([checks, stop], return_when=asyncio.FIRST_COMPLETED)
         finally:
             await cancel_and_wait([checks, stop], "stop requested during start-up")
-        return checks.cancelled() or checks.result()
+        if checks.cancelled():
+            return None
+        if (error := checks.exception()) is not None:
+            log.error("worker_failed", exc_info=error)
+            return 1
+        return None if checks.result() else 2
 
     async def _checks(self) -> bool:
+        """Whether the worker may start."""
         self._notifier.status("connecting to Redis")
         await self._wait_for_redis()
         await check_redis_config(self._redis)
@@ -111,6 +116,8 @@ class Supervision:
                     log.warning("redis_not_ready", reason=reason, failures=failures)
                     self._notifier.status(f"waiting for Redis: {reason}")
                     last_reason = reason
+                if isinstance(exc, AuthenticationError | AuthorizationError):
+                    raise  # wrong credentials do not heal by waiting
                 await asyncio.sleep(redis_retry_delay(failures))
                 continue
             return
