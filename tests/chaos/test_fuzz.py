@@ -214,6 +214,8 @@ def test_a_worker_settles_every_entry_whatever_its_bytes(
     # Every entry ends in exactly one place, and its log line says which.
     dead = Counter(f[b"dead_entry_id"].decode() for _, f in as_entries(db.xrange(DEAD)))
     delivered = Counter(smtp.task_ids())
+    # Each outcome is logged just after its settle: wait for the last lines.
+    wait_until(lambda: set(ids) <= set(_outcomes(worker)), 10, "every outcome logged")
     logged = _outcomes(worker)
     for entry_id, fields in zip(ids, batch, strict=True):
         about = (entry_id, len(fields), sorted(fields)[:10], logged.get(entry_id))
@@ -238,7 +240,8 @@ def _sendable(fields: dict[bytes, bytes]) -> bool:
 def _outcomes(worker: WorkerProcess) -> dict[str, list[str]]:
     """The outcomes the worker logged, by entry id."""
     outcomes: dict[str, list[str]] = {}
-    for line in worker.output().splitlines():
+    complete = worker.output().rpartition("\n")[0]  # the last line may be half written
+    for line in complete.splitlines():
         if '"outcome"' in line:
             event = orjson.loads(line)
             outcomes.setdefault(event["entry_id"], []).append(event["outcome"])
