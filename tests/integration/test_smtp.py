@@ -183,15 +183,7 @@ async def test_the_pool_deadline_bounds_a_stalled_transaction_and_drops_its_conn
 ) -> None:
     # The lean path sets no timeout per command: SMTP_TIMEOUT_SECONDS, enforced by the pool
     # around the whole send, is what ends a server that stops answering mid-message.
-    settings = WorkerSettings(
-        _env_file=None,
-        smtp_host="127.0.0.1",
-        smtp_port=smtp.port,
-        smtp_security="none",
-        smtp_timeout_seconds=0.5,
-        mail_from="app@example.com",
-    )
-    pool = SmtpPool(settings, size=1, local_hostname="test")
+    pool = _pool(smtp, smtp_timeout_seconds=0.5)
     outgoing = Outgoing(CONTENT, SENDER, ["a@example.com"])
     smtp.behaviour.data_delay = 5.0
 
@@ -292,15 +284,7 @@ async def test_a_greeting_without_text_makes_the_server_unavailable_not_a_crash(
     # RFC 5321 makes a reply's text optional: a server going away may greet with a bare 421.
     # Both ways of opening a session (a send's, the breaker's probe) must say so plainly.
     smtp.behaviour.greeting = greeting
-    settings = WorkerSettings(
-        _env_file=None,
-        smtp_host="127.0.0.1",
-        smtp_port=smtp.port,
-        smtp_security="none",
-        smtp_timeout_seconds=2,
-        mail_from="app@example.com",
-    )
-    pool = SmtpPool(settings, size=1, local_hostname="test")
+    pool = _pool(smtp)
     where = f"cannot open an SMTP session with 127.0.0.1:{smtp.port}: SMTP {greeting.strip()}"
 
     result = await pool.send(Outgoing(CONTENT, SENDER, ["a@example.com"]))
@@ -320,15 +304,7 @@ async def test_replies_without_text_are_read_as_their_codes(
     # each as a reply with no text, never as a crash or an "unexpected" error.
     smtp.behaviour.pipelining = pipelining
     smtp.behaviour.rcpt_replies = {"gone@example.com": "550"}
-    settings = WorkerSettings(
-        _env_file=None,
-        smtp_host="127.0.0.1",
-        smtp_port=smtp.port,
-        smtp_security="none",
-        smtp_timeout_seconds=2,
-        mail_from="app@example.com",
-    )
-    pool = SmtpPool(settings, size=1, local_hostname="test")
+    pool = _pool(smtp)
     recipients = ["a@example.com", "gone@example.com"]
 
     partly = await pool.send(Outgoing(CONTENT, SENDER, recipients))
