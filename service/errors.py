@@ -12,6 +12,8 @@ __all__ = [
     "EnqueueError",
     "QueueFull",
     "QueueUnavailable",
+    "QueueVanished",
+    "RedisFull",
     "SmtpUnavailableError",
     "WireFormatError",
 ]
@@ -80,6 +82,35 @@ class QueueUnavailable(EnqueueError, ConnectionError):
         super().__init__(queue, f"queue {queue!r} is unavailable: {reason}; {outcome}")
         self.reason = reason
         self.maybe_enqueued = maybe_enqueued
+
+
+class QueueVanished(EmailServiceError):
+    """The queue's stream or its consumer group no longer exists: Redis restarted without
+    persistence, or someone deleted them. `stream` names the key."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(f"the stream {stream!r} or its consumer group is gone")
+        self.stream = stream
+
+
+class RedisFull(EmailServiceError):
+    """Redis refused a write because it reached `maxmemory` (policy `noeviction`): nothing was
+    written. Writes that free memory (acknowledging, deleting) still go through.
+
+    The figures are Redis's own at the refusal (`INFO memory`); None where it would not say.
+    """
+
+    def __init__(
+        self, operation: str, *, used_memory: int | None, maxmemory: int | None, policy: str | None
+    ) -> None:
+        super().__init__(
+            f"Redis refused {operation}: out of memory "
+            f"(used_memory {used_memory}, maxmemory {maxmemory}, policy {policy})"
+        )
+        self.operation = operation
+        self.used_memory = used_memory
+        self.maxmemory = maxmemory
+        self.policy = policy
 
 
 class SmtpUnavailableError(EmailServiceError):

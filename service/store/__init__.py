@@ -6,9 +6,11 @@ code that knows each script's KEYS and ARGV; `replies` reads Redis's replies and
 
 from __future__ import annotations
 
+from .access import Access
 from .queue import QueueOverview, QueueSizes, QueueStore
 from .replies import ConsumerInfo, Entry, GroupInfo
 from .scripts import (
+    MAX_ENTRY_FIELDS,
     SENT_RECORD_TTL_MS,
     EnqueueReply,
     NewTask,
@@ -18,7 +20,9 @@ from .scripts import (
 )
 
 __all__ = [
+    "MAX_ENTRY_FIELDS",
     "SENT_RECORD_TTL_MS",
+    "Access",
     "ConsumerInfo",
     "EnqueueReply",
     "Entry",

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from redis.asyncio import Redis
-from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.typing import EncodableT, FieldT
 
-from ..errors import QueueFull
+from ..errors import QueueFull, QueueVanished, RedisFull
 from ..keys import CONSUMER_GROUP, QueueKeys
-from . import replies, scripts
+from . import access, replies, scripts
 from .replies import ConsumerInfo, Entry, Fields, GroupInfo, as_str
 from .scripts import EnqueueReply, NewTask, ScriptCall, SettleReply, SettleWrite
 from .settles import SettleBatcher
@@ -74,7 +74,9 @@ class QueueStore:
         """
         call = scripts.enqueue(self.keys, tasks, max_backlog=max_backlog, window_ms=window_ms)
         try:
-            reply = scripts.enqueue_reply(await self._run(call))
+            reply = scripts.enqueue_reply(await self._run(call, "ENQUEUE"))
+        except RedisFull:
+            raise QueueFull(self.queue, backlog=None, limit=None) from None
         except RedisError as exc:
             raise replies.enqueue_error(self.queue, exc) from exc
         if reply.full:
@@ -101,17 +103,24 @@ class QueueStore:
 
     # --- consuming --------------------------------------------------------------------------
 
-    async def ensure_group(self) -> None:
-        """Create the consumer group (and the stream) unless they exist.
+    async def ensure_group(self) -> bool:
+        """Create the consumer group (and the stream) unless they exist; whether it did.
 
         A new group starts at id 0 so entries enqueued before the first worker ever started
-        are delivered too.
+        are delivered too. The group is looked up first: at maxmemory Redis refuses XGROUP
+        CREATE even for a group that exists, and a worker must be able to start then (its
+        acknowledgements are what frees memory). Raises `RedisFull` when the group is missing
+        and Redis cannot create it.
         """
+        if await self.group() is not None:
+            return False
         try:
             await self._redis.xgroup_create(self.keys.stream, CONSUMER_GROUP, id="0", mkstream=True)
         except ResponseError as exc:
-            if not replies.is_busy_group(exc):
-                raise
+            if replies.is_busy_group(exc):  # another worker created it meanwhile
+                return False
+            raise await self._full("XGROUP CREATE", exc) from None
+        return True
 
     async def read_new(self, consumer: str, count: int, block_ms: int) -> list[Entry]:
         """Up to `count` entries never delivered before, waiting at most `block_ms` for one."""
@@ -120,15 +129,17 @@ class QueueStore:
                 CONSUMER_GROUP, consumer, {self.keys.stream: ">"}, count=count, block=block_ms
             )
         except ResponseError as exc:
-            await self._recreate_group_if_gone(exc)
-            return []
+            raise self._vanished(exc) from None
         return [Entry(entry_id, fields, 1) for entry_id, fields in replies.read_entries(reply)]
 
     async def take_own_pending(self, consumer: str, count: int) -> list[Entry]:
         """Entries still pending under `consumer`'s name (left by an earlier run of it)."""
-        pending: Any = await self._redis.xpending_range(
-            self.keys.stream, CONSUMER_GROUP, "-", "+", count, consumername=consumer
-        )
+        try:
+            pending: Any = await self._redis.xpending_range(
+                self.keys.stream, CONSUMER_GROUP, "-", "+", count, consumername=consumer
+            )
+        except ResponseError as exc:
+            raise self._vanished(exc) from None
         ids = [as_str(item["message_id"]) for item in pending]
         if not ids:
             return []
@@ -153,8 +164,7 @@ class QueueStore:
                 self.keys.stream, CONSUMER_GROUP, consumer, min_idle_ms, cursor, count=count
             )
         except ResponseError as exc:
-            await self._recreate_group_if_gone(exc)
-            return "0-0", []
+            raise self._vanished(exc) from None
         next_cursor, claimed = replies.autoclaimed(reply)
         ids = [entry_id for entry_id, _ in claimed]
         return next_cursor, await self._with_deliveries(ids, claimed)
@@ -185,29 +195,51 @@ class QueueStore:
             if pending
         ]
 
-    async def _recreate_group_if_gone(self, exc: ResponseError) -> None:
-        """Someone deleted the stream or the group (FLUSHDB, DEL): start over, or re-raise."""
-        if not replies.is_missing_group(exc):
-            raise exc
-        await self.ensure_group()
+    async def keep_claimed(self, consumer: str, entry_ids: Sequence[str]) -> None:
+        """Reset the idle time of entries `consumer` still works on, so that no other worker
+        reclaims them meanwhile (the delivery count stays as it is)."""
+        if entry_ids:
+            ids: list[Any] = list(entry_ids)
+            await self._redis.xclaim(
+                self.keys.stream, CONSUMER_GROUP, consumer, 0, ids, justid=True
+            )
+
+    def _vanished(self, exc: ResponseError) -> Exception:
+        """NOGROUP: the stream or the group is gone (a Redis restarted empty, FLUSHDB, DEL)."""
+        return QueueVanished(self.keys.stream) if replies.is_missing_group(exc) else exc
 
     async def settle(self, write: SettleWrite) -> SettleReply:
-        """Record an entry's fate in one atomic step (`scripts.SETTLE`); see `SettleWrite`."""
-        return scripts.settle_reply(await self._settles.run(scripts.settle(self.keys, write)))
+        """Record an entry's fate in one atomic step (`scripts.SETTLE`); see `SettleWrite`.
+
+        Raises `RedisFull` when Redis is at maxmemory and the settle adds data (a retry copy, a
+        dead letter): nothing was written, the entry stays pending. ValueError: a record too
+        large for a script (see `scripts.settle`); nothing was sent.
+        """
+        call = scripts.settle(self.keys, write)
+        try:
+            reply = await self._settles.run(call)
+        except ResponseError as exc:
+            raise await self._full("SETTLE", exc) from None
+        return scripts.settle_reply(reply)
 
     async def was_sent(self, task_id: str) -> bool:
         """Whether a worker that lost a settle race recorded this task as sent."""
         return bool(await self._redis.exists(self.keys.sent(task_id)))
 
     async def promote_due(self, now_ms: int, limit: int) -> tuple[int, int | None]:
-        """Move delayed tasks due by `now_ms` into the stream; return (moved, next due ms)."""
+        """Move delayed tasks due by `now_ms` into the stream; return (moved, next due ms).
+
+        Raises `RedisFull` at maxmemory: nothing moved.
+        """
         call = scripts.promote_due(self.keys, now_ms=now_ms, limit=limit)
-        return scripts.promote_reply(await self._run(call))
+        return scripts.promote_reply(await self._run(call, "PROMOTE_DUE"))
 
     async def forget_consumer(self, consumer: str) -> bool:
         """Remove `consumer` from the group if it owns no pending entry; whether it was."""
         try:
-            removed = await self._run(scripts.forget_consumer(self.keys, consumer))
+            removed = await self._run(
+                scripts.forget_consumer(self.keys, consumer), "XGROUP DELCONSUMER"
+            )
         except ResponseError as exc:
             if replies.is_missing_group(exc):  # the group was never created
                 return False
@@ -276,7 +308,7 @@ class QueueStore:
     async def requeue_dead(self, dead_id: str, task_id: str) -> str | None:
         """Put a dead letter back on the stream; its new entry id, or None if it is gone."""
         call = scripts.requeue_dead(self.keys, dead_id=dead_id, task_id=task_id)
-        new_id = await self._run(call)
+        new_id = await self._run(call, "REQUEUE_DEAD")
         return as_str(new_id) if new_id else None
 
     async def purge_dead(self, dead_ids: Sequence[str]) -> int:
@@ -286,8 +318,11 @@ class QueueStore:
     # --- heartbeats -------------------------------------------------------------------------
 
     async def write_heartbeat(self, consumer: str, record: bytes) -> None:
-        """Store `consumer`'s latest heartbeat record."""
-        await self._redis.hset(self.keys.workers, consumer, record)
+        """Store `consumer`'s latest heartbeat record; `RedisFull` at maxmemory."""
+        try:
+            await self._redis.hset(self.keys.workers, consumer, record)
+        except ResponseError as exc:
+            raise await self._full("HSET", exc) from None
 
     async def remove_heartbeats(self, *consumers: str) -> None:
         """Delete these consumers' heartbeat records."""
@@ -298,11 +333,42 @@ class QueueStore:
         records: Any = await self._redis.hgetall(self.keys.workers)
         return {as_str(name): record for name, record in records.items()}
 
-    async def _run(self, call: ScriptCall) -> Any:
+    # --- the server ---------------------------------------------------------------------------
+
+    async def access(self) -> access.Access:
+        """Whether the Redis user this client logs in as may run every command a worker runs."""
+        user = self._redis.connection_pool.connection_kwargs.get("username") or "default"
+        return await access.check_access(self._redis, user, self.keys)
+
+    async def memory(self) -> tuple[int | None, int | None, str | None]:
+        """Redis's (used_memory, maxmemory, maxmemory_policy); None for what it will not say."""
+        try:
+            info: Any = await self._redis.info("memory")
+        except ResponseError:  # INFO refused (an ACL, a managed service): no figures
+            return None, None, None
+        return replies.memory_figures(info)
+
+    async def uptime_seconds(self) -> int | None:
+        """How long the Redis server has been running; None if it will not say."""
+        try:
+            info: Any = await self._redis.info("server")
+        except ResponseError:
+            return None
+        uptime = info.get("uptime_in_seconds")
+        return uptime if isinstance(uptime, int) else None
+
+    async def _run(self, call: ScriptCall, operation: str) -> Any:
         try:
             return await self._scripts[call.source](keys=call.keys, args=call.args)
-        except OutOfMemoryError:  # only scripts that add data are refused at maxmemory
-            raise QueueFull(self.queue, backlog=None, limit=None) from None
+        except ResponseError as exc:
+            raise await self._full(operation, exc) from None
+
+    async def _full(self, operation: str, exc: ResponseError) -> Exception:
+        """`RedisFull` with Redis's memory figures if `exc` is an OOM refusal, else `exc`."""
+        if not replies.is_out_of_memory(exc):
+            return exc
+        used, limit, policy = await self.memory()
+        return RedisFull(operation, used_memory=used, maxmemory=limit, policy=policy)
 
     # --- dead letters in bulk (admin) -------------------------------------------------------
 

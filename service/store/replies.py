@@ -36,7 +36,9 @@ __all__ = [
     "is_busy_group",
     "is_missing_group",
     "is_missing_stream",
+    "is_out_of_memory",
     "may_have_run",
+    "memory_figures",
     "read_entries",
 ]
 
@@ -151,7 +153,31 @@ def may_have_run(exc: RedisError) -> bool:
 def enqueue_error(queue: str, exc: RedisError) -> EnqueueError:
     """What a failed enqueue command means to the producer's caller: `QueueFull` when Redis is
     at its memory limit, else `QueueUnavailable`."""
-    if isinstance(exc, OutOfMemoryError):
+    if is_out_of_memory(exc):
         return QueueFull(queue, backlog=None, limit=None)
     reason = f"{type(exc).__name__}: {str(exc).strip()}".rstrip(": ")[:300]
     return QueueUnavailable(queue, reason=reason, maybe_enqueued=may_have_run(exc))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """OOM: Redis is at `maxmemory` and refused a command that adds data.
+
+    redis-py raises `OutOfMemoryError` when the reply starts with OOM (a command, or a script on
+    Redis 7); Redis 6.2 wraps a refusal inside a script as "ERR Error running script ... -OOM".
+    """
+    return isinstance(exc, OutOfMemoryError) or (
+        isinstance(exc, ResponseError) and "OOM command not allowed" in str(exc)
+    )
+
+
+_POLICY = "maxmemory_policy"
+
+
+def memory_figures(info: Any) -> tuple[int | None, int | None, str | None]:
+    """(used_memory, maxmemory, maxmemory_policy) from an `INFO memory` reply."""
+    used, limit, policy = (info.get(name) for name in ("used_memory", "maxmemory", _POLICY))
+    return (
+        used if isinstance(used, int) else None,
+        limit if isinstance(limit, int) else None,
+        as_str(policy) if isinstance(policy, str | bytes) else None,
+    )

@@ -25,6 +25,7 @@ from ..keys import CONSUMER_GROUP, QueueKeys
 from .replies import as_str
 
 __all__ = [
+    "MAX_ENTRY_FIELDS",
     "SENT_RECORD_TTL_MS",
     "EnqueueReply",
     "NewTask",
@@ -44,6 +45,13 @@ __all__ = [
 
 # A sent record outlives any retry copy it guards (its whole retry schedule, at the defaults).
 SENT_RECORD_TTL_MS: Final = 7 * 24 * 3600 * 1000
+# The most fields a stream entry may have for the worker to handle it: a v1 entry has at most 9.
+# A script copies an entry with one call (XADD, or unpack() into cmsgpack), and Lua's unpack()
+# stops near 8,000 values; entries beyond this are dead-lettered without their extra fields.
+MAX_ENTRY_FIELDS: Final = 1000
+# What a script may be asked to write in one record: an entry plus the fields a retry copy or a
+# dead letter adds (about 2 x 1,050 values, well inside unpack()'s limit).
+_MAX_RECORD_FIELDS: Final = MAX_ENTRY_FIELDS + 50
 # Stands in for an absent task id or idempotency key in a key name (never read or written).
 _NONE: Final = "-"
 
@@ -154,32 +162,51 @@ def enqueue_reply(reply: Any) -> EnqueueReply:
 
 # Records the fate of an entry after an attempt: acknowledges and deletes it, and optionally
 # schedules a retry copy and/or adds a dead-letter record. Only the first settle of an entry
-# takes effect (XACK answers 1 once), so two workers that both hold an entry (one reclaimed it
+# takes effect (it is pending once), so two workers that both hold an entry (one reclaimed it
 # from a stalled other) can never both schedule it; when the loser had sent the email, it leaves
 # a sent record so that the winner's retry copy is not sent again.
+#
+# Redis does not undo a script that fails part-way, so everything that can fail is checked
+# before the first write, and the writes that add data (the retry copy, the dead letter) come
+# before XACK + XDEL: at maxmemory Redis refuses the first of them (a script's first write may
+# be refused; later ones may not), the script ends having changed nothing, and the entry stays
+# pending until the worker settles it again. A plain acknowledgement writes nothing new and
+# goes through at maxmemory, freeing memory.
 # KEYS: stream, delayed, delayed_entries, dead, sent record
 # ARGV: group, entry id, task id, sent record ttl ms (0: the attempt sent nothing), retry due ms,
 #       n = number of retry-copy items, n retry-copy fields and values, then the dead-letter
 #       record's fields and values (none: no dead letter)
 # Returns {1, dead-letter stream length} when this settle took effect, {0, 0} when the entry
-# had already been settled.
+# was no longer pending (settled by another worker, or its stream is gone).
 SETTLE: Final = """
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
+local n = tonumber(ARGV[6])
+local pending = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if pending.err or #pending == 0 then
   if ARGV[4] ~= '0' then redis.call('SET', KEYS[5], ARGV[2], 'PX', ARGV[4]) end
   return {0, 0}
 end
-redis.call('XDEL', KEYS[1], ARGV[2])
-local n = tonumber(ARGV[6])
-if n > 0 then
+local retry, dead = n > 0, #ARGV > 6 + n
+-- A key of the wrong type fails these reads, ending the script before it wrote anything.
+if retry then
+  redis.call('ZCARD', KEYS[2])
+  redis.call('HGET', KEYS[3], ARGV[3])
+end
+if dead then redis.call('XLEN', KEYS[4]) end
+if retry then
+  local copy = {}
+  for i = 7, 6 + n do copy[#copy + 1] = ARGV[i] end
+  local packed = cmsgpack.pack(copy)
   redis.call('ZADD', KEYS[2], ARGV[5], ARGV[3])
-  redis.call('HSET', KEYS[3], ARGV[3], cmsgpack.pack({unpack(ARGV, 7, 6 + n)}))
+  redis.call('HSET', KEYS[3], ARGV[3], packed)
 end
-local dead = 0
-if #ARGV > 6 + n then
+local length = 0
+if dead then
   redis.call('XADD', KEYS[4], '*', unpack(ARGV, 7 + n))
-  dead = redis.call('XLEN', KEYS[4])
+  length = redis.call('XLEN', KEYS[4])
 end
-return {1, dead}
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+return {1, length}
 """
 
 
@@ -217,8 +244,19 @@ class SettleReply:
 
 
 def settle(keys: QueueKeys, write: SettleWrite) -> ScriptCall:
-    """The SETTLE call that performs `write`."""
+    """The SETTLE call that performs `write`.
+
+    Raises ValueError, before anything reaches Redis, for a record larger than a script can
+    write (see `MAX_ENTRY_FIELDS`): the entry then stays pending.
+    """
     task_id = write.task_id or _NONE
+    retry_fields = write.retry.fields if write.retry else None
+    for name, record in (("retry copy", retry_fields), ("dead letter", write.dead)):
+        if record and len(record) > _MAX_RECORD_FIELDS:
+            raise ValueError(
+                f"a {name} of {len(record)} fields is more than a script can write "
+                f"(at most {_MAX_RECORD_FIELDS})"
+            )
     retry_items = _flatten(write.retry.fields) if write.retry else []
     return ScriptCall(
         SETTLE,
@@ -241,14 +279,45 @@ def settle_reply(reply: Any) -> SettleReply:
     return SettleReply(took_effect=reply[0] == 1, dead_letters=int(reply[1]))
 
 
-# Moves up to `limit` delayed tasks whose time has come back into the stream.
-# KEYS: stream, delayed, delayed_entries; ARGV: now ms, limit
+# Moves up to `limit` delayed tasks whose time has come back into the stream. Every stored copy
+# is read and checked before the first write; one that cannot go back (not a packed entry, an
+# odd number of values, more fields than one XADD takes) is dead-lettered whole, packed, with
+# the reason, rather than failing the script for every task behind it. At maxmemory the first
+# XADD is refused and nothing moves.
+# KEYS: stream, delayed, delayed_entries, dead; ARGV: now ms, limit, most fields of a record
 # Returns {tasks moved, due ms of the next delayed task or false}.
 PROMOTE_DUE: Final = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+local most = 2 * tonumber(ARGV[3])
+local moves = {}
 for _, task_id in ipairs(due) do
   local packed = redis.call('HGET', KEYS[3], task_id)
-  if packed then redis.call('XADD', KEYS[1], '*', unpack(cmsgpack.unpack(packed))) end
+  local fields, problem = nil, nil
+  if packed then
+    local ok, unpacked = pcall(cmsgpack.unpack, packed)
+    if not ok or type(unpacked) ~= 'table' then
+      problem = 'its stored copy is not a packed entry'
+    elseif #unpacked == 0 or #unpacked % 2 == 1 then
+      problem = 'its stored copy holds ' .. #unpacked .. ' values, not field and value pairs'
+    elseif #unpacked > most then
+      problem = 'its stored copy has ' .. (#unpacked / 2) .. ' fields, more than ' .. (most / 2)
+    else
+      for i = 1, #unpacked do
+        if type(unpacked[i]) ~= 'string' then problem = 'its stored copy holds a non-string' end
+      end
+      if not problem then fields = unpacked end
+    end
+  end
+  moves[#moves + 1] = {task_id, packed, fields, problem}
+end
+for _, move in ipairs(moves) do
+  local task_id, packed, fields, problem = move[1], move[2], move[3], move[4]
+  if fields then
+    redis.call('XADD', KEYS[1], '*', unpack(fields))
+  elseif packed then
+    redis.call('XADD', KEYS[4], '*', 'dead_reason', 'cannot be put back in the stream: ' .. problem,
+      'dead_task_id', task_id, 'dead_packed', packed, 'dead_at', ARGV[1])
+  end
   redis.call('ZREM', KEYS[2], task_id)
   redis.call('HDEL', KEYS[3], task_id)
 end
@@ -260,7 +329,9 @@ return {#due, next_due[2] or false}
 def promote_due(keys: QueueKeys, *, now_ms: int, limit: int) -> ScriptCall:
     """The PROMOTE_DUE call: move up to `limit` tasks due by `now_ms`."""
     return ScriptCall(
-        PROMOTE_DUE, [keys.stream, keys.delayed, keys.delayed_entries], [now_ms, limit]
+        PROMOTE_DUE,
+        [keys.stream, keys.delayed, keys.delayed_entries, keys.dead],
+        [now_ms, limit, _MAX_RECORD_FIELDS],
     )
 
 
@@ -273,12 +344,17 @@ def promote_reply(reply: Any) -> tuple[int, int | None]:
 # Puts a dead letter back on the stream with a fresh attempt budget (an operator's decision):
 # the dead_* fields and the attempt count go, the requeue count `rq` goes up, and any sent
 # record of the task is dropped so the new copy is really sent.
-# KEYS: dead, stream, the task's sent record; ARGV: dead-letter entry id
+# A letter too large to copy in one XADD is refused before anything is written.
+# KEYS: dead, stream, the task's sent record; ARGV: dead-letter entry id, most fields of a record
 # Returns the new stream entry id, or false when no such dead letter exists.
 REQUEUE_DEAD: Final = """
 local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
 if #found == 0 then return false end
 local fields, copy, requeues = found[1][2], {}, 0
+if #fields > 2 * tonumber(ARGV[2]) then
+  return redis.error_reply('dead letter ' .. ARGV[1] .. ' has ' .. (#fields / 2) ..
+    ' fields, more than a script can copy (' .. ARGV[2] .. '): read it with XRANGE')
+end
 for i = 1, #fields, 2 do
   local name, value = fields[i], fields[i + 1]
   if name == 'rq' then
@@ -300,7 +376,9 @@ return new_id
 def requeue_dead(keys: QueueKeys, *, dead_id: str, task_id: str) -> ScriptCall:
     """The REQUEUE_DEAD call for the dead letter `dead_id` of task `task_id`."""
     return ScriptCall(
-        REQUEUE_DEAD, [keys.dead, keys.stream, keys.sent(task_id or _NONE)], [dead_id]
+        REQUEUE_DEAD,
+        [keys.dead, keys.stream, keys.sent(task_id or _NONE)],
+        [dead_id, _MAX_RECORD_FIELDS],
     )
 
 

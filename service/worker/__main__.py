@@ -97,20 +97,29 @@ async def serve(settings: WorkerSettings, shutdown: Shutdown) -> int:
         else None,
         pid=os.getpid(),
     )
-    supervision = Supervision(redis, shutdown, status=f"delivering queue {settings.email_queue}")
-    beating = asyncio.create_task(heartbeat.run(), name="heartbeat")
+    supervision = Supervision(
+        redis, store, shutdown, status=f"delivering queue {settings.email_queue}"
+    )
+    beating: asyncio.Task[None] | None = None
     try:
-        async with supervision:  # systemd READY/STOPPING/WATCHDOG, Redis config check
+        async with supervision:  # systemd READY/STOPPING/WATCHDOG
+            exit_code = await supervision.start_up()  # Redis reachable, looked at, permitted
+            if exit_code is not None:
+                return exit_code
+            beating = asyncio.create_task(heartbeat.run(), name="heartbeat")
             return await worker.run()
     finally:
         # The last steps share what is left of the shutdown deadline, a round trip each.
         shutdown.begin()
-        await cancel_and_wait([beating], "worker stopped")
+        if beating is not None:
+            await cancel_and_wait([beating], "worker stopped")
         seconds = shutdown.remaining()
-        await asyncio.gather(
-            _best_effort(heartbeat.remove(), seconds, "heartbeat_left_behind", consumer=consumer),
-            _best_effort(smtp.close(), seconds, "smtp_quit_skipped"),
-        )
+        last_steps = [_best_effort(smtp.close(), seconds, "smtp_quit_skipped")]
+        if beating is not None:  # a heartbeat was written: remove it
+            removal = heartbeat.remove()
+            failed = "heartbeat_left_behind"
+            last_steps.append(_best_effort(removal, seconds, failed, consumer=consumer))
+        await asyncio.gather(*last_steps)
         await redis.aclose()
 
 

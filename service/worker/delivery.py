@@ -10,6 +10,7 @@ another worker) takes it over.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -20,7 +21,7 @@ import structlog
 
 from ..errors import WireFormatError
 from ..settings import WorkerSettings
-from ..store import Entry, QueueStore, SettleReply, SettleWrite
+from ..store import MAX_ENTRY_FIELDS, Entry, QueueStore, SettleReply, SettleWrite
 from ..task import addr_spec
 from ..wire import QueuedTask, decode_entry
 from . import fate
@@ -96,6 +97,9 @@ class Delivery:
 
     async def _attempt(self, entry: Entry) -> tuple[fate.Fate, QueuedTask | None]:
         """Everything up to the fate write: decode, check, render, send, plan."""
+        if len(entry.fields) > MAX_ENTRY_FIELDS:  # no producer writes one; no script copies it
+            reason = f"entry has {len(entry.fields)} fields; at most {MAX_ENTRY_FIELDS}"
+            return self._give_up(entry, None, reason), None
         try:
             queued = decode_entry(entry.fields)
         except WireFormatError as exc:
@@ -149,11 +153,16 @@ class Delivery:
         """Run a fate write to completion even if the delivery is cancelled meanwhile.
 
         A Redis outage delays the write (retried with backoff) rather than dropping it: after an
-        SMTP accept, an unrecorded ack would mean sending the email again. The attempt's send
-        slot is released as the write starts.
+        SMTP accept, an unrecorded ack would mean sending the email again. So does Redis at
+        maxmemory refusing a retry copy or a dead letter: the entry stays pending, kept claimed
+        by this worker so that no other one takes it over and sends it again meanwhile. The
+        attempt's send slot is released as the write starts.
         """
+        keep_claimed = functools.partial(self._store.keep_claimed, self._consumer, [write.entry_id])
         task = asyncio.create_task(
-            retry_while_unavailable("record_fate", lambda: self._store.settle(write))
+            retry_while_unavailable(
+                "record_fate", lambda: self._store.settle(write), while_full=keep_claimed
+            )
         )
         self.fate_writes.add(task)
         task.add_done_callback(self.fate_writes.discard)

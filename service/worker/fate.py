@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Self
 
 from ..settings import WorkerSettings
-from ..store import Entry, RetryCopy, SettleWrite
+from ..store import MAX_ENTRY_FIELDS, Entry, RetryCopy, SettleWrite
 from ..wire import QueuedTask, dead_entry, retry_entry
 from .backoff import backoff_delay
 from .outcome import Decision
@@ -114,9 +114,18 @@ def after_attempt(
 def give_up(
     entry: Entry, queued: QueuedTask | None, reason: str, *, consumer: str, now_ms: int
 ) -> Fate:
-    """Dead-letter an entry that no attempt could ever send (`queued` None: undecodable)."""
+    """Dead-letter an entry that no attempt could ever send (`queued` None: undecodable).
+
+    An entry with more fields than a script can copy keeps its first `MAX_ENTRY_FIELDS` (a
+    producer writes its own first) and counts the others in `dead_fields_dropped`.
+    """
+    fields = entry.fields
+    dropped = len(fields) - MAX_ENTRY_FIELDS
+    if dropped > 0:
+        kept = dict(list(fields.items())[:MAX_ENTRY_FIELDS])
+        fields = {**kept, b"dead_fields_dropped": str(dropped).encode()}
     record = dead_entry(
-        entry.fields,
+        fields,
         reason=reason,
         entry_id=entry.entry_id,
         deliveries=entry.deliveries,

@@ -1,4 +1,4 @@
-"""A start-up look at the Redis server's configuration: is it fit to hold a queue?
+"""A start-up look at the Redis server: is it fit to hold a queue, and may this worker use it?
 
 Two settings decide whether queued emails survive: an evicting `maxmemory-policy` deletes whole
 keys (the stream itself) under memory pressure, and a server without persistence forgets every
@@ -7,6 +7,11 @@ start-up, where an operator reading the logs of a new deployment will see it.
 
 Managed Redis often disables or renames CONFIG; the check then says so at info level and the
 worker goes on.
+
+The Redis user's permissions are checked too (`service.store.access`): a worker allowed to read
+and send but not to settle would send every email again and again, so a missing permission
+stops it before it takes any entry, with exit code 2 (like an invalid setting: restarting
+cannot help).
 """
 
 from __future__ import annotations
@@ -19,7 +24,10 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-__all__ = ["Finding", "assess_redis_config", "check_redis_config"]
+from ..store import QueueStore
+from .backoff import retry_while_unavailable
+
+__all__ = ["Finding", "assess_redis_config", "check_redis_access", "check_redis_config"]
 
 log = structlog.get_logger("service.worker")
 
@@ -106,3 +114,33 @@ async def check_redis_config(redis: Redis) -> list[Finding]:
             problem=finding.problem,
         )
     return findings
+
+
+async def check_redis_access(store: QueueStore) -> bool:
+    """Whether the worker may run every command it needs; logs what is missing, or why it
+    could not be checked (the worker then goes on)."""
+    access = await retry_while_unavailable("check_permissions", store.access)
+    if not access.checked:
+        # The server's own words ("NOPERM ... 'acl|dryrun' ..."): no secret in them.
+        log.info("redis_permissions_unchecked", user=access.user, reason=access.reason)
+        return True
+    if access.missing:
+        log.error(
+            "redis_permissions_missing",
+            user=access.user,
+            missing=list(access.missing),
+            checked_with=access.how,
+            problem=f"the Redis user {access.user!r} may not run what the worker needs (it "
+            "would send emails it cannot settle): grant them, e.g. ACL SETUSER "
+            f"{access.user} {_grants(access.missing)}, and start the worker again",
+        )
+        return False
+    log.debug("redis_permissions_checked", user=access.user, checked_with=access.how)
+    return True
+
+
+def _grants(missing: tuple[str, ...]) -> str:
+    rules = [f"+{name}" for name in missing if not name.startswith("keys ")]
+    keys = [name.removeprefix("keys ").split(", ") for name in missing if name.startswith("keys ")]
+    rules += [f"~{key}" for group in keys for key in group]
+    return " ".join(rules)

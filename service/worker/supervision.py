@@ -1,7 +1,8 @@
 """What the worker tells its supervisor (systemd), and the start-up checks that come first.
 
-- `READY=1` once Redis answered a PING and its configuration was looked at: a unit ordered
-  after this one starts only when the queue is reachable.
+- `READY=1` once Redis answered a PING, its configuration was looked at and the Redis user's
+  permissions were found sufficient (or could not be checked): a unit ordered after this one
+  starts only when the queue is reachable. The worker takes no entry before that.
 - `WATCHDOG=1` at half of `WATCHDOG_USEC`, from the event loop (see `Notifier.watchdog`).
 - `STOPPING=1` as soon as a stop is requested, so `systemctl` shows "deactivating" for the
   whole drain instead of an unexplained wait.
@@ -19,11 +20,12 @@ from typing import Final
 
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 
+from ..store import QueueStore
 from .backoff import redis_retry_delay
 from .notify import Notifier, watchdog_interval
-from .redis_check import check_redis_config
+from .redis_check import check_redis_access, check_redis_config
 from .shutdown import Shutdown, cancel_and_wait
 
 __all__ = ["Supervision"]
@@ -39,12 +41,14 @@ class Supervision:
     def __init__(
         self,
         redis: Redis,
+        store: QueueStore,
         shutdown: Shutdown,
         *,
         status: str,
         notifier: Notifier | None = None,
     ) -> None:
         self._redis = redis
+        self._store = store
         self._shutdown = shutdown
         self._status = status
         self._notifier = notifier or Notifier.from_environ()
@@ -54,7 +58,6 @@ class Supervision:
         interval = watchdog_interval()
         if interval is not None and self._notifier.enabled:
             self._tasks.append(asyncio.create_task(self._notifier.watchdog(interval)))
-        self._tasks.append(asyncio.create_task(self._announce_ready()))
         self._tasks.append(asyncio.create_task(self._announce_stopping()))
         return self
 
@@ -66,14 +69,35 @@ class Supervision:
     ) -> None:
         await cancel_and_wait(self._tasks, "worker stopped")
 
-    async def _announce_ready(self) -> None:
+    async def start_up(self) -> int | None:
+        """Wait for Redis, look at it, then send READY. None: the worker may start (also when
+        a stop was requested meanwhile: its run then stops at once); else the exit code, 2 for
+        a missing permission, 1 for credentials Redis refuses."""
+        checks = asyncio.create_task(self._checks(), name="start-up checks")
+        stop = asyncio.create_task(self._shutdown.requested.wait())
+        try:
+            await asyncio.wait([checks, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await cancel_and_wait([checks, stop], "stop requested during start-up")
+        if checks.cancelled():
+            return None
+        if (error := checks.exception()) is not None:
+            log.error("worker_failed", exc_info=error)
+            return 1
+        return None if checks.result() else 2
+
+    async def _checks(self) -> bool:
+        """Whether the worker may start."""
         self._notifier.status("connecting to Redis")
         await self._wait_for_redis()
         await check_redis_config(self._redis)
+        if not await check_redis_access(self._store):
+            return False
         if not self._shutdown.requested.is_set():  # READY after STOPPING would confuse systemd
             self._notifier.ready(self._status)
         # Debug only: the first lines of a run are "worker_starting", "worker_started".
         log.debug("worker_ready", notified=self._notifier.enabled)
+        return True
 
     async def _announce_stopping(self) -> None:
         await self._shutdown.requested.wait()
@@ -92,6 +116,8 @@ class Supervision:
                     log.warning("redis_not_ready", reason=reason, failures=failures)
                     self._notifier.status(f"waiting for Redis: {reason}")
                     last_reason = reason
+                if isinstance(exc, AuthenticationError | AuthorizationError):
+                    raise  # wrong credentials do not heal by waiting
                 await asyncio.sleep(redis_retry_delay(failures))
                 continue
             return

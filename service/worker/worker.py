@@ -27,6 +27,8 @@ from typing import Any, Final
 import structlog
 
 from ..connection import READ_BLOCK_MS
+from ..errors import QueueVanished, RedisFull
+from ..keys import CONSUMER_GROUP
 from ..settings import WorkerSettings
 from ..store import Entry, QueueStore
 from .backoff import TRANSIENT_REDIS_ERRORS, retry_while_unavailable
@@ -143,9 +145,13 @@ class Worker:
     async def _resume_own_pending(self) -> None:
         """Entries left pending under this consumer's name by an earlier run go first."""
         count = self._settings.worker_concurrency * 10
-        entries = await retry_while_unavailable(
-            "resume_pending", lambda: self._store.take_own_pending(self.consumer, count)
-        )
+        try:
+            entries = await retry_while_unavailable(
+                "resume_pending", lambda: self._store.take_own_pending(self.consumer, count)
+            )
+        except QueueVanished:
+            await self._queue_vanished()
+            return
         if entries:
             log.info("resuming_pending", entries=len(entries))
         for entry in entries:
@@ -158,7 +164,11 @@ class Worker:
                 await self._breaker.wait_until_sending()
                 free = await self._wait_for_slots_to_read()
                 read = functools.partial(self._store.read_new, self.consumer, free, READ_BLOCK_MS)
-                entries = await retry_while_unavailable("read", read)
+                try:
+                    entries = await retry_while_unavailable("read", read)
+                except QueueVanished:
+                    await self._queue_vanished()
+                    entries = []
                 for entry in entries:
                     self._dispatch(entry)
             # The stream is empty (the read got fewer entries than it asked for) but tasks are
@@ -179,7 +189,11 @@ class Worker:
                 claim = functools.partial(
                     self._store.claim_stale, self.consumer, min_idle_ms, cursor, free
                 )
-                cursor, entries = await retry_while_unavailable("reclaim", claim)
+                try:
+                    cursor, entries = await retry_while_unavailable("reclaim", claim)
+                except QueueVanished:
+                    await self._queue_vanished()
+                    cursor, entries = "0-0", []
                 for entry in entries:
                     if entry.entry_id in self._in_flight:
                         continue  # our own slow send; it records its fate itself
@@ -187,6 +201,24 @@ class Worker:
                     self._dispatch(entry)
             if cursor == "0-0":
                 await asyncio.sleep(interval)
+
+    async def _queue_vanished(self) -> None:
+        """The stream or the group disappeared under the worker: create the group again, and
+        say so once (whichever of the reader and the reclaimer creates it says it)."""
+        if not await retry_while_unavailable("create_group", self._store.ensure_group):
+            return
+        uptime = await retry_while_unavailable("uptime", self._store.uptime_seconds)
+        log.warning(
+            "queue_vanished",
+            stream=self._store.keys.stream,
+            group=CONSUMER_GROUP,
+            redis_uptime_s=uptime,
+            in_flight=len(self._in_flight),
+            problem="the stream and its consumer group were gone: Redis restarted without "
+            "persistence (or they were deleted), and every task queued, pending, delayed or "
+            "dead-lettered before is lost; the group was created again and the worker goes on. "
+            "Give Redis persistence (appendonly yes) to keep the queue across restarts",
+        )
 
     def _free_slots(self) -> int:
         return self._settings.worker_concurrency - len(self._sending)
@@ -258,7 +290,7 @@ class Worker:
         try:
             async with asyncio.timeout(self._shutdown.remaining()):
                 await self._store.forget_consumer(self.consumer)
-        except (TimeoutError, *TRANSIENT_REDIS_ERRORS):
+        except (TimeoutError, RedisFull, *TRANSIENT_REDIS_ERRORS):  # Redis 6.2: XGROUP is denyoom
             log.info("consumer_left_in_group", consumer=self.consumer)
 
     async def _wait(self, tasks: Collection[asyncio.Task[Any]], seconds: float) -> None:

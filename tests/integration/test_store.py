@@ -11,7 +11,9 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
+from service.errors import RedisFull
 from service.keys import CONSUMER_GROUP, QueueKeys
 from service.store import (
     SENT_RECORD_TTL_MS,
@@ -22,7 +24,7 @@ from service.store import (
     SettleReply,
     SettleWrite,
 )
-from service.store.replies import claimed_entries
+from service.store.replies import as_str, claimed_entries
 from tests.conftest import as_entries
 
 # Part of the inner-loop subset (`make test-fast`): real servers, but seconds in all.
@@ -288,3 +290,135 @@ async def test_an_entry_settled_between_claim_and_count_is_not_handed_out(redis:
     assert [(e.entry_id, e.fields[b"n"], e.deliveries) for e in entries] == [
         (second.entry_id, b"still pending", 2)
     ]
+
+
+# --- hostile entries: a script that fails must leave the entry where it was -----------------
+
+
+# Packs its arguments after the first as the worker stores a delayed entry.
+_PACK = "local t = {} for i = 2, #ARGV do t[#t + 1] = ARGV[i] end return cmsgpack.pack(t)"
+
+
+def _fields(count: int) -> dict[bytes, bytes]:
+    return {f"f{n}".encode(): b"x" for n in range(count)}
+
+
+async def _where(redis: Redis, entry_id: str, task_id: str) -> list[str]:
+    """The places that hold the entry (or its copy): exactly one, unless it was lost."""
+    places = []
+    if as_entries(await redis.xrange(KEYS.stream, entry_id, entry_id)):
+        places.append("stream")
+    if await redis.xpending_range(KEYS.stream, CONSUMER_GROUP, entry_id, entry_id, 1):
+        places.append("pending")
+    if await redis.zscore(KEYS.delayed, task_id) is not None:
+        places.append("delayed")
+    for _, fields in as_entries(await redis.xrange(KEYS.dead)):
+        if fields.get(b"dead_entry_id") == entry_id.encode():
+            places.append("dead")
+    return places
+
+
+async def test_a_settle_too_large_for_a_script_is_refused_before_it_writes(redis: Redis) -> None:
+    # Lua's unpack() stops at about 8,000 values: a retry copy or dead letter of an entry with
+    # thousands of fields used to fail after XACK + XDEL, and the entry was in no place at all.
+    stream = await _stream(redis)
+    await redis.xadd(KEYS.stream, cast_fields(_fields(5000)))
+    (entry,) = await stream.read_new(1, block_ms=10)
+    for write in (
+        SettleWrite(entry.entry_id, "t", retry=RetryCopy(1, entry.fields)),
+        SettleWrite(entry.entry_id, "t", dead={**entry.fields, b"dead_entry_id": b"x"}),
+    ):
+        with pytest.raises(ValueError, match=r"500[01] fields"):
+            await stream.store.settle(write)
+        assert await _where(redis, entry.entry_id, "t") == ["stream", "pending"]
+
+
+async def test_promote_dead_letters_a_delayed_entry_it_cannot_put_back(redis: Redis) -> None:
+    stream = await _stream(redis)
+    pack = _PACK
+    huge = await redis.eval(pack, 0, "x", *[b for pair in _fields(5000).items() for b in pair])
+    for task_id, packed in (("huge", huge), ("garbage", b"\xc1not msgpack"), ("odd", b"\x91\xa1v")):
+        await redis.zadd(KEYS.delayed, {task_id: 1})
+        await redis.hset(KEYS.delayed_entries, task_id, packed)
+    await redis.zadd(KEYS.delayed, {"good": 2})
+    await redis.hset(
+        KEYS.delayed_entries, "good", await redis.eval(pack, 0, "x", "v", "1", "id", "good")
+    )
+
+    assert await stream.promote_due(10, 100) == (4, None)
+
+    ((_, promoted),) = as_entries(await redis.xrange(KEYS.stream))
+    assert promoted == {b"v": b"1", b"id": b"good"}
+    dead = {f[b"dead_task_id"]: f for _, f in as_entries(await redis.xrange(KEYS.dead))}
+    assert sorted(dead) == [b"garbage", b"huge", b"odd"]
+    assert dead[b"huge"][b"dead_packed"] == huge  # kept whole, for an operator to look at
+    assert b"cannot be put back" in dead[b"huge"][b"dead_reason"]
+    assert await redis.zcard(KEYS.delayed) == 0
+    assert await redis.hlen(KEYS.delayed_entries) == 0
+
+
+async def test_requeue_refuses_a_dead_letter_too_large_to_copy_and_keeps_it(
+    redis: Redis,
+) -> None:
+    store = QueueStore(redis, KEYS)
+    dead_id = await redis.xadd(KEYS.dead, cast_fields(_fields(5000)))
+    with pytest.raises(ResponseError, match="5000 fields"):
+        await store.requeue_dead(as_str(dead_id), "t")
+    assert await redis.xlen(KEYS.dead) == 1
+    assert await redis.xlen(KEYS.stream) == 0
+
+
+def cast_fields(fields: Mapping[bytes, bytes]) -> Any:
+    """xadd's parameter type is invariant in its key type; these bytes keys are fine."""
+    return dict(fields)
+
+
+# --- Redis at maxmemory (noeviction) --------------------------------------------------------
+
+
+async def test_at_maxmemory_a_plain_ack_goes_through_and_a_retry_is_refused_untouched(
+    redis: Redis,
+) -> None:
+    stream = await _stream(redis)
+    for n in range(3):
+        await redis.xadd(KEYS.stream, {"n": str(n)})
+    sent, retried, dead = await stream.read_new(3, block_ms=10)
+    await redis.zadd(KEYS.delayed, {"due": 1})
+    await redis.hset(KEYS.delayed_entries, "due", await redis.eval(_PACK, 0, "x", "v", "1"))
+    await redis.config_set("maxmemory", 1)
+    try:
+        assert (await stream.settle(sent, task_id="a")).took_effect  # acks free memory
+        with pytest.raises(RedisFull) as refused:
+            await stream.settle(retried, task_id="b", retry=(1, {b"n": b"1"}))
+        with pytest.raises(RedisFull):
+            await stream.settle(dead, task_id="c", dead={b"n": b"2"})
+        with pytest.raises(RedisFull):
+            await stream.promote_due(10, 100)
+    finally:
+        await redis.config_set("maxmemory", 0)
+    assert refused.value.maxmemory == 1
+    assert refused.value.policy == "noeviction"
+    assert (refused.value.used_memory or 0) > 1
+    assert await _where(redis, sent.entry_id, "a") == []
+    assert await _where(redis, retried.entry_id, "b") == ["stream", "pending"]
+    assert await _where(redis, dead.entry_id, "c") == ["stream", "pending"]
+    assert await redis.zcard(KEYS.delayed) == 1  # the promotion waits too
+    # Once memory is free the same writes go through.
+    await stream.settle(retried, task_id="b", retry=(1, {b"n": b"1"}))
+    await stream.settle(dead, task_id="c", dead={b"n": b"2", b"dead_entry_id": b"c"})
+    assert await _where(redis, retried.entry_id, "b") == ["delayed"]
+
+
+async def test_ensure_group_at_maxmemory_when_the_group_exists(redis: Redis) -> None:
+    # XGROUP CREATE (with or without MKSTREAM) is refused at maxmemory before BUSYGROUP.
+    store = QueueStore(redis, KEYS)
+    assert await store.ensure_group()  # created
+    await redis.config_set("maxmemory", 1)
+    try:
+        assert not await store.ensure_group()  # there already: nothing to write
+        await redis.delete(KEYS.stream)
+        with pytest.raises(RedisFull):
+            await store.ensure_group()
+    finally:
+        await redis.config_set("maxmemory", 0)
+    assert await store.ensure_group()
