@@ -62,6 +62,16 @@ class QueueKeys:
         """Hash from a consumer name to its latest heartbeat (JSON)."""
         return f"{{{self.queue}}}:workers"
 
+    @property
+    def limiter(self) -> str:
+        """Hash of the shared rate limiter: next slot, effective rate, quota count, limits."""
+        return f"{{{self.queue}}}:limiter"
+
+    @property
+    def quota(self) -> str:
+        """List of the rolling quota's buckets ("bucket:count"), oldest first."""
+        return f"{{{self.queue}}}:quota"
+
     def sent(self, task_id: str) -> str:
         """Marks a task sent while another copy of it may still exist (see `scripts.SETTLE`)."""
         return f"{{{self.queue}}}:sent:{task_id}"

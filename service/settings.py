@@ -33,6 +33,7 @@ from .connection import check_redis_url
 from .errors import ConfigError
 from .keys import validate_queue_name
 from .local.stack_file import STACK_FILE, running_stack
+from .rates import Rate, parse_rate
 from .task import EmailAddress
 
 __all__ = [
@@ -131,6 +132,12 @@ class WorkerSettings(QueueSettings):
     metrics_host: str = "0.0.0.0"  # noqa: S104 - a scrape target must be reachable by Prometheus
     # None: a fresh unique name per process (see config/example.env for when to set one).
     worker_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:@-]{1,64}$")
+    # Provider limits, shared by every worker of the queue (service/store/limiter.py).
+    smtp_rate_limit: str | None = None  # e.g. 14/s, 600/min; None: no rate limit
+    smtp_rate_burst: int = Field(default=1, ge=1, le=10_000)
+    smtp_rate_cost: Literal["message", "recipient"] = "message"
+    smtp_daily_quota: int | None = Field(default=None, ge=1, le=1_000_000_000)
+    smtp_daily_quota_window_seconds: float = Field(default=86_400.0, ge=1, le=7 * 86_400)
 
     @field_validator("smtp_host", "metrics_host")
     @classmethod
@@ -150,10 +157,18 @@ class WorkerSettings(QueueSettings):
             raise ValueError("is empty: set SMTP_USERNAME and SMTP_PASSWORD, or neither")
         return value
 
-    @field_validator("smtp_security", mode="before")
+    @field_validator("smtp_security", "smtp_rate_cost", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("smtp_rate_limit")
+    @classmethod
+    def _check_rate(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None  # SMTP_RATE_LIMIT= (empty) means no limit, as unset does
+        parse_rate(value)
+        return value
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Self:
@@ -179,6 +194,11 @@ class WorkerSettings(QueueSettings):
                 f"must be greater than SMTP_TIMEOUT_SECONDS ({self.smtp_timeout_seconds:g})",
             )
         return self
+
+    @property
+    def rate_limit(self) -> Rate | None:
+        """`SMTP_RATE_LIMIT`, parsed; None when unset."""
+        return parse_rate(self.smtp_rate_limit) if self.smtp_rate_limit else None
 
     @property
     def smtp_port_or_default(self) -> int:

@@ -13,7 +13,8 @@ from redis.typing import EncodableT, FieldT
 
 from ..errors import QueueFull, QueueVanished, RedisFull
 from ..keys import CONSUMER_GROUP, QueueKeys
-from . import access, replies, scripts
+from . import access, limiter, replies, scripts
+from .limiter import Acquired, LimiterConfig, LimiterState, Throttled
 from .replies import ConsumerInfo, Entry, Fields, GroupInfo, as_str
 from .scripts import EnqueueReply, NewTask, ScriptCall, SettleReply, SettleWrite
 from .settles import SettleBatcher
@@ -52,6 +53,8 @@ class QueueStore:
                 scripts.PROMOTE_DUE,
                 scripts.REQUEUE_DEAD,
                 scripts.FORGET_CONSUMER,
+                limiter.ACQUIRE,
+                limiter.THROTTLE,
             )
         }
         self._settles = SettleBatcher(redis)
@@ -245,6 +248,31 @@ class QueueStore:
                 return False
             raise
         return bool(removed)
+
+    # --- sending limits (store/limiter.py) ---------------------------------------------------
+
+    async def acquire_slots(
+        self, config: LimiterConfig, costs: Sequence[int], *, horizon_s: float
+    ) -> Acquired:
+        """Slots for a batch of entries costing `costs`, in order, from the shared limiter
+        (it goes through at maxmemory: see `limiter.ACQUIRE`)."""
+        call = limiter.acquire(self.keys, config, costs, horizon_s=horizon_s)
+        return limiter.acquire_reply(await self._run(call, "ACQUIRE"), config)
+
+    async def throttle(self, per_second: float) -> Throttled:
+        """Lower the shared effective rate after a "slow down" reply (once per calm period)."""
+        return limiter.throttle_reply(
+            await self._run(limiter.throttle(self.keys, per_second), "THROTTLE")
+        )
+
+    async def limiter_state(self) -> LimiterState:
+        """The limits the workers apply, the effective rate and the quota used, read now."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self.keys.limiter)
+            pipe.lrange(self.keys.quota, 0, -1)
+            pipe.time()
+            fields, buckets, (seconds, micros) = await pipe.execute()
+        return limiter.limiter_state(fields, buckets, seconds * 1_000_000 + micros)
 
     # --- looking ----------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from .breaker import SmtpBreaker
 from .delivery import Delivery
 from .heartbeat import Heartbeat
 from .metrics import WorkerMetrics
+from .pacing import Pacer
 from .shutdown import Shutdown, cancel_and_wait
 from .smtp import SmtpPool
 from .supervision import Supervision
@@ -72,11 +73,24 @@ async def serve(settings: WorkerSettings, shutdown: Shutdown) -> int:
     metrics = WorkerMetrics(settings.email_queue)
     if settings.metrics_port is not None:
         metrics.serve(settings.metrics_host, settings.metrics_port)
+    pacer = Pacer(settings, store, metrics, stopping=shutdown.requested)
     delivery = Delivery(
-        settings, store, consumer=consumer, smtp=smtp, breaker=breaker, metrics=metrics
+        settings,
+        store,
+        consumer=consumer,
+        smtp=smtp,
+        breaker=breaker,
+        metrics=metrics,
+        pacer=pacer,
     )
     worker = Worker(
-        settings, store, consumer=consumer, delivery=delivery, breaker=breaker, shutdown=shutdown
+        settings,
+        store,
+        consumer=consumer,
+        delivery=delivery,
+        breaker=breaker,
+        shutdown=shutdown,
+        pacer=pacer,
     )
     heartbeat = Heartbeat(
         store,
@@ -91,6 +105,8 @@ async def serve(settings: WorkerSettings, shutdown: Shutdown) -> int:
         redis=redact_url(redis_url),
         smtp=f"{settings.smtp_host}:{settings.smtp_port_or_default}",
         smtp_security=settings.smtp_security,
+        rate_limit=settings.smtp_rate_limit,
+        daily_quota=settings.smtp_daily_quota,
         event_loop=eventloop.loop_name(settings.worker_event_loop),
         metrics=f"{settings.metrics_host}:{settings.metrics_port}"
         if settings.metrics_port

@@ -2,7 +2,8 @@
 
 Every attempt ends in one atomic settle: sent, partly sent (refused recipients retried or
 dead-lettered), scheduled for a retry, requeued without using an attempt (the SMTP server was
-unusable), or dead-lettered. What to write is planned by `fate.py`; this module performs it.
+unusable, or asked us to slow down), held back unsent (no room in the quota, or a stop before
+its slot came), or dead-lettered. What to write is planned by `fate.py`; this module performs it.
 Only a crash or a lost Redis leaves the entry pending, and then another delivery (here or in
 another worker) takes it over.
 """
@@ -29,7 +30,8 @@ from .backoff import retry_while_unavailable
 from .breaker import SmtpBreaker
 from .metrics import WorkerMetrics
 from .outcome import decide, is_poison
-from .render import render
+from .pacing import Admission, Pacer
+from .render import Outgoing, render
 from .smtp import SmtpPool
 
 __all__ = ["Delivery"]
@@ -40,6 +42,8 @@ _EVENTS: Final = {
     "partly_sent": ("task_partly_sent", logging.WARNING),
     "retry": ("task_retry_scheduled", logging.WARNING),
     "requeued": ("task_requeued", logging.INFO),
+    "throttled": ("task_throttled", logging.WARNING),
+    "held": ("task_held", logging.INFO),
     "dead_letter": ("task_dead_lettered", logging.ERROR),
     "skipped": ("task_already_sent", logging.INFO),
 }
@@ -59,8 +63,10 @@ class Delivery:
         smtp: SmtpPool,
         breaker: SmtpBreaker,
         metrics: WorkerMetrics,
+        pacer: Pacer,
     ) -> None:
         self._settings = settings
+        self._pacer = pacer
         self._store = store
         self._consumer = consumer
         self._smtp = smtp
@@ -71,16 +77,19 @@ class Delivery:
         # Fate writes run shielded from cancellation; shutdown waits for them before closing.
         self.fate_writes: set[asyncio.Task[SettleReply]] = set()
 
-    async def deliver(self, entry: Entry, release: Callable[[], None]) -> None:
+    async def deliver(
+        self, entry: Entry, release: Callable[[], None], admission: Admission | None = None
+    ) -> None:
         """Attempt `entry` once. Whatever fails here leaves the entry pending, never lost.
 
         `release` is called once the attempt needs SMTP no more and only its fate remains to be
         recorded: the caller can start the next send while this one's settle travels.
+        `admission` is its slot from the shared limiter (None: no limits).
         """
         started = time.monotonic()
         task_log = log.bind(entry_id=entry.entry_id, deliveries=entry.deliveries)
         try:
-            planned, queued = await self._attempt(entry)
+            planned, queued = await self._attempt(entry, admission)
             if queued is not None:
                 tags = {"tags": queued.task.tags} if queued.task.tags else {}
                 task_log = task_log.bind(task_id=queued.task_id, attempt=queued.tries + 1, **tags)
@@ -95,7 +104,9 @@ class Delivery:
             return
         self._report(planned, queued, settled, task_log, started)
 
-    async def _attempt(self, entry: Entry) -> tuple[fate.Fate, QueuedTask | None]:
+    async def _attempt(
+        self, entry: Entry, admission: Admission | None
+    ) -> tuple[fate.Fate, QueuedTask | None]:
         """Everything up to the fate write: decode, check, render, send, plan."""
         if len(entry.fields) > MAX_ENTRY_FIELDS:  # no producer writes one; no script copies it
             reason = f"entry has {len(entry.fields)} fields; at most {MAX_ENTRY_FIELDS}"
@@ -117,16 +128,29 @@ class Delivery:
             )
         except ValueError as exc:  # the email library refused what validation let through
             return self._give_up(entry, queued, f"cannot build the message: {exc}"), queued
+        return await self._send(entry, queued, outgoing, admission), queued
+
+    async def _send(
+        self, entry: Entry, queued: QueuedTask, outgoing: Outgoing, admission: Admission | None
+    ) -> fate.Fate:
+        """Wait for the entry's slot, send, and plan the fate of what the server answered."""
+        if admission is not None:
+            held = await self._wait_for_slot(entry, queued, admission)
+            if held is not None:
+                return held
         result = await self._smtp.send(outgoing)
         decision = decide(
             result,
             outgoing.recipients,
             tries=queued.tries,
             max_attempts=self._policy.max_attempts,
+            adaptive=self._pacer.adaptive,
         )
         if decision.paused:
             self._breaker.pause(decision.reason)
-        planned = fate.after_attempt(
+        if decision.throttled:
+            await self._pacer.slow_down(decision.reason)
+        return fate.after_attempt(
             entry,
             queued,
             decision,
@@ -135,7 +159,18 @@ class Delivery:
             now_ms=time.time_ns() // 1_000_000,
             jitter=random.random(),  # noqa: S311 - spreading retries, not a secret
         )
-        return planned, queued
+
+    async def _wait_for_slot(
+        self, entry: Entry, queued: QueuedTask, admission: Admission
+    ) -> fate.Fate | None:
+        """Sleep until the entry's slot; the fate that puts it back if it must not be sent now."""
+        now_ms = time.time_ns() // 1_000_000
+        if admission.refused:
+            due_ms = now_ms + int(admission.reopen_s * 1000)
+            return fate.hold(entry, queued, "send quota reached", due_ms=due_ms)
+        if not await self._pacer.wait_turn(admission):
+            return fate.hold(entry, queued, "worker stopping before the send's slot", due_ms=now_ms)
+        return None
 
     def _give_up(self, entry: Entry, queued: QueuedTask | None, reason: str) -> fate.Fate:
         now_ms = time.time_ns() // 1_000_000

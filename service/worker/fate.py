@@ -17,7 +17,7 @@ from ..wire import QueuedTask, dead_entry, retry_entry
 from .backoff import backoff_delay
 from .outcome import Decision
 
-__all__ = ["Fate", "RetryPolicy", "after_attempt", "already_sent", "give_up"]
+__all__ = ["Fate", "RetryPolicy", "after_attempt", "already_sent", "give_up", "hold"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +43,13 @@ class Fate:
     """How one delivery ends: what to write, and what to say about it."""
 
     write: SettleWrite
-    outcome: str  # sent, partly_sent, retry, requeued, dead_letter or skipped
+    outcome: str  # sent, partly_sent, retry, requeued, throttled, held, dead_letter or skipped
     reason: str = ""
     retry_recipients: int = 0
     retry_in_s: float = 0.0
     dead_recipients: int = 0
     counted_retry: bool = False  # a retry copy that used an attempt (not a pause's requeue)
+    throttled: bool = False  # the server asked us to slow down (the limiter is told)
 
 
 def after_attempt(
@@ -64,12 +65,14 @@ def after_attempt(
     """The fate of an attempt that reached the SMTP server (or tried to) and ended so.
 
     A retry is due after the policy's backoff (`jitter`, 0 to 1, picks where within it), or at
-    once after a pause, which used no attempt.
+    once after a pause or a "slow down", which used no attempt (the shared limiter, slowed
+    down, paces it).
     """
     retry = None
     retry_in = 0.0
+    uncounted = decision.paused or decision.throttled
     if decision.retry:
-        if not decision.paused:
+        if not uncounted:
             retry_in = backoff_delay(
                 decision.tries,
                 first=policy.first_delay_s,
@@ -107,8 +110,20 @@ def after_attempt(
         retry_recipients=len(decision.retry),
         retry_in_s=round(retry_in, 1),
         dead_recipients=len(decision.dead),
-        counted_retry=bool(decision.retry) and not decision.paused,
+        counted_retry=bool(decision.retry) and not uncounted,
+        throttled=decision.throttled,
     )
+
+
+def hold(entry: Entry, queued: QueuedTask, reason: str, *, due_ms: int) -> Fate:
+    """Put an entry back, due at `due_ms`, without sending it or using an attempt: the quota
+    has no room for it, or the worker stops before its slot came."""
+    copy = retry_entry(
+        entry.fields, tries=queued.tries, recipients=queued.envelope_recipients(), error=reason
+    )
+    write = SettleWrite(entry.entry_id, task_id=queued.task_id, retry=RetryCopy(due_ms, copy))
+    recipients = len(queued.envelope_recipients())
+    return Fate(write, "held", reason, retry_recipients=recipients)
 
 
 def give_up(

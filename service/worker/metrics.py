@@ -84,6 +84,19 @@ class WorkerMetrics:
             [*labels, "state"],
             registry=registry,
         )
+        self._rate = Gauge(
+            "email_worker_send_rate_per_second",
+            "The shared send rate: the configured limit, and the effective one (lowered when "
+            "the SMTP server asks to slow down).",
+            [*labels, "kind"],
+            registry=registry,
+        )
+        self._quota = Gauge(
+            "email_worker_send_quota",
+            "The rolling quota (SMTP_DAILY_QUOTA) and how much of it the window has used.",
+            [*labels, "kind"],
+            registry=registry,
+        )
         self._paused = Gauge(
             "email_worker_smtp_paused",
             "1 while the SMTP circuit breaker holds intake.",
@@ -122,6 +135,18 @@ class WorkerMetrics:
             self._retried.labels(queue).inc()
         if dead:
             self._dead.labels(queue).inc()
+
+    def observe_rate(self, limit: float, effective: float) -> None:
+        """The configured and effective shared rate (a no-op without Prometheus)."""
+        if self._registry is not None:
+            self._rate.labels(self.queue, "limit").set(limit)
+            self._rate.labels(self.queue, "effective").set(effective)
+
+    def observe_quota(self, quota: int, used: int) -> None:
+        """The rolling quota and its use (a no-op without Prometheus)."""
+        if self._registry is not None:
+            self._quota.labels(self.queue, "limit").set(quota)
+            self._quota.labels(self.queue, "used").set(used)
 
     def observe_queue(
         self,

@@ -7,7 +7,9 @@ planner (`fate.py`) says what to write to Redis in one atomic step.
 
 A failure that says nothing about the email itself (the SMTP server is down, refuses our
 credentials or our TLS) is a `PAUSE`: the task goes back without using an attempt and the worker
-stops taking work until the server is usable again.
+stops taking work until the server is usable again. With a shared rate limit, a reply asking us
+to slow down (`throttling.py`) is a `THROTTLE`: the task goes back without using an attempt and
+the limiter lowers the rate of every worker.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Final
 
 from ..task import distinct_addresses
 from .smtp_result import Answered, FailureKind, SendFailure, SendResult, first_line
+from .throttling import is_slow_down
 
 __all__ = [
     "MAX_DELIVERIES_WITHOUT_OUTCOME",
@@ -50,6 +53,7 @@ class Verdict(enum.Enum):
     RETRY = "retry"  # try again later; the attempt counts
     DEAD = "dead"  # it will never succeed
     PAUSE = "pause"  # the SMTP service is unusable: try again once it is, uncounted
+    THROTTLE = "throttle"  # the server asked us to slow down: try again, slower, uncounted
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +75,15 @@ class Decision:
     reason: str = ""  # why the recipients not accepted were not (all of them)
     dead_reason: str = ""  # why the dead recipients were given up
     paused: bool = False  # the retry is due at once and used no attempt (SMTP unusable)
+    throttled: bool = False  # the retry used no attempt: the server asked us to slow down
 
     @property
     def outcome(self) -> str:
         """The word the logs use for it."""
         if self.paused:
             return "requeued"
+        if self.throttled and not self.accepted:
+            return "throttled"
         if not self.retry and not self.dead:
             return "sent"
         if self.accepted:
@@ -97,8 +104,12 @@ def is_permanent_reply(code: int, message: str) -> bool:
     return not (match and (match[2], match[3]) in _TRANSIENT_DESPITE_5XX)
 
 
-def classify_failure(failure: SendFailure) -> Failure:
-    """What a send that failed as a whole means for the task."""
+def classify_failure(failure: SendFailure, *, adaptive: bool = False) -> Failure:
+    """What a send that failed as a whole means for the task (`adaptive`: a shared rate limit
+    adapts to "slow down" replies, which then use no attempt)."""
+    reply = failure.reply
+    if adaptive and reply is not None and is_slow_down(reply.code, reply.text):
+        return Failure(Verdict.THROTTLE, failure.detail)
     match failure.kind:
         case FailureKind.UNAVAILABLE:
             return Failure(Verdict.PAUSE, failure.detail)
@@ -114,14 +125,24 @@ def classify_failure(failure: SendFailure) -> Failure:
 
 
 def decide(
-    result: SendResult, recipients: Sequence[str], *, tries: int, max_attempts: int
+    result: SendResult,
+    recipients: Sequence[str],
+    *,
+    tries: int,
+    max_attempts: int,
+    adaptive: bool = False,
 ) -> Decision:
-    """The decision of an attempt that ended with `result`."""
+    """The decision of an attempt that ended with `result` (`adaptive`: see `classify_failure`)."""
     if isinstance(result, Answered):
         refused = {to: (reply.code, reply.text) for to, reply in result.refused.items()}
-        return after_send(recipients, refused, tries=tries, max_attempts=max_attempts)
+        return after_send(
+            recipients, refused, tries=tries, max_attempts=max_attempts, adaptive=adaptive
+        )
     return after_failure(
-        classify_failure(result), recipients, tries=tries, max_attempts=max_attempts
+        classify_failure(result, adaptive=adaptive),
+        recipients,
+        tries=tries,
+        max_attempts=max_attempts,
     )
 
 
@@ -131,17 +152,27 @@ def after_send(
     *,
     tries: int,
     max_attempts: int,
+    adaptive: bool = False,
 ) -> Decision:
     """The decision of an attempt the server answered recipient by recipient.
 
     `refused` maps each refused recipient to its reply (code, text); the others were accepted
     and are never sent to again. Refused recipients with a transient reply are retried, the
     others dead-lettered; once the attempts are used up, every refused recipient is. Each
-    address counts once, however often `recipients` names it.
+    address counts once, however often `recipients` names it. With `adaptive`, when every
+    refusal asks us to slow down, the refused recipients are retried without using an attempt.
     """
     recipients = distinct_addresses(recipients)
     if not refused:
         return Decision(accepted=len(recipients))
+    if adaptive and all(is_slow_down(*reply) for reply in refused.values()):
+        return Decision(
+            accepted=len(recipients) - len(refused),
+            retry=tuple(r for r in recipients if r in refused),
+            tries=tries,
+            reason=_refusals(list(refused), refused),
+            throttled=True,
+        )
     failed_tries = tries + 1
     retry = [r for r in recipients if r in refused and not is_permanent_reply(*refused[r])]
     dead = [r for r in recipients if r in refused and r not in retry]
@@ -167,6 +198,8 @@ def after_failure(
     everyone, reason = tuple(recipients), failure.reason
     if failure.verdict is Verdict.PAUSE:
         return Decision(accepted=0, retry=everyone, tries=tries, reason=reason, paused=True)
+    if failure.verdict is Verdict.THROTTLE:
+        return Decision(accepted=0, retry=everyone, tries=tries, reason=reason, throttled=True)
     if failure.verdict is Verdict.DEAD:
         return Decision(
             accepted=0, dead=everyone, tries=tries + 1, reason=reason, dead_reason=reason

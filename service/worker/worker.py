@@ -6,7 +6,8 @@ Two loops feed delivery tasks on one event loop:
 - the reclaimer takes over entries that a consumer (usually a dead one) left pending longer
   than `WORKER_RECLAIM_IDLE_SECONDS`.
 
-Both wait while sending is paused (the SMTP breaker). Beside them run the breaker's probe, the
+Both wait while sending is paused (the SMTP breaker), take no more than the shared limiter lets
+start soon, and hand each entry its slot (`pacing.py`). Beside them run the breaker's probe, the
 promotion of due retries and scheduled sends into the stream, and a periodic report of the
 queue's sizes.
 
@@ -34,6 +35,7 @@ from ..store import Entry, QueueStore
 from .backoff import TRANSIENT_REDIS_ERRORS, retry_while_unavailable
 from .breaker import SmtpBreaker
 from .delivery import Delivery
+from .pacing import Admission, Pacer
 from .shutdown import Shutdown, cancel_and_wait
 from .upkeep import promote_forever, report_forever
 
@@ -61,8 +63,10 @@ class Worker:
         delivery: Delivery,
         breaker: SmtpBreaker,
         shutdown: Shutdown,
+        pacer: Pacer,
     ) -> None:
         self._settings = settings
+        self._pacer = pacer
         self._store = store
         self.consumer = consumer
         self._delivery = delivery
@@ -156,21 +160,21 @@ class Worker:
             log.info("resuming_pending", entries=len(entries))
         for entry in entries:
             await self._wait_for_slot()
-            self._dispatch(entry)
+            await self._admit([entry])
 
     async def _read_loop(self) -> None:
         while True:
             async with self._intake_turn:
                 await self._breaker.wait_until_sending()
                 free = await self._wait_for_slots_to_read()
+                free = await self._pacer.wait_to_read(free)
                 read = functools.partial(self._store.read_new, self.consumer, free, READ_BLOCK_MS)
                 try:
                     entries = await retry_while_unavailable("read", read)
                 except QueueVanished:
                     await self._queue_vanished()
                     entries = []
-                for entry in entries:
-                    self._dispatch(entry)
+                await self._admit(entries)
             # The stream is empty (the read got fewer entries than it asked for) but tasks are
             # arriving: let a few gather rather than read each alone (_GATHER_ARRIVALS_SECONDS).
             caught_up = 0 < len(entries) < free
@@ -185,7 +189,7 @@ class Worker:
         while True:
             async with self._intake_turn:
                 await self._breaker.wait_until_sending()
-                free = await self._wait_for_slot()
+                free = await self._pacer.wait_to_read(await self._wait_for_slot())
                 claim = functools.partial(
                     self._store.claim_stale, self.consumer, min_idle_ms, cursor, free
                 )
@@ -194,11 +198,13 @@ class Worker:
                 except QueueVanished:
                     await self._queue_vanished()
                     cursor, entries = "0-0", []
+                taken = []
                 for entry in entries:
                     if entry.entry_id in self._in_flight:
                         continue  # our own slow send; it records its fate itself
                     log.info("entry_reclaimed", entry_id=entry.entry_id, attempt=entry.deliveries)
-                    self._dispatch(entry)
+                    taken.append(entry)
+                await self._admit(taken)
             if cursor == "0-0":
                 await asyncio.sleep(interval)
 
@@ -249,11 +255,18 @@ class Worker:
                     await self._slot_freed.wait()
         return self._free_slots()
 
-    def _dispatch(self, entry: Entry) -> None:
+    async def _admit(self, entries: list[Entry]) -> None:
+        """Ask the shared limiter for the entries' slots (in order), then start each delivery."""
+        admissions = await self._pacer.admit(entries)
+        for entry, admission in zip(entries, admissions, strict=True):
+            self._dispatch(entry, admission)
+
+    def _dispatch(self, entry: Entry, admission: Admission | None) -> None:
         entry_id = entry.entry_id
         self._sending.add(entry_id)
         release = functools.partial(self._release_slot, entry_id)
-        task = asyncio.create_task(self._delivery.deliver(entry, release), name=entry_id)
+        deliver = self._delivery.deliver(entry, release, admission)
+        task = asyncio.create_task(deliver, name=entry_id)
         self._in_flight[entry_id] = task
         task.add_done_callback(lambda _: self._finished(entry_id))
 

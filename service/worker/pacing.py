@@ -1,0 +1,195 @@
+"""Pacing the worker to the queue's shared limits (SMTP_RATE_LIMIT, SMTP_DAILY_QUOTA).
+
+The limiter lives in Redis (`store/limiter.py`) and gives every entry a slot. The worker reads
+only what the limiter lets start within a short horizon, asks for the slots of what it read in
+one call, in stream order, and each delivery sleeps until its slot: a wait uses no attempt, no
+Redis call and no CPU. When the limiter has nothing to give (the quota is used up, or the slots
+are taken further ahead than the horizon), the reader sleeps for as long as the limiter says,
+asking again at least every `_RECHECK_SECONDS` without reading anything. A stop request ends
+every wait at once: a delivery still waiting for its slot puts its entry back (`fate.hold`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Final
+
+import structlog
+
+from ..errors import WireFormatError
+from ..settings import WorkerSettings
+from ..store import Entry, QueueStore
+from ..store.limiter import Acquired, LimiterConfig
+from ..task import distinct_addresses
+from ..wire import decode_entry
+from .backoff import retry_while_unavailable
+from .metrics import WorkerMetrics
+
+__all__ = ["Admission", "Pacer", "limiter_config"]
+
+log = structlog.get_logger("service.worker")
+
+# Entries are read only when their slot is at most this far ahead: a read entry waits for its
+# slot while pending, and the shorter that wait the less a stop or a crash delays it.
+_HORIZON_SECONDS: Final = 0.1
+# While the limiter says wait longer than this, it is asked again this often (the effective
+# rate climbs back, the quota's window moves, another worker's settings may differ).
+_RECHECK_SECONDS: Final = 5.0
+
+
+def limiter_config(settings: WorkerSettings) -> LimiterConfig:
+    """The limits the settings describe."""
+    rate = settings.rate_limit
+    return LimiterConfig(
+        per_second=rate.per_second if rate else None,
+        burst=settings.smtp_rate_burst,
+        quota=settings.smtp_daily_quota,
+        quota_window_s=settings.smtp_daily_quota_window_seconds,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """When one entry may be sent: at `not_before` (monotonic), or not now (`refused`: the
+    quota has no room; it has in `reopen_s`)."""
+
+    not_before: float
+    refused: bool = False
+    reopen_s: float = 0.0
+
+
+class Pacer:
+    """One worker's side of the shared limiter; inactive (every method a no-op) without limits."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        store: QueueStore,
+        metrics: WorkerMetrics,
+        *,
+        stopping: asyncio.Event,
+    ) -> None:
+        self.config = limiter_config(settings)
+        self._store = store
+        self._metrics = metrics
+        self._stopping = stopping
+        self._per_recipient = settings.smtp_rate_cost == "recipient"
+        self._ready: int | None = None  # what the last answer said the next read may take
+        self._wait_until = 0.0  # monotonic: no read before this
+        self._quota_full = False
+
+    @property
+    def active(self) -> bool:
+        """Whether any limit is configured."""
+        return self.config.active
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether "slow down" replies lower the shared rate (a rate limit is configured)."""
+        return self.config.per_second is not None
+
+    async def wait_to_read(self, free: int) -> int:
+        """Sleep until the limiter lets an entry start soon; how many of `free` to read."""
+        if not self.active:
+            return free
+        waited = False
+        while (remaining := self._wait_until - time.monotonic()) > 0:
+            waited = True
+            await asyncio.sleep(min(remaining, _RECHECK_SECONDS))
+            if time.monotonic() < self._wait_until:
+                await self._ask([])
+        if self._ready is None:
+            return min(free, self.config.burst)
+        return min(free, 1 if waited else max(self._ready, 1))
+
+    async def admit(self, entries: list[Entry]) -> list[Admission | None]:
+        """The slot of each entry, in order (None for all without limits)."""
+        if not self.active or not entries:
+            return [None] * len(entries)
+        acquired = await self._ask([self._cost(entry) for entry in entries])
+        now = time.monotonic()
+        return [
+            Admission(now, refused=True, reopen_s=acquired.reopen_s)
+            if delay is None
+            else Admission(now + delay)
+            for delay in acquired.delays_s
+        ]
+
+    async def wait_turn(self, admission: Admission) -> bool:
+        """Sleep until the entry's slot; False if a stop was requested first."""
+        if self._stopping.is_set():
+            return False
+        delay = admission.not_before - time.monotonic()
+        if delay <= 0:
+            return True
+        try:
+            async with asyncio.timeout(delay):
+                await self._stopping.wait()
+        except TimeoutError:
+            return True
+        return False
+
+    async def slow_down(self, reason: str) -> None:
+        """The SMTP server asked to slow down: lower the shared rate (once per calm period)."""
+        limit = self.config.per_second
+        if limit is None:
+            return
+        throttled = await retry_while_unavailable("throttle", lambda: self._store.throttle(limit))
+        self._metrics.observe_rate(limit, throttled.per_second)
+        if throttled.lowered:
+            log.warning(
+                "send_rate_lowered",
+                per_second=round(throttled.per_second, 3),
+                limit_per_second=limit,
+                reason=reason,
+            )
+
+    async def _ask(self, costs: list[int]) -> Acquired:
+        acquired = await retry_while_unavailable(
+            "acquire_slots",
+            lambda: self._store.acquire_slots(self.config, costs, horizon_s=_HORIZON_SECONDS),
+        )
+        self._ready = acquired.ready
+        self._wait_until = time.monotonic() + acquired.wait_s if acquired.ready == 0 else 0.0
+        limit = self.config.per_second
+        if limit is not None and acquired.per_second is not None:
+            self._metrics.observe_rate(limit, acquired.per_second)
+            if acquired.raised:
+                log.info(
+                    "send_rate_raised",
+                    per_second=round(acquired.per_second, 3),
+                    limit_per_second=limit,
+                )
+        self._note_quota(acquired)
+        return acquired
+
+    def _note_quota(self, acquired: Acquired) -> None:
+        quota = self.config.quota
+        if quota is None:
+            return
+        self._metrics.observe_quota(quota, acquired.quota_used)
+        full = acquired.quota_used >= quota or any(d is None for d in acquired.delays_s)
+        if full and not self._quota_full:
+            log.warning(
+                "send_quota_reached",
+                quota=quota,
+                used=acquired.quota_used,
+                window_s=self.config.quota_window_s,
+                reopens_in_s=round(acquired.reopen_s or acquired.wait_s, 1),
+            )
+        elif self._quota_full and not full:
+            log.info("send_quota_available", quota=quota, used=acquired.quota_used)
+        self._quota_full = full
+
+    def _cost(self, entry: Entry) -> int:
+        """What an entry costs: 1, or its recipients (SMTP_RATE_COST=recipient); 0 for one that
+        cannot be decoded (it is dead-lettered without being sent)."""
+        if not self._per_recipient:
+            return 1
+        try:
+            queued = decode_entry(entry.fields)
+        except WireFormatError:
+            return 0
+        return max(1, len(distinct_addresses(queued.envelope_recipients())))
