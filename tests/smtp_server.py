@@ -60,6 +60,10 @@ class Behaviour:
     # Answer "452 4.5.3 Too many recipients" to every RCPT after this many were accepted in
     # one transaction (RFC 5321 4.5.3.1.10: the client sends the others in a later one).
     max_recipients: int | None = None
+    # A provider's hidden rate: once this many messages were accepted within the last second,
+    # answer the end of DATA with `throttle_reply` instead (Amazon SES's words by default).
+    throttle_above: int | None = None
+    throttle_reply: str = "454 Throttling failure: Maximum sending rate exceeded."
 
 
 class _Handler:
@@ -126,6 +130,9 @@ class _Handler:
         with self.server.lock:
             if behaviour.data_replies:
                 return behaviour.data_replies.pop(0)
+            if self.server.over_hidden_rate():
+                self.server.throttled.append(time.time())
+                return behaviour.throttle_reply
             message = email.message_from_bytes(
                 envelope.original_content, policy=email.policy.default
             )
@@ -180,6 +187,7 @@ class SmtpServer:
         self.received: list[Received] = []
         self.data_started = 0
         self.quits = 0
+        self.throttled: list[float] = []  # when each throttling reply was sent (time.time())
         self.lock = threading.Lock()
         self._running = False
         # Typed as the base class: the TLS server (tests/servers.py) puts a plain one here.
@@ -203,6 +211,20 @@ class SmtpServer:
         # handled=False: aiosmtpd then answers a failure with 535 itself; its default (True)
         # sends nothing, and the client waits for a reply until it times out.
         return AuthResult(success=ok, handled=False)
+
+    def over_hidden_rate(self) -> bool:
+        """Whether `behaviour.throttle_above` messages were accepted in the last second (the
+        caller holds `lock`)."""
+        limit = self.behaviour.throttle_above
+        if limit is None:
+            return False
+        since = time.time() - 1.0
+        recent = 0
+        for received in reversed(self.received):
+            if received.at < since:
+                break
+            recent += 1
+        return recent >= limit
 
     def start(self) -> None:
         """Start serving."""
