@@ -14,14 +14,17 @@ from service.wire import QueuedTask
 from service.worker.__main__ import main
 from service.worker.delivery import Delivery
 from service.worker.fate import Fate
+from service.worker.pacing import Admission
 
 _attempt = Delivery._attempt
 
 
-async def _acknowledge_first(self: Delivery, entry: Entry) -> tuple[Fate, QueuedTask | None]:
+async def _acknowledge_first(
+    self: Delivery, entry: Entry, admission: Admission | None
+) -> tuple[Fate, QueuedTask | None]:
     # The bug under test: the fate is written before the send.
     await self._store.settle(SettleWrite(entry.entry_id))
-    return await _attempt(self, entry)
+    return await _attempt(self, entry, admission)
 
 
 if __name__ == "__main__":

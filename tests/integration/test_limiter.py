@@ -102,6 +102,7 @@ async def test_over_a_long_run_every_second_holds_at_most_the_rate_plus_the_burs
 )
 async def test_what_the_next_read_may_take(
     redis: Redis,
+    *,
     config: LimiterConfig,
     used_ms: list[int],
     ask_ms: int,

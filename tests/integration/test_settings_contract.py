@@ -124,6 +124,11 @@ WORKER_CASES: dict[str, tuple[Callable[[int, int], dict[str, str]], str, str]] =
         "REDIS_URL",
         "socket path",
     ),
+    "rate limit without a period": (
+        lambda r, busy: {"SMTP_RATE_LIMIT": "14"},
+        "SMTP_RATE_LIMIT",
+        "is not a rate",
+    ),
     "smtp host empty": (lambda r, busy: {"SMTP_HOST": ""}, "SMTP_HOST", "empty"),
     "smtp host blank": (lambda r, busy: {"SMTP_HOST": "   "}, "SMTP_HOST", "empty"),
     "smtp host with a port": (

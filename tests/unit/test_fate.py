@@ -8,7 +8,7 @@ import pytest
 from service import EmailTask
 from service.store import Entry, RetryCopy, SettleWrite
 from service.wire import QueuedTask, decode_entry, encode_entry
-from service.worker.fate import Fate, RetryPolicy, after_attempt, already_sent, give_up
+from service.worker.fate import Fate, RetryPolicy, after_attempt, already_sent, give_up, hold
 from service.worker.outcome import Decision
 
 A, B = "a@example.com", "b@example.com"
@@ -102,6 +102,31 @@ def _dead(reason: str, tries: int, recipients: list[str] | None) -> dict[bytes, 
                 retry_recipients=2,
             ),
         ),
+        # The server asked to slow down: requeued at once (the shared limiter, slowed down,
+        # paces it), no attempt used, even on the last one.
+        (
+            Decision(accepted=0, retry=(A, B), tries=4, reason="SMTP 454", throttled=True),
+            1.0,
+            Fate(
+                SettleWrite("1-0", TASK_ID, retry=_retry(0, [A, B], 4, "SMTP 454")),
+                "throttled",
+                reason="SMTP 454",
+                retry_recipients=2,
+                throttled=True,
+            ),
+        ),
+        # One accepted, one asked to slow down: that one requeued without an attempt.
+        (
+            Decision(accepted=1, retry=(B,), tries=1, reason="SMTP 452", throttled=True),
+            1.0,
+            Fate(
+                SettleWrite("1-0", TASK_ID, retry=_retry(0, [B], 1, "SMTP 452")),
+                "partly_sent",
+                reason="SMTP 452",
+                retry_recipients=1,
+                throttled=True,
+            ),
+        ),
         # One accepted, one refused for good: the dead letter names only that one; nothing is
         # left to retry, so the task is finished (sent record).
         (
@@ -164,3 +189,24 @@ def test_give_up_dead_letters_the_whole_entry(
 
 def test_already_sent_only_acknowledges() -> None:
     assert already_sent(ENTRY, QUEUED) == Fate(SettleWrite("1-0", TASK_ID), "skipped")
+
+
+@pytest.mark.parametrize(
+    ("queued", "due_ms", "recipients", "tries"),
+    [
+        (QUEUED, NOW, [A, B], 0),  # a stop before its slot: back at once
+        (QueuedTask(TASK_ID, NOW, QUEUED.task, tries=3), NOW + 5000, [A, B], 3),  # quota
+        (QueuedTask(TASK_ID, NOW, QUEUED.task, recipients=(B,)), NOW, [B], 0),  # a retry copy
+    ],
+)
+def test_hold_puts_the_entry_back_unsent_without_an_attempt(
+    queued: QueuedTask, due_ms: int, recipients: list[str], tries: int
+) -> None:
+    planned = hold(ENTRY, queued, "send quota reached", due_ms=due_ms)
+    copy = _retry(due_ms - NOW, recipients, tries, "send quota reached")
+    assert planned == Fate(
+        SettleWrite("1-0", TASK_ID, retry=copy),
+        "held",
+        "send quota reached",
+        retry_recipients=len(recipients),
+    )

@@ -19,7 +19,7 @@ from service.worker.outcome import (
 )
 from service.worker.smtp_result import read_failure
 
-RETRY, DEAD, PAUSE = Verdict.RETRY, Verdict.DEAD, Verdict.PAUSE
+RETRY, DEAD, PAUSE, THROTTLE = Verdict.RETRY, Verdict.DEAD, Verdict.PAUSE, Verdict.THROTTLE
 A, B, C = "a@example.com", "b@example.com", "c@example.com"
 
 
@@ -138,6 +138,8 @@ def test_after_send_counts_and_retries_each_address_once(
         (DEAD, 0, 5, ((), (A, B), 1, "dead_letter")),
         # An unusable SMTP service costs no attempt, even on the last one.
         (PAUSE, 4, 5, ((A, B), (), 4, "requeued")),
+        # Neither does a "slow down" from the server.
+        (THROTTLE, 4, 5, ((A, B), (), 4, "throttled")),
     ],
 )
 def test_after_failure(
@@ -148,6 +150,7 @@ def test_after_failure(
     actual = (decision.retry, decision.dead, decision.tries, decision.outcome)
     assert actual == expected
     assert decision.paused is (verdict is PAUSE)
+    assert decision.throttled is (verdict is THROTTLE)
     assert "why" in decision.reason
     assert ("why" in decision.dead_reason) is bool(decision.dead)
     assert not decision.finished
@@ -162,6 +165,8 @@ def test_after_failure(
         (Decision(accepted=0, retry=(A,)), "retry", False),
         (Decision(accepted=0, dead=(A,)), "dead_letter", False),
         (Decision(accepted=0, retry=(A,), paused=True), "requeued", False),
+        (Decision(accepted=0, retry=(A,), throttled=True), "throttled", False),
+        (Decision(accepted=1, retry=(B,), throttled=True), "partly_sent", False),
     ],
 )
 def test_decision_outcome(decision: Decision, outcome: str, finished: bool) -> None:
@@ -179,3 +184,41 @@ def test_decision_outcome(decision: Decision, outcome: str, finished: bool) -> N
 )
 def test_is_poison(deliveries: int, poison: bool) -> None:
     assert is_poison(deliveries) is poison
+
+
+@pytest.mark.parametrize(
+    ("error", "adaptive", "verdict"),
+    [
+        # With a shared rate limit, a "slow down" uses no attempt...
+        (aiosmtplib.SMTPDataError(454, "Throttling failure: Maximum sending rate"), True, THROTTLE),
+        (aiosmtplib.SMTPResponseException(421, "4.7.0 Try again later"), True, THROTTLE),
+        (aiosmtplib.SMTPSenderRefused(451, "4.7.28 rate limited", "s@example.com"), True, THROTTLE),
+        # ...without one there is nothing to slow down: an ordinary retry, as before.
+        (aiosmtplib.SMTPDataError(454, "Throttling failure: Maximum sending rate"), False, RETRY),
+        # Not a slow-down whatever the setting.
+        (aiosmtplib.SMTPDataError(452, "4.2.2 Mailbox full"), True, RETRY),
+        (aiosmtplib.SMTPDataError(554, "5.7.1 rate limit"), True, DEAD),
+        (aiosmtplib.SMTPAuthenticationError(454, "4.7.0 Temporary auth failure"), True, PAUSE),
+    ],
+)
+def test_classify_failure_with_a_shared_rate_limit(
+    error: BaseException, adaptive: bool, verdict: Verdict
+) -> None:
+    assert classify_failure(read_failure(error), adaptive=adaptive).verdict is verdict
+
+
+@pytest.mark.parametrize(
+    ("refused", "adaptive", "expected"),
+    [
+        # expected: (retry, tries, dead, throttled)
+        ({B: (452, "4.7.28 rate"), C: (421, "4.7.0 later")}, True, ((B, C), 2, (), True)),
+        ({B: (452, "4.7.28 rate"), C: (550, "5.1.1 unknown")}, True, ((B,), 3, (C,), False)),
+        ({B: (452, "4.7.28 rate")}, False, ((B,), 3, (), False)),
+        ({B: (452, "4.2.2 full")}, True, ((B,), 3, (), False)),
+    ],
+)
+def test_after_send_with_a_shared_rate_limit(
+    refused: dict[str, tuple[int, str]], adaptive: bool, expected: tuple[object, ...]
+) -> None:
+    decision = after_send([A, B, C], refused, tries=2, max_attempts=5, adaptive=adaptive)
+    assert (decision.retry, decision.tries, decision.dead, decision.throttled) == expected

@@ -58,6 +58,18 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None
         ({"WORKER_NAME": "a b"}, "WORKER_NAME", "should match pattern"),
         ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL", "'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT", "'json' or 'console'"),
+        ({"SMTP_RATE_LIMIT": "14"}, "SMTP_RATE_LIMIT", "is not a rate"),
+        ({"SMTP_RATE_LIMIT": "14/week"}, "SMTP_RATE_LIMIT", "is not a rate"),
+        ({"SMTP_RATE_LIMIT": "0/s"}, "SMTP_RATE_LIMIT", "outside"),
+        ({"SMTP_RATE_BURST": "0"}, "SMTP_RATE_BURST", "greater than or equal to 1"),
+        ({"SMTP_RATE_COST": "mail"}, "SMTP_RATE_COST", "'message' or 'recipient'"),
+        ({"SMTP_DAILY_QUOTA": "0"}, "SMTP_DAILY_QUOTA", "greater than or equal to 1"),
+        ({"SMTP_DAILY_QUOTA": "lots"}, "SMTP_DAILY_QUOTA", "valid integer"),
+        (
+            {"SMTP_DAILY_QUOTA_WINDOW_SECONDS": "0"},
+            "SMTP_DAILY_QUOTA_WINDOW_SECONDS",
+            "greater than or equal to 1",
+        ),
         # Every variable: empty, blank, wrong type, out of range, nonsense (config/example.env).
         ({"REDIS_URL": ""}, "REDIS_URL", "must start with redis://"),
         ({"REDIS_URL": "redis://h/abc"}, "REDIS_URL", "database (the path after the host)"),
@@ -252,3 +264,31 @@ def test_a_second_claim_is_refused_while_the_first_holds_the_file() -> None:
     first.release()
     assert second.claim()
     second.release()
+
+
+@pytest.mark.parametrize(
+    ("env", "per_second", "burst", "cost", "quota"),
+    [
+        ({}, None, 1, "message", None),
+        ({"SMTP_RATE_LIMIT": ""}, None, 1, "message", None),
+        ({"SMTP_RATE_LIMIT": "14/s", "SMTP_RATE_COST": "Recipient"}, 14.0, 1, "recipient", None),
+        ({"SMTP_RATE_LIMIT": "600/min", "SMTP_RATE_BURST": "5"}, 10.0, 5, "message", None),
+        ({"SMTP_DAILY_QUOTA": "50000"}, None, 1, "message", 50_000),
+    ],
+)
+def test_provider_limits(
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    env: dict[str, str],
+    per_second: float | None,
+    burst: int,
+    cost: str,
+    quota: int | None,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(WorkerSettings)
+    rate = settings.rate_limit
+    assert (rate.per_second if rate else None) == per_second
+    assert (settings.smtp_rate_burst, settings.smtp_rate_cost) == (burst, cost)
+    assert settings.smtp_daily_quota == quota
