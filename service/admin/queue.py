@@ -8,6 +8,7 @@ dead-letter more (a requeued task that fails again comes back as a new letter, b
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,9 @@ from typing import Any, Final
 
 import orjson
 
+from ..rates import drain_forecast_s
 from ..store import ConsumerInfo, QueueStore
+from ..store.limiter import LimiterState
 from ..store.replies import Fields
 
 __all__ = [
@@ -25,12 +28,49 @@ __all__ = [
     "Progress",
     "QueueAdmin",
     "QueueStats",
+    "SendLimits",
     "WorkerBeat",
 ]
 
 _SCAN_BATCH: Final = 100
 # A worker is live while its last heartbeat is younger than this many of its intervals.
 LIVE_WITHIN_BEATS: Final = 3
+
+
+@dataclass(frozen=True, slots=True)
+class SendLimits:
+    """The shared send limits, as the workers last applied them, and what they mean for the
+    backlog."""
+
+    rate_limit_per_s: float | None  # SMTP_RATE_LIMIT
+    burst: int | None
+    effective_rate_per_s: float | None  # lowered after "slow down" replies
+    quota: int | None  # SMTP_DAILY_QUOTA
+    quota_used: int  # in the rolling window, now
+    quota_window_s: float | None
+    drain_forecast_s: float  # to send the stream's entries at the effective rate and quota
+
+    @staticmethod
+    def from_state(state: LimiterState, backlog: int) -> SendLimits:
+        """The limits of `state`, with the forecast for `backlog` entries (one unit each)."""
+        return SendLimits(
+            rate_limit_per_s=state.per_second,
+            burst=state.burst,
+            effective_rate_per_s=state.effective_per_second,
+            quota=state.quota,
+            quota_used=state.quota_used,
+            quota_window_s=state.quota_window_s,
+            drain_forecast_s=round(
+                drain_forecast_s(
+                    backlog,
+                    per_second=state.effective_per_second or math.inf,
+                    quota=state.quota,
+                    quota_used=state.quota_used,
+                    window_s=state.quota_window_s or 86_400.0,
+                ),
+                1,
+            ),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +86,7 @@ class QueueStats:
     next_due_in_s: float | None
     dead: int
     consumers: tuple[ConsumerInfo, ...]
+    limits: SendLimits | None  # None: no worker has applied a rate limit or a quota
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +181,7 @@ class QueueAdmin:
         overview = await self._store.overview()
         group = await self._store.group()
         consumers = await self._store.consumers()
+        state = await self._store.limiter_state()
         now_ms = time.time_ns() // 1_000_000
         sizes = overview.sizes
         oldest, next_due = overview.oldest_entry_ms, overview.next_due_ms
@@ -153,6 +195,9 @@ class QueueAdmin:
             next_due_in_s=(next_due - now_ms) / 1000 if next_due is not None else None,
             dead=sizes.dead,
             consumers=consumers,
+            limits=SendLimits.from_state(state, sizes.stream)
+            if state.per_second or state.quota
+            else None,
         )
 
     async def dead_letters(self, *, limit: int, after: str = "-") -> list[DeadLetter]:

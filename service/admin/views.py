@@ -10,7 +10,7 @@ from typing import Any, Final
 
 import orjson
 
-from .queue import QueueStats
+from .queue import QueueStats, SendLimits
 from .tables import printable, table
 
 __all__ = [
@@ -27,7 +27,7 @@ _BODY_PREVIEW_CHARS: Final = 500
 
 def stats_text(stats: dict[str, Any]) -> str:
     """`stats`: the queue's places, then its consumers."""
-    s = QueueStats(**{**stats, "consumers": ()})
+    s = QueueStats(**{**stats, "consumers": (), "limits": None})
     rows: list[tuple[str, object]] = [
         ("stream (waiting or being sent)", s.stream),
         ("  handed to a worker, unsettled", s.pending),
@@ -42,8 +42,29 @@ def stats_text(stats: dict[str, Any]) -> str:
         f"queue {s.queue!r}\n\n"
         + table(["", "count"], rows)
         + "\n"
+        + _limits_text(stats.get("limits"))
         + table(["consumer", "pending", "idle (s)"], consumers)
     )
+
+
+def _limits_text(limits: dict[str, Any] | None) -> str:
+    """The shared send limits' rows (nothing when none is configured)."""
+    if limits is None:
+        return ""
+    limit = SendLimits(**limits)
+    quota = (
+        f"{limit.quota_used} of {limit.quota} per {limit.quota_window_s:g} s"
+        if limit.quota
+        else "none"
+    )
+    rows: list[tuple[str, object]] = [
+        ("rate limit (/s)", limit.rate_limit_per_s if limit.rate_limit_per_s else "none"),
+        ("  burst", limit.burst),
+        ("  effective now (/s)", limit.effective_rate_per_s),
+        ("quota used", quota),
+        ("stream drains in (s)", limit.drain_forecast_s),
+    ]
+    return table(["send limits", ""], rows) + "\n"
 
 
 def health_text(result: dict[str, Any]) -> str:

@@ -70,6 +70,7 @@ def test_stats_on_an_empty_queue(redis_server: RedisServer, db: redis_sync.Redis
         "next_due_in_s": None,
         "dead": 0,
         "consumers": [],
+        "limits": None,
     }
 
 

@@ -13,11 +13,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import redis as redis_sync
 
 from service import EmailTask
 from service.local.redis_server import RedisServer
 from tests.conftest import WorkerProcess, dead_letters, enqueue, wait_until
+from tests.integration.test_admin import admin, admin_json
 from tests.smtp_server import SmtpServer
 
 StartWorker = Callable[..., WorkerProcess]
@@ -136,3 +138,28 @@ def test_a_worker_waiting_for_the_limiter_stops_at_once(
     assert worker.process.wait(timeout=10) == 0
     assert time.monotonic() - asked < 3.0
     assert len(smtp.received) == 1
+
+
+def test_admin_stats_show_the_limits_and_the_drain_forecast(
+    redis_server: RedisServer, smtp: SmtpServer, start_worker: StartWorker
+) -> None:
+    smtp.behaviour.throttle_above = 1  # every send after the first in a second: slow down
+    enqueue(redis_server.url, _tasks(30))
+    worker = start_worker(
+        SMTP_RATE_LIMIT="600/min", SMTP_DAILY_QUOTA="1000", SMTP_DAILY_QUOTA_WINDOW_SECONDS="3600"
+    )
+    wait_until(lambda: _events([worker], "send_rate_lowered") != [], timeout=15, what="a slow-down")
+    stats = admin_json(redis_server.url, "stats")
+    assert isinstance(stats, dict)
+    limits = stats["limits"]
+    assert (limits["rate_limit_per_s"], limits["burst"], limits["quota"]) == (10.0, 1, 1000)
+    assert limits["effective_rate_per_s"] <= 7.0  # lowered at least once (x0.7)
+    assert 1 <= limits["quota_used"] <= 30
+    assert limits["quota_window_s"] == 3600.0
+    # The stream's entries at the effective rate (the quota has room for them).
+    expected = stats["stream"] / limits["effective_rate_per_s"]
+    assert limits["drain_forecast_s"] == pytest.approx(expected, abs=0.2)
+    text = admin(redis_server.url, "stats").stdout
+    assert "effective now (/s)" in text
+    assert "of 1000 per 3600 s" in text
+    worker.stop()
