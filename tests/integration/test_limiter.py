@@ -168,3 +168,19 @@ async def test_the_store_uses_redis_time_and_admin_reads_the_state(redis: Redis)
     assert (state.per_second, state.burst, state.quota, state.quota_used) == (14.0, 2, 100, 3)
     assert state.effective_per_second == pytest.approx(9.8)
     assert state.quota_window_s == 60.0
+
+
+async def test_the_limiter_works_at_maxmemory(redis: Redis) -> None:
+    """A worker at maxmemory goes on sending (and settling, which frees memory): the limiter's
+    writes must not be refused then, whether its keys exist yet or not."""
+    store = QueueStore(redis, KEYS)
+    config = LimiterConfig(1000.0, burst=3, quota=100)
+    await redis.config_set("maxmemory", 1)
+    try:
+        first = await store.acquire_slots(config, [1, 1], horizon_s=0.1)
+        again = await store.acquire_slots(config, [1], horizon_s=0.1)
+        lowered = await store.throttle(1000.0)
+    finally:
+        await redis.config_set("maxmemory", 0)
+    assert (first.delays_s, again.delays_s, again.quota_used) == ((0.0, 0.0), (0.0,), 3)
+    assert lowered.lowered
