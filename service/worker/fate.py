@@ -49,7 +49,6 @@ class Fate:
     retry_in_s: float = 0.0
     dead_recipients: int = 0
     counted_retry: bool = False  # a retry copy that used an attempt (not a pause's requeue)
-    throttled: bool = False  # the server asked us to slow down (the limiter is told)
 
 
 def after_attempt(
@@ -111,7 +110,6 @@ def after_attempt(
         retry_in_s=round(retry_in, 1),
         dead_recipients=len(decision.dead),
         counted_retry=bool(decision.retry) and not uncounted,
-        throttled=decision.throttled,
     )
 
 

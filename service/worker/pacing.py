@@ -27,7 +27,7 @@ from ..wire import decode_entry
 from .backoff import retry_while_unavailable
 from .metrics import WorkerMetrics
 
-__all__ = ["Admission", "Pacer", "limiter_config"]
+__all__ = ["Admission", "Pacer", "entry_cost", "limiter_config"]
 
 log = structlog.get_logger("service.worker")
 
@@ -48,6 +48,19 @@ def limiter_config(settings: WorkerSettings) -> LimiterConfig:
         quota=settings.smtp_daily_quota,
         quota_window_s=settings.smtp_daily_quota_window_seconds,
     )
+
+
+def entry_cost(entry: Entry, *, per_recipient: bool) -> int:
+    """What an entry costs against the limits: 1, or with `per_recipient` (SMTP_RATE_COST=
+    recipient) its distinct envelope recipients; 0 for an entry that cannot be decoded (it is
+    dead-lettered without being sent)."""
+    if not per_recipient:
+        return 1
+    try:
+        queued = decode_entry(entry.fields)
+    except WireFormatError:
+        return 0
+    return max(1, len(distinct_addresses(queued.envelope_recipients())))
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +121,9 @@ class Pacer:
         """The slot of each entry, in order (None for all without limits)."""
         if not self.active or not entries:
             return [None] * len(entries)
-        acquired = await self._ask([self._cost(entry) for entry in entries])
+        acquired = await self._ask(
+            [entry_cost(e, per_recipient=self._per_recipient) for e in entries]
+        )
         now = time.monotonic()
         return [
             Admission(now, refused=True, reopen_s=acquired.reopen_s)
@@ -182,14 +197,3 @@ class Pacer:
         elif self._quota_full and not full:
             log.info("send_quota_available", quota=quota, used=acquired.quota_used)
         self._quota_full = full
-
-    def _cost(self, entry: Entry) -> int:
-        """What an entry costs: 1, or its recipients (SMTP_RATE_COST=recipient); 0 for one that
-        cannot be decoded (it is dead-lettered without being sent)."""
-        if not self._per_recipient:
-            return 1
-        try:
-            queued = decode_entry(entry.fields)
-        except WireFormatError:
-            return 0
-        return max(1, len(distinct_addresses(queued.envelope_recipients())))

@@ -9,11 +9,13 @@ import time
 import pytest
 from redis.asyncio import Redis
 
+from service import EmailTask
 from service.keys import QueueKeys
 from service.settings import WorkerSettings
-from service.store import QueueStore
+from service.store import Entry, QueueStore
+from service.wire import encode_entry, retry_entry
 from service.worker.metrics import WorkerMetrics
-from service.worker.pacing import Admission, Pacer
+from service.worker.pacing import Admission, Pacer, entry_cost
 
 
 def _pacer(stopping: asyncio.Event, **settings: str) -> Pacer:
@@ -54,3 +56,40 @@ async def test_without_limits_the_pacer_reads_what_is_free_and_admits_all() -> N
     assert not pacer.active
     assert await pacer.wait_to_read(7) == 7
     assert await pacer.admit([]) == []
+
+
+def _entry(task: EmailTask, recipients: list[str] | None = None) -> Entry:
+    fields = {k.encode(): v for k, v in encode_entry(task, "0" * 32, 1).items()}
+    if recipients is not None:  # a retry copy narrowed to these
+        fields = retry_entry(fields, tries=1, recipients=recipients, error="x")
+    return Entry("1-0", fields, 1)
+
+
+@pytest.mark.parametrize(
+    ("entry", "per_recipient", "cost"),
+    [
+        (_entry(EmailTask(to=["a@x.example", "b@x.example"], subject="s", text="t")), False, 1),
+        (_entry(EmailTask(to=["a@x.example", "b@x.example"], subject="s", text="t")), True, 2),
+        (
+            _entry(
+                EmailTask(
+                    to="a@x.example", cc="b@x.example", bcc="c@x.example", subject="s", text="t"
+                )
+            ),
+            True,
+            3,
+        ),
+        (_entry(EmailTask(to=["a@x.example", "a@x.example"], subject="s", text="t")), True, 1),
+        (
+            _entry(
+                EmailTask(to=["a@x.example", "b@x.example"], subject="s", text="t"), ["b@x.example"]
+            ),
+            True,
+            1,
+        ),
+        (Entry("1-0", {b"v": b"99"}, 1), True, 0),  # undecodable: never sent
+        (Entry("1-0", {b"v": b"99"}, 1), False, 1),
+    ],
+)
+def test_entry_cost(entry: Entry, per_recipient: bool, cost: int) -> None:
+    assert entry_cost(entry, per_recipient=per_recipient) == cost
