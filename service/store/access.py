@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from ..keys import CONSUMER_GROUP, QueueKeys
-from . import scripts
+from . import limiter, scripts
 from .replies import as_str
 
 __all__ = ["Access", "Command", "check_access", "denied", "worker_commands"]
@@ -50,8 +50,9 @@ class Access:
     reason: str = ""  # why it could not be checked
 
 
-def worker_commands(keys: QueueKeys) -> tuple[Command, ...]:
-    """Every command a worker runs on the queue `keys` (its scripts' commands included)."""
+def worker_commands(keys: QueueKeys, *, limits: bool = False) -> tuple[Command, ...]:
+    """Every command a worker runs on the queue `keys` (its scripts' commands included);
+    `limits`: with the shared limiter's (SMTP_RATE_LIMIT or SMTP_DAILY_QUOTA set)."""
     stream, delayed, entries, dead = keys.stream, keys.delayed, keys.delayed_entries, keys.dead
     sent, group = keys.sent("*"), CONSUMER_GROUP
 
@@ -88,24 +89,48 @@ def worker_commands(keys: QueueKeys) -> tuple[Command, ...]:
         ("set", f"SET {sent} v PX 1"),
         ("script|load", "SCRIPT LOAD return"),
     ]
+    limited: list[Command] = []
+    if limits:
+        rate, quota = keys.limiter, keys.quota
+        limiter_lines = [
+            ("time", "TIME"),
+            ("hmget", f"HMGET {rate} tat"),
+            ("hset", f"HSET {rate} {_PROBE} v"),
+            ("hdel", f"HDEL {rate} {_PROBE}"),
+            ("type", f"TYPE {quota}"),
+            ("lindex", f"LINDEX {quota} 0"),
+            ("lpop", f"LPOP {quota}"),
+            ("llen", f"LLEN {quota}"),
+            ("lset", f"LSET {quota} -1 v"),
+            ("rpush", f"RPUSH {quota} v"),
+            ("pexpire", f"PEXPIRE {quota} 1"),
+            ("lrange", f"LRANGE {quota} 0 -1"),
+        ]
+        limited = [
+            *(Command(name, tuple(line.split(" "))) for name, line in limiter_lines),
+            evalsha(limiter.ACQUIRE, rate, quota),
+            evalsha(limiter.THROTTLE, rate),
+        ]
     return (
         *(Command(name, tuple(line.split(" "))) for name, line in plain),
         evalsha(scripts.SETTLE, stream, delayed, entries, dead, sent),
         evalsha(scripts.PROMOTE_DUE, stream, delayed, entries, dead),
         evalsha(scripts.FORGET_CONSUMER, stream),
+        *limited,
     )
 
 
 def _keys_of(commands: Iterable[Command], keys: QueueKeys) -> list[str]:
     every = {keys.stream, keys.delayed, keys.delayed_entries, keys.dead, keys.workers}
+    every |= {keys.limiter, keys.quota}
     every.add(keys.sent("*"))
     used = {arg for command in commands for arg in command.args}
     return sorted(every & used)
 
 
-async def check_access(redis: Redis, user: str, keys: QueueKeys) -> Access:
-    """Whether `user` may run every command of `worker_commands(keys)`."""
-    commands = worker_commands(keys)
+async def check_access(redis: Redis, user: str, keys: QueueKeys, *, limits: bool = False) -> Access:
+    """Whether `user` may run every command of `worker_commands(keys, limits=limits)`."""
+    commands = worker_commands(keys, limits=limits)
     try:
         verdicts = await _dry_run(redis, user, commands)
     except ResponseError as dryrun_refused:

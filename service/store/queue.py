@@ -363,10 +363,11 @@ class QueueStore:
 
     # --- the server ---------------------------------------------------------------------------
 
-    async def access(self) -> access.Access:
-        """Whether the Redis user this client logs in as may run every command a worker runs."""
+    async def access(self, *, limits: bool = False) -> access.Access:
+        """Whether the Redis user this client logs in as may run every command a worker runs
+        (`limits`: the shared limiter's too)."""
         user = self._redis.connection_pool.connection_kwargs.get("username") or "default"
-        return await access.check_access(self._redis, user, self.keys)
+        return await access.check_access(self._redis, user, self.keys, limits=limits)
 
     async def memory(self) -> tuple[int | None, int | None, str | None]:
         """Redis's (used_memory, maxmemory, maxmemory_policy); None for what it will not say."""

@@ -114,7 +114,11 @@ async def serve(settings: WorkerSettings, shutdown: Shutdown) -> int:
         pid=os.getpid(),
     )
     supervision = Supervision(
-        redis, store, shutdown, status=f"delivering queue {settings.email_queue}"
+        redis,
+        store,
+        shutdown,
+        status=f"delivering queue {settings.email_queue}",
+        limits=pacer.active,
     )
     beating: asyncio.Task[None] | None = None
     try:

@@ -46,8 +46,10 @@ class Supervision:
         *,
         status: str,
         notifier: Notifier | None = None,
+        limits: bool = False,
     ) -> None:
         self._redis = redis
+        self._limits = limits  # the shared limiter's commands are checked too
         self._store = store
         self._shutdown = shutdown
         self._status = status
@@ -91,7 +93,7 @@ class Supervision:
         self._notifier.status("connecting to Redis")
         await self._wait_for_redis()
         await check_redis_config(self._redis)
-        if not await check_redis_access(self._store):
+        if not await check_redis_access(self._store, limits=self._limits):
             return False
         if not self._shutdown.requested.is_set():  # READY after STOPPING would confuse systemd
             self._notifier.ready(self._status)

@@ -36,7 +36,7 @@ def _events(worker: WorkerProcess, name: str) -> list[dict[str, object]]:
 
 @contextlib.contextmanager
 def worker_as(
-    rules: list[str], worker_env: dict[str, str], tmp_path: Path
+    rules: list[str], worker_env: dict[str, str], tmp_path: Path, **settings: str
 ) -> Iterator[tuple[WorkerProcess, redis_sync.Redis, list[str]]]:
     """Redis with a user `worker` having `rules`, one task enqueued, a worker logged in as it."""
     port = free_port()
@@ -47,7 +47,7 @@ def worker_as(
         db.execute_command(*setuser)  # type: ignore[no-untyped-call]
         task_ids = enqueue(admin_url, [EmailTask(to="a@example.com", subject="s", text="t")])
         url = f"redis://worker:s3cret@127.0.0.1:{port}/0"
-        worker = WorkerProcess({**worker_env, "REDIS_URL": url}, tmp_path)
+        worker = WorkerProcess({**worker_env, "REDIS_URL": url, **settings}, tmp_path)
         try:
             yield worker, db, task_ids
         finally:
@@ -83,6 +83,18 @@ def test_a_worker_missing_a_permission_exits_2_before_taking_an_entry(
     assert line["user"] == "worker"
     assert line["missing"] == missing
     assert "s3cret" not in worker.output()
+
+
+def test_a_worker_with_send_limits_checks_the_limiter_s_permissions_too(
+    worker_env: dict[str, str], smtp: SmtpServer, tmp_path: Path
+) -> None:
+    rules = ["~*", "+@all", "-@list"]  # the quota's list commands
+    with worker_as(rules, worker_env, tmp_path, SMTP_RATE_LIMIT="14/s") as (worker, db, _):
+        del db
+        assert worker.process.wait(timeout=20) == 2, worker.output()[-3000:]
+        assert smtp.received == []
+    (line,) = _events(worker, "redis_permissions_missing")
+    assert line["missing"] == ["lindex", "llen", "lpop", "lrange", "lset", "rpush"]
 
 
 def test_a_least_privilege_user_that_cannot_be_checked_is_noted_and_served(

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from service.keys import QueueKeys
-from service.store import scripts
+from service.store import limiter, scripts
 from service.store.access import denied, glob_pattern, worker_commands
 
 SCRIPTING_62 = {"scripting": ["eval", "evalsha", "script"]}  # ACL CAT on 6.2: parents only
@@ -58,10 +58,19 @@ def test_key_patterns_match_as_redis_globs(pattern: str, key: str, matches: bool
     assert bool(glob_pattern(pattern).fullmatch(key)) is matches
 
 
-def test_every_command_of_the_worker_s_scripts_is_checked() -> None:
+@pytest.mark.parametrize(
+    ("limits", "sources"),
+    [
+        (False, (scripts.SETTLE, scripts.PROMOTE_DUE, scripts.FORGET_CONSUMER)),
+        (True, (limiter.ACQUIRE, limiter.THROTTLE)),  # SMTP_RATE_LIMIT or SMTP_DAILY_QUOTA set
+    ],
+)
+def test_every_command_of_the_worker_s_scripts_is_checked(
+    limits: bool, sources: tuple[str, ...]
+) -> None:
     # Redis checks ACLs inside scripts too: a command a script runs must be in the list.
-    names = {command.name for command in worker_commands(QueueKeys("emails"))}
-    for source in (scripts.SETTLE, scripts.PROMOTE_DUE, scripts.FORGET_CONSUMER):
+    names = {command.name for command in worker_commands(QueueKeys("emails"), limits=limits)}
+    for source in sources:
         called = re.findall(r"redis\.p?call\('([A-Z]+)'(?:, '([A-Z]+)')?", source)
         for command, subcommand in called:
             name = command.lower()
@@ -72,6 +81,6 @@ def test_every_command_of_the_worker_s_scripts_is_checked() -> None:
 
 def test_every_checked_command_names_only_this_queue_s_keys() -> None:
     keys = QueueKeys("emails")
-    for command in worker_commands(keys):
+    for command in worker_commands(keys, limits=True):
         queue_keys = [arg for arg in command.args if arg.startswith("{")]
         assert all(arg.startswith("{emails}:") for arg in queue_keys), command
