@@ -9,18 +9,21 @@ from __future__ import annotations
 from .errors import (
     ConfigError,
     EmailServiceError,
+    EmailTooLarge,
     EnqueueError,
     QueueFull,
     QueueUnavailable,
     WireFormatError,
 )
 from .producer import Producer, SyncProducer
-from .task import EmailTask
+from .task import Attachment, EmailTask
 
 __all__ = [
+    "Attachment",
     "ConfigError",
     "EmailServiceError",
     "EmailTask",
+    "EmailTooLarge",
     "EnqueueError",
     "Producer",
     "QueueFull",

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "EmailServiceError",
+    "EmailTooLarge",
     "EnqueueError",
     "QueueFull",
     "QueueUnavailable",
@@ -49,6 +50,25 @@ class EnqueueError(EmailServiceError):
     def __init__(self, queue: str, message: str) -> None:
         super().__init__(message)
         self.queue = queue
+
+
+class EmailTooLarge(EnqueueError, ValueError):
+    """An email is larger than the producer's per-email budget; nothing was enqueued.
+
+    `size` counts the bodies and the attachments as they travel (base64: 4 bytes per 3);
+    `field` names the part of the task that holds most of it (`attachments`, `text`, `html`).
+    Send a link to a large file rather than the file.
+    """
+
+    def __init__(self, queue: str, *, field: str, size: int, limit: int) -> None:
+        super().__init__(
+            queue,
+            f"{field}: the email takes {size} bytes once encoded and the limit is {limit} "
+            "(max_email_bytes); link to large files instead; nothing was enqueued",
+        )
+        self.field = field
+        self.size = size
+        self.limit = limit
 
 
 class QueueFull(EnqueueError):

@@ -72,6 +72,8 @@ class QueueSettings(BaseSettings):
 
     redis_url: SecretStr = Field(default_factory=_default_redis_url)
     email_queue: str = "emails"
+    # The per-email budget a producer enforces at enqueue (bodies, and attachments as base64).
+    max_email_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] | None = None
 

@@ -28,12 +28,14 @@ from pydantic import (
 )
 
 __all__ = [
+    "MAX_ATTACHMENTS",
     "MAX_BODY_CHARS",
     "MAX_HEADERS",
     "MAX_HEADER_CHARS",
     "MAX_RECIPIENTS",
     "MAX_TAGS",
     "RESERVED_HEADERS",
+    "Attachment",
     "EmailAddress",
     "EmailTask",
     "addr_spec",
@@ -47,6 +49,14 @@ MAX_HEADER_CHARS: Final = 998
 MAX_HEADERS: Final = 50
 # Far above any real transactional email, far below what would hurt a Redis instance.
 MAX_BODY_CHARS: Final = 2_000_000
+# Attachments are bounded in number here and in size by the producer's per-email budget.
+MAX_ATTACHMENTS: Final = 50
+_MAX_FILENAME_CHARS: Final = 255
+# RFC 2045 5.1: type "/" subtype, each a token (no specials, spaces or controls).
+_MIME_TOKEN: Final = r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}"  # noqa: S105 - a pattern, no secret
+_CONTENT_TYPE: Final = re.compile(rf"{_MIME_TOKEN}/{_MIME_TOKEN}")
+# A Content-ID is an addr-spec-like dot-atom (RFC 2392); `cid:` URLs in the HTML name it.
+_CONTENT_ID: Final = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,100}(?:@[A-Za-z0-9.-]{1,100})?")
 # Tags label a task for the people who look for it later ("welcome", "user:42"): a few short
 # words, kept in log lines and dead letters, never sent.
 MAX_TAGS: Final = 10
@@ -179,6 +189,52 @@ def _parse_address(value: str) -> str:
     return str(Address(display_name=mailbox.display_name, addr_spec=address))
 
 
+def _check_filename(name: str) -> str:
+    """A name without control characters or path separators; spaces around it are dropped
+    (mail clients drop them too)."""
+    _reject_control_characters(name)
+    name = name.strip()
+    if not name or "/" in name or "\\" in name:
+        raise ValueError("a filename is a non-blank name without path separators")
+    return name
+
+
+def _check_content_type(value: str) -> str:
+    if not _CONTENT_TYPE.fullmatch(value):
+        raise ValueError(f"{value[:70]!r} is not a MIME type (type/subtype)")
+    if value.lower().startswith(("multipart/", "message/")):
+        # Their parts are parsed as MIME structure, and base64 is not allowed for them
+        # (RFC 2046 5.2.1): send such a file as application/octet-stream.
+        raise ValueError(f"{value[:70]!r} cannot be an attachment's type")
+    return value.lower()
+
+
+def _check_content_id(value: str | None) -> str | None:
+    if value is not None and not _CONTENT_ID.fullmatch(value):
+        raise ValueError(f"{value[:70]!r} is not a Content-ID (letters, digits, .-_@..., no <>)")
+    return value
+
+
+class Attachment(BaseModel):
+    """A file sent with the email.
+
+    `content` is the file's bytes, sent as they are (base64 on the wire). With `content_id`
+    the file is inline: an image the HTML body shows as `<img src="cid:CONTENT_ID">` (the task
+    then needs `html`). `filename` may hold any printable characters (non-ASCII names are
+    encoded per RFC 2231); `content_type` defaults to `application/octet-stream`.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, ser_json_bytes="base64", val_json_bytes="base64"
+    )
+
+    filename: Annotated[str, Field(max_length=_MAX_FILENAME_CHARS), AfterValidator(_check_filename)]
+    # Kept out of repr() like the bodies: a file in a traceback is content, and large.
+    content: bytes = Field(repr=False)
+    content_type: Annotated[str, AfterValidator(_check_content_type)] = "application/octet-stream"
+    content_id: Annotated[str | None, AfterValidator(_check_content_id)] = None
+
+
 def _as_list(value: Any) -> Any:
     """Let callers pass one address where a list is expected."""
     return [value] if isinstance(value, str) else value
@@ -204,7 +260,8 @@ class EmailTask(BaseModel):
     `to`, `cc`, `bcc` and `reply_to` take one address or a list; `sender` defaults to the worker's
     `MAIL_FROM`; at least one of `text` and `html` is required; `headers` adds extra headers
     (not those in `RESERVED_HEADERS`, nor Content-* or Resent-*); `tags` label the task in log
-    lines and dead letters (up to 10 words of letters, digits and `_.:@/=+-`). Invalid input raises
+    lines and dead letters (up to 10 words of letters, digits and `_.:@/=+-`); `attachments` are
+    files sent with it (`Attachment`, regular or inline). Invalid input raises
     `pydantic.ValidationError`, whose errors name the offending field.
     """
 
@@ -221,6 +278,7 @@ class EmailTask(BaseModel):
     html: _Body | None = Field(default=None, repr=False)
     headers: _Headers = Field(default_factory=dict)
     tags: list[_Tag] = Field(default_factory=list, max_length=MAX_TAGS)
+    attachments: list[Attachment] = Field(default_factory=list, max_length=MAX_ATTACHMENTS)
 
     @model_validator(mode="after")
     def _check_whole_task(self) -> EmailTask:
@@ -229,7 +287,21 @@ class EmailTask(BaseModel):
         recipients = len(self.to) + len(self.cc) + len(self.bcc)
         if recipients > MAX_RECIPIENTS:
             raise ValueError(f"{recipients} recipients in to, cc and bcc; at most {MAX_RECIPIENTS}")
+        if self.html is None and any(a.content_id is not None for a in self.attachments):
+            raise ValueError("attachments: an inline attachment (content_id) needs an html body")
+        content_ids = [a.content_id for a in self.attachments if a.content_id is not None]
+        if len(set(content_ids)) != len(content_ids):
+            raise ValueError("attachments: each content_id may be used once")
         return self
+
+    def encoded_size(self) -> int:
+        """About how many bytes the email takes on the wire: bodies as UTF-8 and attachments
+        as base64 (4 bytes per 3, plus a line break every 76), headers aside."""
+        size = sum(len(body.encode()) for body in (self.text, self.html) if body is not None)
+        for attachment in self.attachments:
+            encoded = -(-len(attachment.content) // 3) * 4
+            size += encoded + -(-encoded // 76) * 2
+        return size
 
     def recipients(self) -> list[str]:
         """Every envelope recipient (to, cc and bcc), as bare addresses, each once."""

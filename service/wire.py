@@ -18,6 +18,11 @@ and, only where they apply:
           recipients were accepted); absent means every recipient of the task
     err   why the last attempt failed (for people reading the entry; the worker ignores it)
     rq    how often an operator requeued the task from the dead letters
+
+Version 2 is version 1 plus attachments, and is written only for a task that has some (so a
+worker of an earlier release, still running during a deploy, reads every other task). The
+`task` JSON lists each attachment without its content; the bytes follow as they are, one field
+per attachment, `a0`, `a1`... in the order of the list: no base64 (nor JSON escaping) in Redis.
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ __all__ = [
     "retry_entry",
 ]
 
-CURRENT_VERSION: Final = b"1"
+CURRENT_VERSION: Final = b"2"
+_WITHOUT_ATTACHMENTS: Final = b"1"
 # Checked before parsing so a huge entry written straight into the stream costs no JSON work.
 MAX_PAYLOAD_BYTES: Final = 16 * 1024 * 1024
 
@@ -81,14 +87,24 @@ def encode_entry(
     task: EmailTask, task_id: str, enqueued_at_ms: int, *, due_ms: int | None = None
 ) -> dict[str, bytes]:
     """The fields of the stream entry that carries `task`."""
+    if not task.attachments:
+        payload = task.model_dump(mode="json", exclude_defaults=True)
+    else:
+        payload = task.model_dump(
+            mode="json",
+            exclude_defaults=True,
+            exclude={"attachments": {"__all__": {"content"}}},
+        )
     fields = {
-        "v": CURRENT_VERSION,
+        "v": CURRENT_VERSION if task.attachments else _WITHOUT_ATTACHMENTS,
         "id": task_id.encode(),
         "at": str(enqueued_at_ms).encode(),
-        "task": orjson.dumps(task.model_dump(mode="json", exclude_defaults=True)),
+        "task": orjson.dumps(payload),
     }
     if due_ms is not None:
         fields["due"] = str(due_ms).encode()
+    for index, attachment in enumerate(task.attachments):
+        fields[f"a{index}"] = attachment.content
     return fields
 
 
@@ -150,6 +166,14 @@ def decode_entry(fields: Mapping[bytes, bytes]) -> QueuedTask:
 
 
 def _decode_v1(fields: Mapping[bytes, bytes]) -> QueuedTask:
+    return _decode(fields, attachments=False)
+
+
+def _decode_v2(fields: Mapping[bytes, bytes]) -> QueuedTask:
+    return _decode(fields, attachments=True)
+
+
+def _decode(fields: Mapping[bytes, bytes], *, attachments: bool) -> QueuedTask:
     task_id = _required(fields, b"id")
     if not _TASK_ID.fullmatch(task_id):
         raise WireFormatError(f"field 'id' is not a task id: {task_id[:40]!r}")
@@ -158,7 +182,10 @@ def _decode_v1(fields: Mapping[bytes, bytes]) -> QueuedTask:
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise WireFormatError(f"field 'task' is {len(payload)} bytes; at most {MAX_PAYLOAD_BYTES}")
     try:
-        task = EmailTask.model_validate_json(payload)
+        if attachments:
+            task = EmailTask.model_validate(_with_attachments(payload, fields))
+        else:
+            task = EmailTask.model_validate_json(payload)
     except ValidationError as exc:
         raise WireFormatError(f"field 'task' is not a valid task: {_summarize(exc)}") from None
     return QueuedTask(
@@ -170,6 +197,25 @@ def _decode_v1(fields: Mapping[bytes, bytes]) -> QueuedTask:
         recipients=_recipients(fields, task),
         requeues=_number(fields, b"rq", _COUNT) or 0,
     )
+
+
+def _with_attachments(payload: bytes, fields: Mapping[bytes, bytes]) -> object:
+    """The task's JSON with each attachment's bytes put back from its own field."""
+    try:
+        task = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise WireFormatError("field 'task' is not JSON") from None
+    listed = task.get("attachments") if isinstance(task, dict) else None
+    if not isinstance(listed, list) or not all(isinstance(a, dict) for a in listed):
+        raise WireFormatError("field 'task' has no list of attachments")
+    total = 0
+    for index, attachment in enumerate(listed):
+        content = _required(fields, f"a{index}".encode())
+        total += len(content)
+        if total > MAX_PAYLOAD_BYTES:
+            raise WireFormatError(f"attachments exceed {MAX_PAYLOAD_BYTES} bytes")
+        attachment["content"] = content
+    return task
 
 
 def _number(
@@ -221,5 +267,6 @@ def _summarize(exc: ValidationError) -> str:
 
 
 _DECODERS: Final[dict[bytes, Callable[[Mapping[bytes, bytes]], QueuedTask]]] = {
-    CURRENT_VERSION: _decode_v1,
+    _WITHOUT_ATTACHMENTS: _decode_v1,
+    CURRENT_VERSION: _decode_v2,
 }

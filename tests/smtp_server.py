@@ -48,6 +48,8 @@ class Behaviour:
     # commands in order, so it serves a pipelined group like any server; it just does not say
     # so by default). The worker then sends in groups (service/worker/transaction.py).
     pipelining: bool = True
+    # Offer 8BITMIME in EHLO (aiosmtpd does by default); without it the worker sends 7-bit.
+    eightbitmime: bool = True
     # Keep refused recipients in the envelope, so DATA gets 354 even when every RCPT was
     # refused: the server RFC 2920 section 3.1 tells pipelining clients to expect.
     data_despite_refusals: bool = False
@@ -79,6 +81,8 @@ class _Handler:
         session.host_name = hostname  # this hook's duty, in aiosmtpd
         if self.server.behaviour.pipelining:
             responses.insert(-1, "250-PIPELINING")
+        if not self.server.behaviour.eightbitmime:
+            responses = [line for line in responses if line != "250-8BITMIME"]
         return responses
 
     async def handle_HELO(self, server: Any, session: Any, envelope: Any, hostname: str) -> str:

@@ -29,6 +29,7 @@ from .backlog import BacklogEstimate
 from .prepare import (
     DEFAULT_IDEMPOTENCY_WINDOW,
     DEFAULT_MAX_BACKLOG,
+    DEFAULT_MAX_EMAIL_BYTES,
     Delay,
     Limits,
     is_plain,
@@ -36,7 +37,13 @@ from .prepare import (
 )
 from .sync import SyncProducer
 
-__all__ = ["DEFAULT_IDEMPOTENCY_WINDOW", "DEFAULT_MAX_BACKLOG", "Producer", "SyncProducer"]
+__all__ = [
+    "DEFAULT_IDEMPOTENCY_WINDOW",
+    "DEFAULT_MAX_BACKLOG",
+    "DEFAULT_MAX_EMAIL_BYTES",
+    "Producer",
+    "SyncProducer",
+]
 
 
 class Producer:
@@ -48,9 +55,11 @@ class Producer:
 
     `max_backlog` bounds the tasks waiting in the queue (live and delayed): past it, enqueueing
     raises `QueueFull` instead of filling Redis. An idempotency key is remembered for
-    `idempotency_window`. Every failure is an `EnqueueError` (`QueueFull`, `QueueUnavailable`),
-    whose `maybe_enqueued` says whether the task may be in the queue all the same. For a
-    producer shared by the threads of a sync app, see `SyncProducer`.
+    `idempotency_window`. An email larger than `max_email_bytes` (bodies, and attachments as
+    base64) raises `EmailTooLarge` before anything is sent. Every failure is an
+    `EnqueueError` (`QueueFull`, `QueueUnavailable`, `EmailTooLarge`), whose `maybe_enqueued`
+    says whether the task may be in the queue all the same. For a producer shared by the
+    threads of a sync app, see `SyncProducer`.
     """
 
     def __init__(
@@ -60,8 +69,9 @@ class Producer:
         queue: str = "emails",
         max_backlog: int | None = DEFAULT_MAX_BACKLOG,
         idempotency_window: timedelta = DEFAULT_IDEMPOTENCY_WINDOW,
+        max_email_bytes: int = DEFAULT_MAX_EMAIL_BYTES,
     ) -> None:
-        self._limits = Limits.checked(max_backlog, idempotency_window)
+        self._limits = Limits.checked(max_backlog, idempotency_window, max_email_bytes)
         self._redis = redis
         self._store = QueueStore(redis, QueueKeys(queue))
         self._backlog = BacklogEstimate(self._limits.max_backlog)
@@ -75,6 +85,7 @@ class Producer:
         queue: str = "emails",
         max_backlog: int | None = DEFAULT_MAX_BACKLOG,
         idempotency_window: timedelta = DEFAULT_IDEMPOTENCY_WINDOW,
+        max_email_bytes: int = DEFAULT_MAX_EMAIL_BYTES,
         timeout: float = PRODUCER_TIMEOUT_SECONDS,
         connect_timeout: float = PRODUCER_CONNECT_TIMEOUT_SECONDS,
     ) -> Self:
@@ -89,6 +100,7 @@ class Producer:
             queue=queue,
             max_backlog=max_backlog,
             idempotency_window=idempotency_window,
+            max_email_bytes=max_email_bytes,
         )
         producer._owns_client = True
         return producer
@@ -114,7 +126,14 @@ class Producer:
         the backlog is at `max_backlog`, `QueueUnavailable` when Redis cannot be reached or does
         not answer in time.
         """
-        new = new_tasks([task], send_at=send_at, delay=delay, idempotency_key=idempotency_key)
+        new = new_tasks(
+            [task],
+            send_at=send_at,
+            delay=delay,
+            idempotency_key=idempotency_key,
+            queue=self.queue,
+            max_email_bytes=self._limits.max_email_bytes,
+        )
         ids = await self._add(new)
         return ids[0]
 
@@ -131,7 +150,13 @@ class Producer:
         `QueueFull` or an error) none. Redis runs the batch as one step, so keep batches to a
         few thousand tasks.
         """
-        new = new_tasks(tasks, send_at=send_at, delay=delay)
+        new = new_tasks(
+            tasks,
+            send_at=send_at,
+            delay=delay,
+            queue=self.queue,
+            max_email_bytes=self._limits.max_email_bytes,
+        )
         return await self._add(new) if new else []
 
     async def _add(self, tasks: list[NewTask]) -> list[str]:

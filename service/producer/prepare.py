@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final, Self
 
+from ..errors import EmailTooLarge
 from ..store import NewTask
 from ..task import EmailTask
 from ..wire import encode_entry
@@ -17,6 +18,7 @@ from ..wire import encode_entry
 __all__ = [
     "DEFAULT_IDEMPOTENCY_WINDOW",
     "DEFAULT_MAX_BACKLOG",
+    "DEFAULT_MAX_EMAIL_BYTES",
     "Delay",
     "Limits",
     "is_plain",
@@ -27,6 +29,9 @@ __all__ = [
 # backlog. Size it to your Redis (`max_backlog=`); None disables the check.
 DEFAULT_MAX_BACKLOG: Final = 100_000
 DEFAULT_IDEMPOTENCY_WINDOW: Final = timedelta(hours=24)
+# Many providers refuse messages past 10 to 25 MB (Gmail 25, SES 10 by default, counted as
+# sent, base64 included); a file larger than this is better sent as a link.
+DEFAULT_MAX_EMAIL_BYTES: Final = 10 * 1024 * 1024
 _MAX_DELAY: Final = timedelta(days=366)
 _MAX_KEY_CHARS: Final = 200
 
@@ -35,19 +40,28 @@ Delay = timedelta | float | int
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """A producer's backlog limit (0: none) and idempotency window, checked."""
+    """A producer's backlog limit (0: none), idempotency window and per-email size, checked."""
 
     max_backlog: int
     window_ms: int
+    max_email_bytes: int = DEFAULT_MAX_EMAIL_BYTES
 
     @classmethod
-    def checked(cls, max_backlog: int | None, idempotency_window: timedelta) -> Self:
+    def checked(
+        cls,
+        max_backlog: int | None,
+        idempotency_window: timedelta,
+        max_email_bytes: int = DEFAULT_MAX_EMAIL_BYTES,
+    ) -> Self:
         """The limits, or ValueError naming the bad one."""
         if max_backlog is not None and max_backlog < 1:
             raise ValueError(f"max_backlog must be at least 1 (or None), not {max_backlog}")
         if idempotency_window <= timedelta(0):
             raise ValueError("idempotency_window must be positive")
-        return cls(max_backlog or 0, int(idempotency_window.total_seconds() * 1000))
+        if max_email_bytes < 1:
+            raise ValueError(f"max_email_bytes must be at least 1, not {max_email_bytes}")
+        window_ms = int(idempotency_window.total_seconds() * 1000)
+        return cls(max_backlog or 0, window_ms, max_email_bytes)
 
 
 def new_tasks(
@@ -56,13 +70,16 @@ def new_tasks(
     send_at: datetime | None = None,
     delay: Delay | None = None,
     idempotency_key: str | None = None,
+    queue: str,
+    max_email_bytes: int,
 ) -> list[NewTask]:
     """Each task with a new id and its entry's fields; ValueError or TypeError, before anything
-    is sent, for a bad option or something that is not a task."""
+    is sent, for a bad option or something that is not a task, and `EmailTooLarge` for a task
+    past `max_email_bytes`."""
     if idempotency_key is not None:
         _check_key(idempotency_key)
     due_ms = _due_ms(send_at, delay)
-    return [_new_task(task, due_ms, idempotency_key) for task in tasks]
+    return [_new_task(task, due_ms, idempotency_key, queue, max_email_bytes) for task in tasks]
 
 
 def is_plain(tasks: Iterable[NewTask]) -> bool:
@@ -70,14 +87,29 @@ def is_plain(tasks: Iterable[NewTask]) -> bool:
     return all(not task.due_ms and task.idempotency_key is None for task in tasks)
 
 
-def _new_task(task: EmailTask, due_ms: int | None, idempotency_key: str | None) -> NewTask:
+def _new_task(
+    task: EmailTask, due_ms: int | None, idempotency_key: str | None, queue: str, max_bytes: int
+) -> NewTask:
     if not isinstance(task, EmailTask):
         raise TypeError(f"expected an EmailTask, got {type(task).__name__}")
+    size = task.encoded_size()
+    if size > max_bytes:
+        raise EmailTooLarge(queue, field=_largest_field(task), size=size, limit=max_bytes)
     task_id = uuid.uuid4().hex
     now_ms = time.time_ns() // 1_000_000
     fields = encode_entry(task, task_id, now_ms, due_ms=due_ms)
     due = due_ms if due_ms is not None and due_ms > now_ms else 0
     return NewTask(task_id, fields, due, idempotency_key)
+
+
+def _largest_field(task: EmailTask) -> str:
+    """The field that holds most of an email's bytes, for the error that refuses it."""
+    sizes = {
+        "text": len(task.text or ""),
+        "html": len(task.html or ""),
+        "attachments": sum(len(attachment.content) for attachment in task.attachments),
+    }
+    return max(sizes, key=sizes.__getitem__)
 
 
 def _due_ms(send_at: datetime | None, delay: Delay | None) -> int | None:

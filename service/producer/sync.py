@@ -33,6 +33,7 @@ from .backlog import BacklogEstimate
 from .prepare import (
     DEFAULT_IDEMPOTENCY_WINDOW,
     DEFAULT_MAX_BACKLOG,
+    DEFAULT_MAX_EMAIL_BYTES,
     Delay,
     Limits,
     is_plain,
@@ -57,8 +58,9 @@ class SyncProducer:
         queue: str = "emails",
         max_backlog: int | None = DEFAULT_MAX_BACKLOG,
         idempotency_window: timedelta = DEFAULT_IDEMPOTENCY_WINDOW,
+        max_email_bytes: int = DEFAULT_MAX_EMAIL_BYTES,
     ) -> None:
-        self._limits = Limits.checked(max_backlog, idempotency_window)
+        self._limits = Limits.checked(max_backlog, idempotency_window, max_email_bytes)
         self._redis = redis_client
         self._store = SyncQueueStore(redis_client, QueueKeys(queue))
         self._owns_client = False
@@ -72,6 +74,7 @@ class SyncProducer:
         queue: str = "emails",
         max_backlog: int | None = DEFAULT_MAX_BACKLOG,
         idempotency_window: timedelta = DEFAULT_IDEMPOTENCY_WINDOW,
+        max_email_bytes: int = DEFAULT_MAX_EMAIL_BYTES,
         timeout: float = PRODUCER_TIMEOUT_SECONDS,
         connect_timeout: float = PRODUCER_CONNECT_TIMEOUT_SECONDS,
     ) -> Self:
@@ -80,7 +83,11 @@ class SyncProducer:
             url, timeout=timeout, connect_timeout=connect_timeout
         )
         producer = cls(
-            client, queue=queue, max_backlog=max_backlog, idempotency_window=idempotency_window
+            client,
+            queue=queue,
+            max_backlog=max_backlog,
+            idempotency_window=idempotency_window,
+            max_email_bytes=max_email_bytes,
         )
         producer._owns_client = True
         return producer
@@ -99,7 +106,14 @@ class SyncProducer:
         idempotency_key: str | None = None,
     ) -> str:
         """As `Producer.enqueue`."""
-        new = new_tasks([task], send_at=send_at, delay=delay, idempotency_key=idempotency_key)
+        new = new_tasks(
+            [task],
+            send_at=send_at,
+            delay=delay,
+            idempotency_key=idempotency_key,
+            queue=self.queue,
+            max_email_bytes=self._limits.max_email_bytes,
+        )
         return self._add(new)[0]
 
     def enqueue_many(
@@ -110,7 +124,13 @@ class SyncProducer:
         delay: Delay | None = None,
     ) -> list[str]:
         """As `Producer.enqueue_many`."""
-        new = new_tasks(tasks, send_at=send_at, delay=delay)
+        new = new_tasks(
+            tasks,
+            send_at=send_at,
+            delay=delay,
+            queue=self.queue,
+            max_email_bytes=self._limits.max_email_bytes,
+        )
         return self._add(new) if new else []
 
     def _add(self, tasks: list[NewTask]) -> list[str]:

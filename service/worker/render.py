@@ -1,74 +1,134 @@
-"""Turning a task into the message and envelope the SMTP server receives (pure, no I/O).
+"""Turning a task into the bytes and envelope the SMTP server receives (pure, no I/O).
 
-The standard library's `email` package is the reference for every byte sent, but building an
-`EmailMessage` parses each header value again (a token tree per address) and folds it again on
-output, a large share of a worker's CPU time. Most transactional emails are plain, though: short
-ASCII header lines and 7-bit bodies. For those, `render` writes the bytes itself, exactly as the
-library would write them (the tests compare both byte for byte). A header line that needs folding
-or RFC 2047 encoding is still written by the library's own header classes; a body that needs a
-transfer encoding (non-ASCII text, lines over 78 characters, control characters) sends the
-whole email through the library. Extra headers are unstructured fields either way: validation
-(`service/task.py`) refuses every name the library or aiosmtplib would treat specially
-(Content-*, Resent-*...).
+One renderer for every email the task model allows, writing MIME itself: text, HTML, both as
+multipart/alternative, inline images (multipart/related around the HTML) and attachments
+(multipart/mixed around the rest). The standard library's generator re-parses every header and
+re-encodes every body on each message, which was most of a worker's CPU; here each piece is
+written once, in the cheapest encoding that is valid for it, and what repeats between emails
+(addresses, dates) is cached. The standard library stays the judge: property tests parse what
+this writes and compare it with the task (tests/unit/test_render_equivalence.py).
+
+Encodings:
+- Headers: printable ASCII words are written as they are, folded at spaces to 78 characters
+  where a line would be longer; anything else (non-ASCII, runs of spaces, one very long word)
+  as RFC 2047 encoded words (UTF-8, base64), which carry any text exactly.
+- Text bodies: line ends become CRLF and the body ends with one; then `7bit` when it is ASCII
+  with lines of at most 998 octets (RFC 5322 2.1.1) and no control characters, `8bit` for the
+  same in UTF-8 when the server offers 8BITMIME, and otherwise quoted-printable for mostly
+  ASCII text or base64 for mostly non-ASCII text, whichever is shorter.
+- Attachments: base64, filenames as a quoted string, or per RFC 2231 (UTF-8, percent-encoded,
+  split into continuations) when they are not short printable ASCII.
+- Addresses: display names as written when ASCII, else encoded words; an address that is not
+  ASCII itself (possible only for a configured sender) is written as UTF-8 and needs SMTPUTF8.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import email
 import email.policy
 import functools
 import random
 import re
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
-from typing import Final
+from typing import Final, Self
 
-from ..task import addr_spec, distinct_addresses
+from ..task import Attachment, addr_spec, distinct_addresses
 from ..wire import QueuedTask
 
-__all__ = ["Outgoing", "render"]
+__all__ = ["Content", "Outgoing", "render"]
 
-# SMTP policy: CRLF line endings, lines folded at 78, and values with CR/LF refused.
-_POLICY: Final = email.policy.SMTP
-_MAX_LINE: Final = _POLICY.max_line_length or 78
-# Words of printable ASCII separated by single spaces: what the library writes out verbatim when
-# the line fits (checked against the library for every shape in the tests).
-_VERBATIM_VALUE: Final = re.compile(r"[!-~]+(?: [!-~]+)*")
-_TEXT_HEADERS: Final = (
-    'Content-Type: text/{}; charset="utf-8"\r\nContent-Transfer-Encoding: 7bit\r\n'
+# RFC 5322 2.1.1: lines SHOULD stay within 78 characters and MUST within 998 (CRLF aside).
+_FOLD_AT: Final = 78
+_MAX_LINE: Final = 998
+# Printable ASCII words separated by single spaces: written as they are (folded if long).
+_PLAIN_WORDS: Final = re.compile(r"[!-~]+(?: [!-~]+)*")
+# An encoded word is at most 75 characters (RFC 2047 2); at 36 bytes (12 of syntax and 48 of
+# base64) one still fits on the first line beside a field name of up to 16 characters.
+_WORD_BYTES: Final = 36
+_NAME_WORD_BYTES: Final = 700
+# Control characters other than TAB, CR and LF: 7bit and 8bit data may not hold NUL (RFC 2045
+# 2.7, 2.8) and clients mangle the others, so a body with any is sent encoded (=XX or base64)
+# and arrives exactly as written.
+_BODY_CONTROL: Final = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_LINE_END: Final = re.compile(r"\r\n|\r|\n")
+# A line longer than 998 octets (its CR included in the count of 999 non-LF bytes).
+_LONG_LINE: Final = re.compile(rb"[^\n]{%d}" % (_MAX_LINE + 2))
+# RFC 2231 attribute-char: what a parameter value may hold without percent-encoding.
+_ATTRIBUTE_CHARS: Final = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$&+-.^_`|~"
 )
-# Control characters other than TAB, CR and LF. RFC 2045 (2.7, 2.8) allows no NUL in 7bit or
-# 8bit data, and the library would send any of them raw under either: a body holding one is
-# sent quoted-printable instead, which writes each as =XX (RFC 2045 6.7), so the message stays
-# valid and the body arrives exactly as written.
-_BODY_CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_BODY_CONTROL_BYTES: Final = re.compile(_BODY_CONTROL.pattern.encode())
-# What the library's generator writes for a multipart boundary: 15 '=', 19 digits, '=='.
-_BOUNDARY_DIGITS: Final = len(repr(sys.maxsize - 1))
+_PERCENT: Final = tuple(
+    chr(byte) if byte in _ATTRIBUTE_CHARS else f"%{byte:02X}" for byte in range(256)
+)
+# A filename written as a quoted string: printable ASCII, short enough for one line.
+_QUOTABLE_NAME: Final = re.compile(r"[ -~]{1,60}")
+_PARAMETER_CHUNK: Final = 50
+
+
+class Content:
+    """A rendered message's bytes, in the 8-bit and the 7-bit form (each built once, on use).
+
+    Most emails are the same in both; a text part in UTF-8 goes `8bit` to a server that offers
+    8BITMIME and quoted-printable or base64 to one that does not.
+    """
+
+    __slots__ = ("_eightbit", "_segments", "_sevenbit")
+
+    def __init__(self, segments: list[bytes | _TextPart]) -> None:
+        self._segments = segments
+        self._eightbit: bytes | None = None
+        self._sevenbit: bytes | None = None
+
+    def data(self, *, eightbit: bool) -> bytes:
+        """The message, CRLF line ends, not dot-stuffed."""
+        if eightbit:
+            if self._eightbit is None:
+                self._eightbit = self._join(eightbit=True)
+            return self._eightbit
+        if self._sevenbit is None:
+            self._sevenbit = self._join(eightbit=False)
+        return self._sevenbit
+
+    def _join(self, *, eightbit: bool) -> bytes:
+        return b"".join(
+            [s if isinstance(s, bytes) else s.encoded(eightbit=eightbit) for s in self._segments]
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """A rendered email: its content plus the SMTP envelope it travels in.
+    """A rendered email: the SMTP envelope and the message's bytes."""
 
-    `content` is either the finished bytes (7-bit, CRLF, ready for DATA) or an `EmailMessage`
-    that aiosmtplib flattens itself (it then picks 8-bit or 7-bit encodings per server).
-    """
-
-    content: bytes | EmailMessage
     mail_from: str
     recipients: list[str]
+    smtputf8: bool  # the envelope or headers need the server's SMTPUTF8
+    content: Content = field(repr=False)
+
+    @classmethod
+    def prebuilt(
+        cls, data: bytes, mail_from: str, recipients: list[str], *, smtputf8: bool = False
+    ) -> Self:
+        """An email whose bytes are already written (7-bit, CRLF), e.g. in tests."""
+        return cls(mail_from, recipients, smtputf8, Content([data]))
+
+    def data(self, *, eightbit: bool) -> bytes:
+        """The message, CRLF, not dot-stuffed; `eightbit` when the server offers 8BITMIME."""
+        return self.content.data(eightbit=eightbit)
 
     @property
     def message(self) -> EmailMessage:
-        """The email as an `EmailMessage` (for tests and debugging; the bytes parsed back)."""
-        if isinstance(self.content, EmailMessage):
-            return self.content
-        text = self.content.replace(b"\r\n", b"\n")  # as the library builds it: LF line ends
-        return email.message_from_bytes(text, _class=EmailMessage, policy=email.policy.default)
+        """The email parsed back by the standard library (for tests and debugging)."""
+        data = self.data(eightbit=True).replace(b"\r\n", b"\n")
+        if self.smtputf8:  # UTF-8 headers (RFC 6532): the bytes parser reads them as ASCII
+            return email.message_from_string(
+                data.decode(), _class=EmailMessage, policy=email.policy.default
+            )
+        return email.message_from_bytes(data, _class=EmailMessage, policy=email.policy.default)
 
 
 def render(queued: QueuedTask, *, default_sender: str, default_mail_from: str = "") -> Outgoing:
@@ -79,99 +139,253 @@ def render(queued: QueuedTask, *, default_sender: str, default_mail_from: str = 
     task produces the same message and a duplicate is recognisable downstream. A retry after
     some recipients were accepted sends to the others only (the envelope, not the headers).
     `default_mail_from` is the bare address of `default_sender`, when the caller has it.
+    Raises ValueError for what cannot be written (a sender address the task model refuses).
     """
     task = queued.task
     if task.sender:
         sender, mail_from = task.sender, addr_spec(task.sender)
     else:
         sender, mail_from = default_sender, default_mail_from or addr_spec(default_sender)
-    headers = [("From", sender), ("To", ", ".join(task.to))]
+    head = [_address_header("From", [sender]), _address_header("To", task.to)]
     if task.cc:
-        headers.append(("Cc", ", ".join(task.cc)))
+        head.append(_address_header("Cc", task.cc))
     if task.reply_to:
-        headers.append(("Reply-To", ", ".join(task.reply_to)))
-    headers.append(("Subject", task.subject))
-    headers.append(("Date", _date_header(queued.dated_ms // 1000)))
-    headers.append(("Message-ID", f"<{queued.task_id}@{mail_from.rpartition('@')[2]}>"))
-    headers.extend(task.headers.items())
-    data = _as_bytes(headers, task.text, task.html)
-    content = data if data is not None else _as_message(headers, task.text, task.html)
+        head.append(_address_header("Reply-To", task.reply_to))
+    head.append(_text_header("Subject", task.subject))
+    head.append(_date_header(queued.dated_ms // 1000))
+    head.append(_message_id(queued.task_id, mail_from))
+    head.extend(_text_header(name, value) for name, value in task.headers.items())
+    head.append("MIME-Version: 1.0\r\n")
+    lines = "".join(head)
     # Each address once, also in a retry copy written before envelopes were made distinct.
-    return Outgoing(content, mail_from, distinct_addresses(queued.envelope_recipients()))
+    recipients = distinct_addresses(queued.envelope_recipients())
+    smtputf8 = not (lines.isascii() and mail_from.isascii() and all(map(str.isascii, recipients)))
+    segments: list[bytes | _TextPart] = [lines.encode()]
+    _body(segments, task.text, task.html, task.attachments)
+    return Outgoing(mail_from, recipients, smtputf8, Content(segments))
+
+
+# Headers ----------------------------------------------------------------------------------
 
 
 @functools.lru_cache(maxsize=256)
 def _date_header(seconds: int) -> str:
-    """The Date value for a second since the epoch: a burst of emails shares a few of them."""
-    return format_datetime(datetime.fromtimestamp(seconds, tz=UTC))
+    """The Date line for a second since the epoch: a burst of emails shares a few of them."""
+    return f"Date: {format_datetime(datetime.fromtimestamp(seconds, tz=UTC))}\r\n"
 
 
-def _as_message(headers: list[tuple[str, str]], text: str | None, html: str | None) -> EmailMessage:
-    """The email built by the library (any content; aiosmtplib flattens it when sending)."""
-    message = EmailMessage(policy=_POLICY)
-    for name, value in headers:
-        message[name] = value
-    if text is not None:
-        message.set_content(text, cte=_transfer_encoding(text))
-        if html is not None:
-            message.add_alternative(html, subtype="html", cte=_transfer_encoding(html))
-    elif html is not None:
-        message.set_content(html, subtype="html", cte=_transfer_encoding(html))
-    return message
+def _message_id(task_id: str, mail_from: str) -> str:
+    domain = mail_from.rpartition("@")[2]
+    return _fold("Message-ID", [f"<{task_id}@{domain}>"])
 
 
-def _transfer_encoding(body: str) -> str | None:
-    """Quoted-printable for a body with control characters; otherwise the library's choice."""
-    return "quoted-printable" if _BODY_CONTROL.search(body) else None
-
-
-def _as_bytes(headers: list[tuple[str, str]], text: str | None, html: str | None) -> bytes | None:
-    """The email's bytes as the library would write them, or None when it must write them."""
-    parts = [(subtype, _seven_bit(body)) for subtype, body in (("plain", text), ("html", html))]
-    bodies = [(subtype, body) for subtype, body in parts if body is not None]
-    if not bodies or len(bodies) != sum(1 for body in (text, html) if body is not None):
-        return None  # a body needs a transfer encoding
-    head = "".join([_header_line(name, value) for name, value in headers])
-    if len(bodies) == 1:
-        subtype, body = bodies[0]
-        head += _TEXT_HEADERS.format(subtype) + "MIME-Version: 1.0\r\n\r\n"
-        return head.encode("utf-8") + body
-    boundary = _boundary()
-    if any(boundary.encode() in body for _, body in bodies):
-        return None  # never seen: the library would pick another boundary
-    (_, plain), (_, rich) = bodies
-    head += (
-        'MIME-Version: 1.0\r\nContent-Type: multipart/alternative;\r\n boundary="'
-        f'{boundary}"\r\n\r\n--{boundary}\r\n{_TEXT_HEADERS.format("plain")}\r\n'
-    )
-    middle = f"\r\n--{boundary}\r\n{_TEXT_HEADERS.format('html')}MIME-Version: 1.0\r\n\r\n"
-    end = f"\r\n--{boundary}--\r\n"
-    return b"".join([head.encode("utf-8"), plain, middle.encode(), rich, end.encode()])
-
-
-def _header_line(name: str, value: str) -> str:
-    """One header as the library folds it: verbatim when short and plain, else by the library."""
-    if len(name) + len(value) + 2 <= _MAX_LINE and _VERBATIM_VALUE.fullmatch(value):
+def _text_header(name: str, value: str) -> str:
+    """An unstructured field (Subject, extra headers), folded, encoded where it must be."""
+    if len(value) + len(name) + 2 <= _FOLD_AT and _PLAIN_WORDS.fullmatch(value):
         return f"{name}: {value}\r\n"
-    return str(_POLICY.header_factory(name, value).fold(policy=_POLICY))
+    return _encoded_text_header(name, value)
 
 
-def _seven_bit(body: str | None) -> bytes | None:
-    """A body the library sends as 7bit, with CRLF line ends; None if it must encode it."""
-    if not body:
-        return None
-    try:
-        data = body.encode("ascii")
-    except UnicodeEncodeError:
-        return None
-    if _BODY_CONTROL_BYTES.search(data):
-        return None
-    lines = data.splitlines()
-    if max(len(line) for line in lines) > _MAX_LINE:
-        return None
-    return b"\r\n".join(lines) + b"\r\n"
+@functools.lru_cache(maxsize=1024)
+def _encoded_text_header(name: str, value: str) -> str:
+    if not value:
+        return f"{name}:\r\n"
+    if _PLAIN_WORDS.fullmatch(value):
+        words = value.split(" ")
+        if max(map(len, words)) < _MAX_LINE - len(name) - 2:
+            return _fold(name, words)
+    return _fold(name, _encoded_words(value))
 
 
-def _boundary() -> str:
-    token = random.randrange(sys.maxsize)  # noqa: S311 - a MIME boundary, not a secret
-    return f"{'=' * 15}{token:0{_BOUNDARY_DIGITS}d}=="
+def _address_header(name: str, mailboxes: list[str]) -> str:
+    words: list[str] = []
+    for mailbox in mailboxes:
+        if words:
+            words[-1] += ","
+        words.extend(_mailbox_words(mailbox))
+    return _fold(name, words)
+
+
+@functools.lru_cache(maxsize=4096)
+def _mailbox_words(mailbox: str) -> tuple[str, ...]:
+    """One mailbox (as validation normalized it) as the words of an address header."""
+    if mailbox.isascii() and len(mailbox) <= _FOLD_AT - 12:
+        return tuple(mailbox.split(" "))
+    parsed = email.policy.default.header_factory("to", mailbox).addresses
+    if len(parsed) != 1:
+        raise ValueError(f"{mailbox!r} is not a single email address")
+    name, address = parsed[0].display_name, parsed[0].addr_spec
+    if not name:
+        return (address,)
+    # In a display name the standard library keeps the space between two encoded words where
+    # RFC 2047 6.2 drops it: one word, longer than 75 characters if need be, reads the same
+    # everywhere (split only past what fits on a line).
+    return (*_encoded_words(name, size=_NAME_WORD_BYTES), f"<{address}>")
+
+
+def _encoded_words(text: str, *, size: int = _WORD_BYTES) -> list[str]:
+    """`text` as RFC 2047 encoded words (UTF-8, base64), each whole characters."""
+    data = text.encode()
+    words = []
+    while data:
+        cut = min(size, len(data))
+        while cut < len(data) and data[cut] & 0xC0 == 0x80:  # inside a character: back off
+            cut -= 1
+        words.append(f"=?utf-8?b?{base64.b64encode(data[:cut]).decode()}?=")
+        data = data[cut:]
+    return words
+
+
+def _fold(name: str, words: list[str] | tuple[str, ...]) -> str:
+    """`name: words` with single spaces, broken before a word where a line would pass 78."""
+    lines = []
+    line = f"{name}:"
+    for word in words:
+        if len(line) + 1 + len(word) > _FOLD_AT and line[-1] != ":":
+            lines.append(line)
+            line = ""
+        line += f" {word}"
+    lines.append(line)
+    return "\r\n".join(lines) + "\r\n"
+
+
+# Bodies -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _TextPart:
+    """A UTF-8 text part: `8bit` where the server takes it, else quoted-printable or base64."""
+
+    subtype: str
+    data: bytes  # CRLF line ends, lines of at most 998 octets, no control characters
+
+    def encoded(self, *, eightbit: bool) -> bytes:
+        if eightbit:
+            return _text_head(self.subtype, "8bit") + self.data
+        return _transfer_encoded(self.subtype, self.data, chars=len(self.data.decode()))
+
+
+def _body(
+    segments: list[bytes | _TextPart],
+    text: str | None,
+    html: str | None,
+    attachments: list[Attachment],
+) -> None:
+    """Append the message's Content-* headers, a blank line and its body to `segments`."""
+    token = _boundary_token()
+    while any(body is not None and token.decode() in body for body in (text, html)):
+        token = _boundary_token()  # a chance of 2**-64, unless the body echoes this email
+    parts: list[list[bytes | _TextPart]] = []
+    if text is not None:
+        parts.append([_text_part("plain", text)])
+    if html is not None:
+        html_part: list[bytes | _TextPart] = [_text_part("html", html)]
+        inline = [_attachment(a) for a in attachments if a.content_id is not None]
+        if inline:
+            html_part = _multipart("related", token, [html_part, *inline])
+        parts.append(html_part)
+    tree = parts[0] if len(parts) == 1 else _multipart("alternative", token, parts)
+    regular = [_attachment(a) for a in attachments if a.content_id is None]
+    if regular:
+        tree = _multipart("mixed", token, [tree, *regular])
+    segments.extend(tree)
+
+
+def _boundary_token() -> bytes:
+    # "=_" appears in neither quoted-printable (= then hex) nor base64 output (no "_"), so only
+    # 7bit and 8bit bodies need checking for it.
+    return b"=_%016x" % random.getrandbits(64)
+
+
+def _multipart(
+    subtype: str, token: bytes, parts: list[list[bytes | _TextPart]]
+) -> list[bytes | _TextPart]:
+    boundary = token + b"_" + subtype[0].encode()
+    segments: list[bytes | _TextPart] = [
+        b'Content-Type: multipart/%s;\r\n boundary="%s"\r\n\r\n' % (subtype.encode(), boundary)
+    ]
+    for part in parts:
+        segments.append(b"--%s\r\n" % boundary)
+        segments.extend(part)
+        segments.append(b"\r\n")
+    segments.append(b"--%s--\r\n" % boundary)
+    return segments
+
+
+def _text_part(subtype: str, body: str) -> bytes | _TextPart:
+    """A text/`subtype` part, headers included, in the cheapest valid encoding."""
+    lines = _crlf_lines(body)
+    data = lines.encode()
+    if _BODY_CONTROL.search(data) or _LONG_LINE.search(data):
+        return _transfer_encoded(subtype, data, chars=len(lines))
+    if data.isascii():
+        return _text_head(subtype, "7bit") + data
+    return _TextPart(subtype, data)
+
+
+def _crlf_lines(body: str) -> str:
+    """`body` with every line end (CR, LF or CRLF) as CRLF, ending with one."""
+    body = _LINE_END.sub("\r\n", body) if "\r" in body else body.replace("\n", "\r\n")
+    return body if body.endswith("\r\n") else body + "\r\n"
+
+
+@functools.lru_cache(maxsize=32)
+def _text_head(subtype: str, encoding: str) -> bytes:
+    return (
+        f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
+        f"Content-Transfer-Encoding: {encoding}\r\n\r\n"
+    ).encode()
+
+
+def _transfer_encoded(subtype: str, data: bytes, *, chars: int) -> bytes:
+    """Quoted-printable (1 byte per ASCII byte, 3 per other) or base64 (4 per 3): the shorter.
+
+    `chars` is how many characters `data` holds in UTF-8.
+    """
+    # Quoted-printable adds 2 bytes per non-ASCII byte, base64 a third of all: it is shorter
+    # while fewer than a sixth of the bytes are non-ASCII. A character takes one byte more
+    # than in ASCII for each two non-ASCII bytes (about: Latin and Cyrillic letters take 2).
+    if (len(data) - chars) * 12 < len(data):
+        encoded = binascii.b2a_qp(data, istext=True)
+        return _text_head(subtype, "quoted-printable") + encoded
+    return _text_head(subtype, "base64") + _base64_lines(data)
+
+
+def _base64_lines(data: bytes) -> bytes:
+    return base64.encodebytes(data).replace(b"\n", b"\r\n")
+
+
+def _attachment(attachment: Attachment) -> list[bytes | _TextPart]:
+    disposition = "attachment" if attachment.content_id is None else "inline"
+    name = attachment.filename
+    head = [
+        f"Content-Type: {attachment.content_type}{_parameter('name', name)}\r\n",
+        f"Content-Disposition: {disposition}{_parameter('filename', name)}\r\n",
+        "Content-Transfer-Encoding: base64\r\n",
+    ]
+    if attachment.content_id is not None:
+        head.append(f"Content-ID: <{attachment.content_id}>\r\n")
+    head.append("\r\n")
+    return ["".join(head).encode(), _base64_lines(attachment.content)]
+
+
+@functools.lru_cache(maxsize=1024)
+def _parameter(name: str, value: str) -> str:
+    """`; name="value"`, or RFC 2231's `name*0*=utf-8''...` continuations where it must."""
+    if _QUOTABLE_NAME.fullmatch(value):
+        quoted = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f';\r\n {name}="{quoted}"'
+    encoded = "".join([_PERCENT[byte] for byte in value.encode()])
+    chunks = []
+    while encoded:
+        cut = min(_PARAMETER_CHUNK, len(encoded))
+        # Never split a %XX triple.
+        percent = encoded.rfind("%", max(0, cut - 2), cut)
+        if percent != -1 and cut < len(encoded):
+            cut = percent
+        chunks.append(encoded[:cut])
+        encoded = encoded[cut:]
+    chunks[0] = "utf-8''" + chunks[0]
+    if len(chunks) == 1:
+        return f";\r\n {name}*={chunks[0]}"
+    return "".join(f";\r\n {name}*{index}*={chunk}" for index, chunk in enumerate(chunks))

@@ -5,9 +5,9 @@ of their own from the pool (as many as `WORKER_CONCURRENCY`); connections are re
 messages (a new TCP + TLS + EHLO + AUTH per email would cost more than the email), checked with
 NOOP when they were idle a while, retired with QUIT after `SMTP_MAX_MESSAGES_PER_CONNECTION`
 messages when that is set (some servers limit it), and dropped whenever a send fails (421, a
-disconnect, a timeout...), so a client in an unknown state is never reused. A prebuilt email
-with plain addresses goes out through the worker's own transaction (`transaction.py`), others
-through aiosmtplib's `send_message`/`sendmail`.
+disconnect, a timeout...), so a client in an unknown state is never reused. The rendered bytes
+(8-bit where the server offers 8BITMIME) go out through the worker's own transaction
+(`transaction.py`) when the addresses are plain, else through aiosmtplib's `sendmail`.
 
 A send returns the project's own `SendResult` (`smtp_result.py`), never an aiosmtplib
 exception. Failing to open a session (connection refused; greeting, EHLO, TLS or AUTH
@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
-from email.message import EmailMessage
 from typing import Final
 
 import aiosmtplib
@@ -216,16 +215,13 @@ async def _transmit(
     client: aiosmtplib.SMTP, outgoing: Outgoing
 ) -> dict[str, aiosmtplib.SMTPResponse]:
     """One message over `client`; the recipients the server refused."""
-    content = outgoing.content
-    if isinstance(content, EmailMessage):
-        refused, _ = await client.send_message(
-            content, sender=outgoing.mail_from, recipients=outgoing.recipients
-        )
-        return refused
-    if is_plain(outgoing.mail_from, outgoing.recipients):
+    eightbit = client.supports_extension("8bitmime")
+    content = outgoing.data(eightbit=eightbit)
+    if not outgoing.smtputf8 and is_plain(outgoing.mail_from, outgoing.recipients):
         return await send_prebuilt(client, outgoing.mail_from, outgoing.recipients, content)
-    # Prebuilt 7-bit bytes: the same MAIL FROM options `send_message` would give them.
-    options = ["BODY=8BITMIME"] if client.supports_extension("8bitmime") else []
+    options = ["BODY=8BITMIME"] if eightbit else []
+    if outgoing.smtputf8:
+        options.append("SMTPUTF8")
     refused, _ = await client.sendmail(
         outgoing.mail_from, outgoing.recipients, content, mail_options=options
     )

@@ -184,7 +184,7 @@ async def test_the_pool_deadline_bounds_a_stalled_transaction_and_drops_its_conn
     # The lean path sets no timeout per command: SMTP_TIMEOUT_SECONDS, enforced by the pool
     # around the whole send, is what ends a server that stops answering mid-message.
     pool = _pool(smtp, smtp_timeout_seconds=0.5)
-    outgoing = Outgoing(CONTENT, SENDER, ["a@example.com"])
+    outgoing = Outgoing.prebuilt(CONTENT, SENDER, ["a@example.com"])
     smtp.behaviour.data_delay = 5.0
 
     started = time.monotonic()
@@ -287,7 +287,7 @@ async def test_a_greeting_without_text_makes_the_server_unavailable_not_a_crash(
     pool = _pool(smtp)
     where = f"cannot open an SMTP session with 127.0.0.1:{smtp.port}: SMTP {greeting.strip()}"
 
-    result = await pool.send(Outgoing(CONTENT, SENDER, ["a@example.com"]))
+    result = await pool.send(Outgoing.prebuilt(CONTENT, SENDER, ["a@example.com"]))
     with pytest.raises(SmtpUnavailableError) as probed:
         await pool.probe()
 
@@ -307,11 +307,11 @@ async def test_replies_without_text_are_read_as_their_codes(
     pool = _pool(smtp)
     recipients = ["a@example.com", "gone@example.com"]
 
-    partly = await pool.send(Outgoing(CONTENT, SENDER, recipients))
+    partly = await pool.send(Outgoing.prebuilt(CONTENT, SENDER, recipients))
     smtp.behaviour.data_replies = ["554"]
-    refused = await pool.send(Outgoing(CONTENT, SENDER, ["a@example.com"]))
+    refused = await pool.send(Outgoing.prebuilt(CONTENT, SENDER, ["a@example.com"]))
     smtp.behaviour.mail_replies = ["421"]
-    closing = await pool.send(Outgoing(CONTENT, SENDER, ["a@example.com"]))
+    closing = await pool.send(Outgoing.prebuilt(CONTENT, SENDER, ["a@example.com"]))
     await pool.close()
 
     assert partly == Answered({"gone@example.com": Reply(550, "")})
@@ -343,7 +343,7 @@ async def test_the_probe_fails_where_a_send_cannot_open_its_session(smtp: SmtpSe
     pool = _pool(smtp)
     where = f"cannot open an SMTP session with 127.0.0.1:{smtp.port}: SMTP 554 5.7.1 not welcome"
 
-    result = await pool.send(Outgoing(CONTENT, SENDER, ["a@example.com"]))
+    result = await pool.send(Outgoing.prebuilt(CONTENT, SENDER, ["a@example.com"]))
     with pytest.raises(SmtpUnavailableError) as probed:
         await pool.probe()
 

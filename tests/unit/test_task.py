@@ -57,7 +57,63 @@ BASE: dict[str, Any] = {"to": "a@example.com", "subject": "Hi", "text": "Hello"}
             "",
             "120 recipients",
         ),
-        ({"attachments": []}, "attachments", "Extra inputs are not permitted"),
+        ({"attachments": [{"filename": "", "content": b"x"}]}, "attachments.0.filename", "blank"),
+        (
+            {"attachments": [{"filename": "../etc/passwd", "content": b"x"}]},
+            "attachments.0.filename",
+            "path separators",
+        ),
+        (
+            {"attachments": [{"filename": "a\r\nb", "content": b"x"}]},
+            "attachments.0.filename",
+            "control character",
+        ),
+        (
+            {"attachments": [{"filename": "a", "content": b"x", "content_type": "pdf"}]},
+            "attachments.0.content_type",
+            "not a MIME type",
+        ),
+        (
+            {
+                "attachments": [
+                    {"filename": "a", "content": b"x", "content_type": "text/html\r\nX: y"}
+                ]
+            },
+            "attachments.0.content_type",
+            "not a MIME type",
+        ),
+        (
+            {"attachments": [{"filename": "a", "content": b"x", "content_type": "message/rfc822"}]},
+            "attachments.0.content_type",
+            "cannot be an attachment's type",
+        ),
+        (
+            {
+                "attachments": [{"filename": "a", "content": b"x", "content_id": "<a@b>"}],
+                "html": "<p>",
+            },
+            "attachments.0.content_id",
+            "not a Content-ID",
+        ),
+        (
+            {"attachments": [{"filename": "a", "content": b"x", "content_id": "a@b"}]},
+            "",
+            "an inline attachment (content_id) needs an html body",
+        ),
+        (
+            {
+                "attachments": [{"filename": "a", "content": b"x", "content_id": "a@b"}] * 2,
+                "html": "<p>",
+            },
+            "",
+            "each content_id may be used once",
+        ),
+        ({"attachments": [{"filename": "a", "content": "x"}] * 51}, "attachments", "at most 50"),
+        (
+            {"attachments": [{"filename": "a", "content": b"x", "size": 1}]},
+            "attachments.0.size",
+            "Extra inputs are not permitted",
+        ),
         ({"tags": ["two words"]}, "tags.0", "a tag is 1 to 64 letters"),
         ({"tags": ["\x1b[2J"]}, "tags.0", "a tag is 1 to 64 letters"),
         ({"tags": [""]}, "tags.0", "a tag is 1 to 64 letters"),

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import orjson
 import pytest
 
-from service import EmailTask, WireFormatError
+from service import Attachment, EmailTask, WireFormatError
 from service.wire import MAX_PAYLOAD_BYTES, dead_entry, decode_entry, encode_entry, retry_entry
 
 TASK = EmailTask(
@@ -132,3 +134,73 @@ def test_errors_do_not_echo_bodies() -> None:
     with pytest.raises(WireFormatError) as caught:
         decode_entry(_fields(task=payload))
     assert "SECRET" not in str(caught.value)
+
+
+# An entry as the release before attachments wrote it, byte for byte: it must still decode.
+OLD_ENTRY = {
+    b"v": b"1",
+    b"id": TASK_ID.encode(),
+    b"at": b"1700000000000",
+    b"task": b'{"to":["A <a@example.com>"],"subject":"H\xc3\xa9","text":"body","tags":["w"]}',
+    b"due": b"1700000360000",
+}
+
+
+def test_an_entry_of_the_previous_format_still_decodes() -> None:
+    queued = decode_entry(OLD_ENTRY)
+    assert queued.task == EmailTask(to="A <a@example.com>", subject="Hé", text="body", tags=["w"])
+    assert (queued.due_ms, queued.task.attachments) == (1_700_000_360_000, [])
+
+
+def test_a_task_without_attachments_is_written_in_the_previous_format() -> None:
+    # A worker of the previous release, still running during a deploy, reads it.
+    assert encode_entry(TASK, TASK_ID, 0)["v"] == b"1"
+
+
+WITH_FILES = TASK.model_copy(
+    update={
+        "html": '<img src="cid:logo@x">',
+        "attachments": [
+            Attachment(filename="a.bin", content=bytes(range(256))),
+            Attachment(
+                filename="logo.png", content=b"", content_type="image/png", content_id="logo@x"
+            ),
+        ],
+    }
+)
+
+
+def test_attachments_travel_as_raw_bytes_in_fields_of_their_own() -> None:
+    fields = encode_entry(WITH_FILES, TASK_ID, 0)
+    assert fields["v"] == b"2"
+    assert (fields["a0"], fields["a1"]) == (bytes(range(256)), b"")
+    assert b'"content":' not in fields["task"]  # no base64 copy in the JSON
+    assert orjson.loads(fields["task"])["attachments"][1] == {
+        "filename": "logo.png",
+        "content_type": "image/png",
+        "content_id": "logo@x",
+    }
+    queued = decode_entry({k.encode(): v for k, v in fields.items()})
+    assert queued.task == WITH_FILES
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({b"a1": None}, "entry has no field 'a1'"),
+        ({b"task": b"[1]"}, "field 'task' has no list of attachments"),
+        ({b"task": b"{"}, "field 'task' is not JSON"),
+        ({b"a0": b"x" * (MAX_PAYLOAD_BYTES + 1)}, "attachments exceed"),
+    ],
+)
+def test_a_broken_entry_with_attachments_is_refused(
+    change: dict[bytes, bytes | None], reason: str
+) -> None:
+    fields = {k.encode(): v for k, v in encode_entry(WITH_FILES, TASK_ID, 0).items()}
+    for name, value in change.items():
+        if value is None:
+            del fields[name]
+        else:
+            fields[name] = value
+    with pytest.raises(WireFormatError, match=re.escape(reason)):
+        decode_entry(fields)
