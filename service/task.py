@@ -313,6 +313,15 @@ class EmailTask(BaseModel):
 @functools.lru_cache(maxsize=_ADDRESS_CACHE_SIZE)
 def addr_spec(mailbox: str) -> str:
     """The bare address (`a@example.com`) of an already validated mailbox."""
+    # Validation writes a mailbox as `a@example.com` or `Name <a@example.com>`, and the address
+    # holds no space, quote or angle bracket (quoted local parts are refused): the common forms
+    # need no parsing.
+    if " " not in mailbox and "<" not in mailbox and '"' not in mailbox:
+        return mailbox
+    if mailbox.endswith(">"):
+        address = mailbox[mailbox.rindex("<") + 1 : -1]
+        if " " not in address and '"' not in address:
+            return address
     return str(email.policy.default.header_factory("to", mailbox).addresses[0].addr_spec)
 
 

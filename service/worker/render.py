@@ -56,8 +56,6 @@ _NAME_WORD_BYTES: Final = 700
 # and arrives exactly as written.
 _BODY_CONTROL: Final = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _LINE_END: Final = re.compile(r"\r\n|\r|\n")
-# A line longer than 998 octets (its CR included in the count of 999 non-LF bytes).
-_LONG_LINE: Final = re.compile(rb"[^\n]{%d}" % (_MAX_LINE + 2))
 # RFC 2231 attribute-char: what a parameter value may hold without percent-encoding.
 _ATTRIBUTE_CHARS: Final = frozenset(
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$&+-.^_`|~"
@@ -316,11 +314,16 @@ def _text_part(subtype: str, body: str) -> bytes | _TextPart:
     """A text/`subtype` part, headers included, in the cheapest valid encoding."""
     lines = _crlf_lines(body)
     data = lines.encode()
-    if _BODY_CONTROL.search(data) or _LONG_LINE.search(data):
+    if _BODY_CONTROL.search(data) or _has_long_line(data):
         return _transfer_encoded(subtype, data, chars=len(lines))
     if data.isascii():
         return _text_head(subtype, "7bit") + data
     return _TextPart(subtype, data)
+
+
+def _has_long_line(data: bytes) -> bool:
+    """Whether a line of `data` (CRLF line ends) is longer than 998 octets."""
+    return len(data) > _MAX_LINE and max(map(len, data.split(b"\r\n"))) > _MAX_LINE
 
 
 def _crlf_lines(body: str) -> str:
