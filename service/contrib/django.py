@@ -4,17 +4,21 @@
     EMAIL_BACKEND = "service.contrib.django.EmailBackend"
     EMAIL_QUEUE_REDIS_URL = "rediss://user:password@host:6379"  # default: $REDIS_URL
     EMAIL_QUEUE_NAME = "emails"                                   # default: $EMAIL_QUEUE
+    EMAIL_QUEUE_MAX_EMAIL_BYTES = 10 * 1024 * 1024                # default: $MAX_EMAIL_BYTES
 
 `send_mail`, `EmailMessage`, `EmailMultiAlternatives`, `mail_admins` and `mail_managers` then
 enqueue, one task per message, and the worker sends them: to, cc, bcc, reply-to, from, subject,
-extra headers, the body and an HTML alternative. Attachments are refused until the task model
-has them. `fail_silently` is honoured; `send_messages` returns how many were enqueued.
+extra headers, the body, an HTML alternative and attachments (`attach`, `attach_file`, and
+MIMEBase parts; one with a Content-ID is an inline image beside the HTML). `fail_silently` is
+honoured; `send_messages` returns how many were enqueued.
 """
 
 from __future__ import annotations
 
+import mimetypes
 import threading
 from collections.abc import Sequence
+from email.mime.base import MIMEBase
 from typing import Any
 
 from django.conf import settings
@@ -25,13 +29,13 @@ from pydantic import ValidationError
 from ..errors import EnqueueError
 from ..producer import SyncProducer
 from ..settings import QueueSettings, load_settings
-from ..task import EmailTask
+from ..task import Attachment, EmailTask
 
 __all__ = ["EmailBackend", "to_task"]
 
 # Django builds a backend for every send_mail call: the producers (and their connection pools)
-# are made once per process and queue.
-_producers: dict[tuple[str, str], SyncProducer] = {}
+# are made once per process, queue and size limit.
+_producers: dict[tuple[str, str, int], SyncProducer] = {}
 _producers_lock = threading.Lock()
 
 
@@ -69,26 +73,27 @@ class EmailBackend(BaseEmailBackend):
         return enqueued
 
     def _producer(self) -> SyncProducer:
-        if self._redis_url is None or self._queue is None:
-            environment = load_settings(QueueSettings)  # $REDIS_URL, $EMAIL_QUEUE, .env
+        max_bytes = getattr(settings, "EMAIL_QUEUE_MAX_EMAIL_BYTES", None)
+        if self._redis_url is None or self._queue is None or max_bytes is None:
+            # $REDIS_URL, $EMAIL_QUEUE, $MAX_EMAIL_BYTES, .env
+            environment = load_settings(QueueSettings)
             url = self._redis_url or environment.redis_url.get_secret_value()
             queue = self._queue or environment.email_queue
+            max_bytes = max_bytes or environment.max_email_bytes
         else:
             url, queue = self._redis_url, self._queue
+        key = (url, queue, max_bytes)
         with _producers_lock:
-            producer = _producers.get((url, queue))
+            producer = _producers.get(key)
             if producer is None:
-                producer = _producers[url, queue] = SyncProducer.from_url(url, queue=queue)
+                producer = _producers[key] = SyncProducer.from_url(
+                    url, queue=queue, max_email_bytes=max_bytes
+                )
         return producer
 
 
 def to_task(message: EmailMessage) -> EmailTask:
     """The task that sends `message` as Django would: ValueError for what it cannot carry."""
-    if message.attachments:
-        raise ValueError(
-            f"{len(message.attachments)} attachment(s): the queue does not carry attachments "
-            "yet; link to the file instead"
-        )
     text = html = None
     if message.content_subtype == "html":
         html = message.body
@@ -113,7 +118,39 @@ def to_task(message: EmailMessage) -> EmailTask:
         text=text,
         html=html,
         headers=headers,
+        attachments=[_attachment(item, has_html=html is not None) for item in message.attachments],
     )
+
+
+def _attachment(item: Any, *, has_html: bool) -> Attachment:
+    """An attachment as Django holds it: (filename, content, mimetype) or a MIMEBase part."""
+    if isinstance(item, MIMEBase):
+        content_type = item.get_content_type()
+        content = item.get_payload(decode=True)
+        if not isinstance(content, bytes):  # a multipart or message/rfc822 part
+            # ValueError, as for every message the backend cannot carry (fail_silently).
+            raise ValueError(f"a {content_type} attachment is not a single file")  # noqa: TRY004
+        content_id = item.get("Content-ID")
+        if content_id is not None:
+            content_id = str(content_id).strip().removeprefix("<").removesuffix(">")
+        if not has_html:
+            content_id = None  # nothing could show it inline: sent as a plain attachment
+        extension = mimetypes.guess_extension(content_type) or ""
+        filename = item.get_filename() or f"{content_id or 'attachment'}{extension}"
+        return Attachment(
+            filename=filename, content=content, content_type=content_type, content_id=content_id
+        )
+    filename, content, mimetype = item
+    if isinstance(content, str):
+        content = content.encode()
+    return Attachment(
+        filename=filename or "attachment",
+        content=content,
+        content_type=mimetype or mimetypes.guess_type(filename or "")[0] or _DEFAULT_TYPE,
+    )
+
+
+_DEFAULT_TYPE = "application/octet-stream"
 
 
 def _pop(headers: dict[str, str], name: str) -> str | None:
