@@ -3,8 +3,11 @@
     python -m service.producer --to a@example.com --subject Hi --text "Hello"
     python -m service.producer --jsonl < tasks.jsonl      # one EmailTask as JSON per line
     python -m service.producer --to a@example.com --subject Hi --text "Later" --delay 3600
+    python -m service.producer --to a@example.com --subject Invoice --text "Attached." \
+        --attach invoice.pdf --inline logo@shop=logo.png --html '<img src="cid:logo@shop">'
 
-Reads `REDIS_URL` and `EMAIL_QUEUE` like the worker. Prints one task id per line. Every task is
+Reads `REDIS_URL` and `EMAIL_QUEUE` like the worker, and `MAX_EMAIL_BYTES`. In --jsonl input an
+attachment's `content` is base64. Prints one task id per line. Every task is
 validated before anything is enqueued: one bad task (exit code 2) enqueues nothing. When the
 queue is full (exit code 1), the ids of the batches of 1,000 already enqueued are printed.
 """
@@ -13,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import mimetypes
 import sys
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
@@ -48,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     task_ids: list[str] = []
     try:
         asyncio.run(_enqueue(settings, args, tasks, schedule, task_ids))
-    except ValueError as exc:  # a delay or send_at out of range, found before anything was sent
+    except ValueError as exc:  # a delay or send_at out of range, or an email too large:
+        # found before anything was sent
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except EnqueueError as exc:  # full, or Redis unreachable: the message says which
@@ -69,7 +75,9 @@ async def _enqueue(
     """Enqueue `tasks`, appending to `task_ids` as batches land (printed even on failure)."""
     url, queue = settings.redis_url.get_secret_value(), args.queue or settings.email_queue
     max_backlog = args.max_backlog or None
-    async with Producer.from_url(url, queue=queue, max_backlog=max_backlog) as producer:
+    async with Producer.from_url(
+        url, queue=queue, max_backlog=max_backlog, max_email_bytes=settings.max_email_bytes
+    ) as producer:
         if args.idempotency_key is not None:
             key = args.idempotency_key
             task_ids.append(await producer.enqueue(tasks[0], idempotency_key=key, **schedule))
@@ -116,8 +124,30 @@ def _task_from_args(args: argparse.Namespace) -> EmailTask:
         "html": args.html,
         "headers": headers,
         "tags": args.tag,
+        "attachments": [_file(path) for path in args.attach]
+        + [_inline(item) for item in args.inline],
     }
     return _validate(fields, where="")
+
+
+def _file(path: str, content_id: str | None = None) -> dict[str, Any]:
+    try:
+        content = Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot be read: {exc.strerror}") from None
+    return {
+        "filename": Path(path).name,
+        "content": content,
+        "content_type": mimetypes.guess_type(path)[0] or "application/octet-stream",
+        "content_id": content_id,
+    }
+
+
+def _inline(item: str) -> dict[str, Any]:
+    content_id, sep, path = item.partition("=")
+    if not sep:
+        raise UsageError(f"--inline {item!r}: expected CONTENT_ID=PATH")
+    return _file(path, content_id)
 
 
 def _read_jsonl(stream: TextIO) -> list[EmailTask]:
@@ -126,17 +156,20 @@ def _read_jsonl(stream: TextIO) -> list[EmailTask]:
         if not line.strip():
             continue
         try:
-            fields = orjson.loads(line)
+            orjson.loads(line)
         except orjson.JSONDecodeError as exc:
             raise UsageError(f"line {number}: not JSON: {exc}") from None
-        tasks.append(_validate(fields, where=f"line {number}: "))
+        tasks.append(_validate(line, where=f"line {number}: "))
     if not tasks:
         raise UsageError("no tasks on standard input")
     return tasks
 
 
-def _validate(fields: Any, where: str) -> EmailTask:
+def _validate(fields: dict[str, Any] | str, where: str) -> EmailTask:
+    """A task from the options, or from a line of JSON (where bytes are base64)."""
     try:
+        if isinstance(fields, str):
+            return EmailTask.model_validate_json(fields)
         return EmailTask.model_validate(fields)
     except ValidationError as exc:
         problems = "; ".join(
@@ -166,6 +199,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--tag", action="append", default=[], help="label for logs and dead letters (repeatable)"
+    )
+    parser.add_argument(
+        "--attach", action="append", default=[], metavar="PATH", help="attach a file (repeatable)"
+    )
+    parser.add_argument(
+        "--inline",
+        action="append",
+        default=[],
+        metavar="CONTENT_ID=PATH",
+        help="an image the HTML shows as cid:CONTENT_ID (repeatable)",
     )
     parser.add_argument("--delay", type=float, metavar="SECONDS", help="send this much later")
     parser.add_argument(

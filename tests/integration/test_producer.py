@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -54,13 +55,15 @@ async def test_enqueue_refuses_what_is_not_a_task(redis: Redis) -> None:
     assert await redis.exists(STREAM) == 0
 
 
-def _cli(redis_url: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+def _cli(
+    redis_url: str, *args: str, stdin: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "service.producer", *args],
         input=stdin,
         capture_output=True,
         text=True,
-        env={"REDIS_URL": redis_url, "PATH": "/usr/bin:/bin"},
+        env={"REDIS_URL": redis_url, "PATH": "/usr/bin:/bin", **(env or {})},
         timeout=30,
         check=False,
     )
@@ -94,9 +97,49 @@ async def test_cli_jsonl_is_all_or_nothing(redis_server: RedisServer, redis: Red
     assert await redis.xlen(STREAM) == 2
 
 
+async def test_cli_attaches_files(redis_server: RedisServer, redis: Redis, tmp_path: Path) -> None:
+    (tmp_path / "Facture été.pdf").write_bytes(bytes(range(256)))
+    (tmp_path / "logo.png").write_bytes(b"\x89PNG")
+    line = {"to": "b@example.com", "subject": "s", "text": "t",
+            "attachments": [{"filename": "a.bin", "content": "AAEC"}]}  # fmt: skip
+    result = _cli(
+        redis_server.url, "--to", "a@example.com", "--subject", "s", "--text", "t",
+        "--html", '<img src="cid:logo@x">', "--attach", str(tmp_path / "Facture été.pdf"),
+        "--inline", f"logo@x={tmp_path / 'logo.png'}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    jsonl = _cli(redis_server.url, "--jsonl", stdin=orjson.dumps(line).decode())
+    assert jsonl.returncode == 0, jsonl.stderr
+    first, second = (decode_entry(f).task for _, f in as_entries(await redis.xrange(STREAM)))
+    assert [(a.filename, a.content_type, a.content_id, a.content) for a in first.attachments] == [
+        ("Facture été.pdf", "application/pdf", None, bytes(range(256))),
+        ("logo.png", "image/png", "logo@x", b"\x89PNG"),
+    ]
+    assert second.attachments[0].content == b"\x00\x01\x02"  # base64 in JSON
+
+
+async def test_cli_refuses_an_email_past_the_budget(
+    redis_server: RedisServer, redis: Redis, tmp_path: Path
+) -> None:
+    (tmp_path / "big.bin").write_bytes(b"x" * 2048)
+    result = _cli(
+        redis_server.url, "--to", "a@example.com", "--subject", "s", "--text", "t",
+        "--attach", str(tmp_path / "big.bin"), env={"MAX_EMAIL_BYTES": "2048"},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "error: attachments: the email takes" in result.stderr
+    assert await redis.exists(STREAM) == 0
+
+
 @pytest.mark.parametrize(
     ("args", "stdin", "message"),
     [
+        (
+            ["--to", "a@example.com", "--text", "t", "--attach", "/nonexistent/x"],
+            "",
+            "/nonexistent/x: cannot be read",
+        ),
+        (["--to", "a@example.com", "--text", "t", "--inline", "x.png"], "", "CONTENT_ID=PATH"),
         (["--to", "nobody", "--subject", "s", "--text", "t"], "", "to.0: 'nobody' is not a single"),
         (["--to", "a@example.com", "--subject", "s"], "", "task: text or html is required"),
         (["--subject", "s", "--text", "t"], "", "--to is required"),
