@@ -6,6 +6,7 @@ consumer names hold whatever producers, SMTP servers and Redis clients put there
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 import orjson
@@ -109,9 +110,17 @@ def dead_show_text(record: dict[str, Any]) -> str:
     """`dead show`: every field, one per line; the task as indented JSON, long bodies cut."""
     lines = []
     for name, value in record.items():
-        shown = _task_preview(value) if name == "task" else printable(value)
+        if name == "task":
+            shown = _task_preview(value)
+        elif _ATTACHMENT_FIELD.fullmatch(name):  # a file (wire format 2): no terminal text
+            shown = f"(an attached file, about {len(value.encode()):,} bytes)"
+        else:
+            shown = printable(value)
         lines.append(f"{printable(name)}: {shown}")
     return "\n".join(lines) + "\n"
+
+
+_ATTACHMENT_FIELD: Final = re.compile(r"a[0-9]{1,2}")
 
 
 def _task_preview(payload: str) -> str:

@@ -16,6 +16,7 @@ from service.admin.arguments import (
     worker_name,
 )
 from service.admin.tables import printable, table
+from service.admin.views import dead_show_text
 
 
 @pytest.mark.parametrize(
@@ -115,3 +116,10 @@ def test_bad_values(check: Check, text: str, message: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError) as refused:
         check(text)
     assert message in str(refused.value)
+
+
+def test_dead_show_names_an_attached_file_without_printing_it() -> None:
+    shown = dead_show_text({"v": "2", "a0": "\x1b[2J" + "x" * 5000, "dead_reason": "550"})
+    assert "a0: (an attached file, about 5,004 bytes)" in shown
+    assert "xxxx" not in shown
+    assert "dead_reason: 550" in shown
