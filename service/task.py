@@ -103,6 +103,8 @@ _LINE_BREAKING = frozenset({"Cc", "Zl", "Zp"})
 
 def _reject_control_characters(value: str) -> str:
     """Refuse every character that could end a header line or corrupt it."""
+    if value.isprintable():  # no Cc, Zl or Zp (nor other unprintables): the common case
+        return value
     for char in value:
         if unicodedata.category(char) in _LINE_BREAKING:
             raise ValueError(f"contains the control character {char!r}")

@@ -47,6 +47,7 @@ _FOLD_AT: Final = 78
 _MAX_LINE: Final = 998
 # Printable ASCII words separated by single spaces: written as they are (folded if long).
 _PLAIN_WORDS: Final = re.compile(r"[!-~]+(?: [!-~]+)*")
+_QUOTED_PAIR: Final = re.compile(r"\\(.)")
 # An encoded word is at most 75 characters (RFC 2047 2); at 36 bytes (12 of syntax and 48 of
 # base64) one still fits on the first line beside a field name of up to 16 characters.
 _WORD_BYTES: Final = 36
@@ -209,16 +210,37 @@ def _mailbox_words(mailbox: str) -> tuple[str, ...]:
     """One mailbox (as validation normalized it) as the words of an address header."""
     if mailbox.isascii() and len(mailbox) <= _FOLD_AT - 12:
         return tuple(mailbox.split(" "))
-    parsed = email.policy.default.header_factory("to", mailbox).addresses
-    if len(parsed) != 1:
-        raise ValueError(f"{mailbox!r} is not a single email address")
-    name, address = parsed[0].display_name, parsed[0].addr_spec
+    name, address = _name_and_address(mailbox)
     if not name:
         return (address,)
     # In a display name the standard library keeps the space between two encoded words where
     # RFC 2047 6.2 drops it: one word, longer than 75 characters if need be, reads the same
     # everywhere (split only past what fits on a line).
     return (*_encoded_words(name, size=_NAME_WORD_BYTES), f"<{address}>")
+
+
+def _name_and_address(mailbox: str) -> tuple[str, str]:
+    """The display name and address of a mailbox as validation wrote it (`str(Address)`).
+
+    That is `address`, `Name <address>` or `"Name" <address>` (quoted, with `\\` and `\"`
+    escaped, when the name holds specials); the address holds no `<`. Anything else is
+    parsed by the standard library.
+    """
+    if not mailbox.endswith(">"):
+        if " " not in mailbox and "<" not in mailbox:
+            return "", mailbox
+    else:
+        start = mailbox.rfind(" <")
+        name, address = mailbox[:start], mailbox[start + 2 : -1]
+        if start > 0 and '"' not in address and " " not in address:
+            if len(name) > 1 and name[0] == name[-1] == '"':
+                return _QUOTED_PAIR.sub(r"\1", name[1:-1]), address
+            if '"' not in name and "\\" not in name:
+                return name, address
+    parsed = email.policy.default.header_factory("to", mailbox).addresses
+    if len(parsed) != 1:
+        raise ValueError(f"{mailbox!r} is not a single email address")
+    return parsed[0].display_name, parsed[0].addr_spec
 
 
 def _encoded_words(text: str, *, size: int = _WORD_BYTES) -> list[str]:

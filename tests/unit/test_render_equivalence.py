@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from service import EmailTask
 from service.task import Attachment
 from service.wire import QueuedTask
-from service.worker.render import render
+from service.worker.render import _name_and_address, render
 
 TASK_ID = "0123456789abcdef0123456789abcdef"
 SENDER = "Worker <worker@example.com>"
@@ -174,3 +174,11 @@ def test_the_parser_reads_back_what_was_enqueued(task: EmailTask) -> None:
     assert not out.smtputf8
     _check(task, out.data(eightbit=True), eightbit=True)
     _check(task, out.data(eightbit=False), eightbit=False)
+
+
+@settings(max_examples=500, deadline=None)
+@given(mailbox)
+def test_a_mailbox_is_read_as_the_standard_library_reads_it(value: str) -> None:
+    normalized = EmailTask(to=value, subject="s", text="t").to[0]
+    parsed = email.policy.default.header_factory("to", normalized).addresses[0]
+    assert _name_and_address(normalized) == (parsed.display_name, parsed.addr_spec)
