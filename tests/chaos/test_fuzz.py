@@ -38,7 +38,9 @@ from tests.smtp_server import SmtpServer
 # No example database: the tests leave no files behind, and runs stay independent.
 FAST = settings(max_examples=300, deadline=None, database=None)
 
-_FIELD_NAMES = (b"v", b"id", b"at", b"task", b"due", b"tries", b"rcpt", b"err", b"rq")
+_FIELD_NAMES = (
+    b"v", b"id", b"at", b"task", b"due", b"tries", b"rcpt", b"err", b"rq", b"a0", b"a1"
+)  # fmt: skip
 _TASK_ID = b"0123456789abcdef0123456789abcdef"
 
 # Text that reaches header and address parsing: control characters, encoded words, brackets...
@@ -66,12 +68,24 @@ _task_json = st.fixed_dictionaries(
         "text": _nasty_text | _json_values,
         "html": _nasty_text,
         "headers": st.dictionaries(_nasty_text, _nasty_text | _json_values, max_size=3),
+        "attachments": st.lists(
+            st.dictionaries(
+                st.sampled_from(["filename", "content_type", "content_id", "content"]),
+                _nasty_text | _json_values,
+                max_size=4,
+            ),
+            max_size=2,
+        )
+        | _json_values,
     },
 ).map(orjson.dumps)
 
 
 def _valid_fields(task_json: bytes) -> dict[bytes, bytes]:
-    return {b"v": b"1", b"id": _TASK_ID, b"at": b"1700000000000", b"task": task_json}
+    # Version 2 reads each attachment's bytes from a0, a1...: here binary of any kind.
+    version = b"2" if b'"attachments"' in task_json else b"1"
+    fields = {b"v": version, b"id": _TASK_ID, b"at": b"1700000000000", b"task": task_json}
+    return {**fields, b"a0": b"\x00\xff" * 3, b"a1": b""}
 
 
 _plain = st.from_regex(r"[A-Za-z0-9 .,!]{0,30}", fullmatch=True)
