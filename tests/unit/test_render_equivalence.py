@@ -167,7 +167,7 @@ def _check(task: EmailTask, data: bytes, *, eightbit: bool) -> None:
     assert _read_back(message) == _leaves(task)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(tasks())
 def test_the_parser_reads_back_what_was_enqueued(task: EmailTask) -> None:
     out = render(QueuedTask(TASK_ID, 1_700_000_000_000, task), default_sender=SENDER)
