@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -66,7 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(str(exc))
         return 2
     try:
-        output = asyncio.run(_run(settings.redis_url.get_secret_value(), keys, args))
+        output = asyncio.run(
+            _run(settings.redis_url.get_secret_value(), keys, settings.task_status_ttl, args)
+        )
     except Unhealthy as exc:
         sys.stdout.write(exc.output)
         print(f"unhealthy: {printable(str(exc))}", file=sys.stderr)
@@ -85,10 +87,10 @@ def _error(message: str) -> None:
     print(f"error: {printable(message)}", file=sys.stderr)
 
 
-async def _run(url: str, keys: QueueKeys, args: argparse.Namespace) -> str:
+async def _run(url: str, keys: QueueKeys, status_ttl: timedelta, args: argparse.Namespace) -> str:
     redis = connect_redis(url)
     try:
-        admin = QueueAdmin(QueueStore(redis, keys))
+        admin = QueueAdmin(QueueStore(redis, keys, status_ttl=status_ttl))
         run, as_text = _COMMANDS[args.command]
         result = await run(admin, args)
     finally:
