@@ -34,7 +34,7 @@ from ..keys import QueueKeys
 from ..settings import QueueSettings, load_settings
 from ..store import QueueStore
 from . import views
-from .arguments import parser
+from .arguments import parser, task_words
 from .queue import BulkResult, DeadLetter, QueueAdmin
 from .tables import printable
 
@@ -158,6 +158,16 @@ async def _consumers_prune(admin: QueueAdmin, args: argparse.Namespace) -> dict[
     return {"removed": removed}
 
 
+async def _task(admin: QueueAdmin, args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        action, task_id = task_words(args.words)
+    except ValueError as exc:
+        raise UsageError(f"task: {exc}") from None
+    if action == "cancel":
+        return (await admin.cancel(task_id)).to_json()
+    return (await admin.task_status(task_id)).to_json()
+
+
 class _ProgressLines:
     """A bulk action's progress on stderr: the letters it works through, then how far it got."""
 
@@ -217,6 +227,7 @@ _COMMANDS: dict[str, tuple[Run, Callable[[Any], str]]] = {
     "dead requeue": (_dead_requeue, views.count_text),
     "dead purge": (_dead_purge, views.count_text),
     "consumers prune": (_consumers_prune, views.prune_text),
+    "task": (_task, views.task_text),
 }
 
 
