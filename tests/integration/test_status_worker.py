@@ -13,7 +13,7 @@ import redis as redis_sync
 from service import EmailTask, SyncProducer, TaskState, TaskStatus
 from service.keys import QueueKeys
 from service.local.redis_server import RedisServer
-from tests.conftest import pending_count, wait_until
+from tests.conftest import as_entries, pending_count, wait_until
 from tests.integration.test_admin import admin
 from tests.integration.test_worker import StartWorker
 from tests.smtp_server import SmtpServer
@@ -88,7 +88,7 @@ def test_requeued_from_the_dead_letters_then_sent(
     with SyncProducer.from_url(redis_server.url) as producer:
         task_id = producer.enqueue(EmailTask(to="c@example.com", subject="s", text="x"))
         _states_until(producer, task_id, TaskState.DEAD, 15)
-        ((dead_id, _),) = db.xrange(KEYS.dead)
+        ((dead_id, _),) = as_entries(db.xrange(KEYS.dead))
         requeued = admin(redis_server.url, "dead", "requeue", dead_id.decode())
         assert requeued.returncode == 0, requeued.stderr
         seen = _states_until(producer, task_id, TaskState.SENT, 15)
