@@ -11,7 +11,7 @@ import pytest
 import redis as redis_sync
 from redis.asyncio import Redis
 
-from service import CancelResult, EmailTask, Producer, SyncProducer, TaskState
+from service import CancelResult, EmailTask, Producer, QueueFull, SyncProducer, TaskState
 from service.keys import QueueKeys
 from service.local.redis_server import RedisServer
 from service.store import QueueStore, RetryCopy, SettleWrite, StatusNote
@@ -172,3 +172,25 @@ def test_the_sync_producer_reads_and_cancels_as_the_async_one(
         assert producer.status(task_id).state is TaskState.CANCELLED
     assert db.xlen(KEYS.stream) == 0
     assert db.zcard(KEYS.delayed) == 0
+
+
+async def test_at_maxmemory_cancels_and_plain_acks_still_note_their_status(redis: Redis) -> None:
+    producer = Producer(redis)
+    store = QueueStore(redis, KEYS)
+    later_id = await producer.enqueue(TASK, delay=timedelta(minutes=5))
+    sent_id = await producer.enqueue(TASK)
+    ((entry_id, _),) = await _worker_reads(store)
+    await redis.config_set("maxmemory", "1")
+    try:
+        # What adds data is refused whole: no entry, no record.
+        with pytest.raises(QueueFull):
+            await producer.enqueue(TASK)
+        # A cancel and an acknowledgement free memory first, then note the status.
+        assert await producer.cancel(later_id) == CancelResult(later_id, True, TaskState.SCHEDULED)
+        write = SettleWrite(entry_id, sent_id, status=StatusNote("sent", text="250 ok"))
+        assert (await store.settle(write)).took_effect
+    finally:
+        await redis.config_set("maxmemory", "0")
+    assert (await producer.status(later_id)).state is TaskState.CANCELLED
+    assert (await producer.status(sent_id)).state is TaskState.SENT
+    assert len(await redis.keys(KEYS.status("*"))) == 2
