@@ -1,11 +1,13 @@
 """`python -m bench.ledger`: what the task status ledger costs the worker, per email.
 
-One idle worker is fed a batch of emails (enqueued in batches of 500) and sends them to a sink,
+One idle worker is fed a batch of emails (enqueued in batches of 1,000) and sends them to a sink,
 with the ledger on (TASK_STATUS_TTL_SECONDS at its default, the producer writing records) and
 off (0, and a producer writing none), the two alternated run after run. Measured per email,
 from the first enqueue to the last email received: the worker process's CPU time (user +
 system, /proc) and Redis's (INFO cpu: the producer's and the worker's commands together).
-Prints medians and the on/off ratios, and writes the figures as JSON.
+The producer's side: `Producer.enqueue` (one task per call) and `enqueue_many` rates with and
+without status records, on an empty queue. Prints medians and the on/off ratios, and writes
+the figures as JSON.
 
 python -m bench.ledger                  # 5,000 emails, 3 runs of each
 python -m bench.ledger --emails 1000 --runs 1
@@ -34,7 +36,7 @@ from service.worker import eventloop
 from .children import Children
 from .endtoend import Lab
 from .floors import redis_client
-from .producing import BATCH_SIZE
+from .producing import BATCH_SIZE, enqueue_many_rate, enqueue_rate
 from .sinks import available_sinks, start_sink
 from .workers import WorkerConfig, stop_worker, worker_env
 from .workload import make_tasks
@@ -42,6 +44,8 @@ from .workload import make_tasks
 _TICKS = os.sysconf("SC_CLK_TCK")
 _WEEK = 7 * 86_400
 _SETTLE_SECONDS = 2.0
+# Per setting (ledger on or off): the producer's (enqueue, enqueue_many) rates, one per run.
+ProducerRates = dict[bool, list[tuple[float, float]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,12 +118,34 @@ async def drain(lab: Lab, *, ledger: bool, emails: int) -> LedgerRun:
     return LedgerRun(ledger, emails, last - started, worker_cpu, redis_cpu)
 
 
-async def measure(lab: Lab, emails: int, runs: int) -> list[LedgerRun]:
-    """`runs` drains with the ledger and `runs` without, alternated (a warm-up run first)."""
+async def producer_rates(lab: Lab, *, ledger: bool, emails: int) -> tuple[float, float]:
+    """(`enqueue` rate, `enqueue_many` rate) on a fresh queue, with or without status records."""
+    tasks = make_tasks(emails)
+    ttl = timedelta(seconds=_WEEK if ledger else 0)
+    queue = await lab.fresh_queue()
+    async with Producer.from_url(lab.redis_url, queue=queue, status_ttl=ttl) as producer:
+        one = await enqueue_rate(producer, tasks)
+    queue = await lab.fresh_queue()
+    async with Producer.from_url(lab.redis_url, queue=queue, status_ttl=ttl) as producer:
+        many = await enqueue_many_rate(producer, tasks)
+    return one, many
+
+
+async def measure(lab: Lab, emails: int, runs: int) -> tuple[list[LedgerRun], ProducerRates]:
+    """`runs` drains with the ledger and `runs` without, alternated (a warm-up run first), each
+    after the producer's rates with the same setting."""
     await drain(lab, ledger=True, emails=min(emails, 500))
     results = []
+    rates: ProducerRates = {False: [], True: []}
     for _ in range(runs):
         for ledger in (False, True):
+            one, many = await producer_rates(lab, ledger=ledger, emails=emails)
+            rates[ledger].append((one, many))
+            print(
+                f"ledger {'on ' if ledger else 'off'}: enqueue {one:7.0f}/s, "
+                f"enqueue_many {many:7.0f}/s",
+                flush=True,
+            )
             run = await drain(lab, ledger=ledger, emails=emails)
             results.append(run)
             print(
@@ -128,10 +154,10 @@ async def measure(lab: Lab, emails: int, runs: int) -> list[LedgerRun]:
                 f"redis {run.redis_us_per_email:6.1f} us/email",
                 flush=True,
             )
-    return results
+    return results, rates
 
 
-def summary(results: list[LedgerRun]) -> dict[str, float]:
+def summary(results: list[LedgerRun], rates: ProducerRates) -> dict[str, float]:
     """Medians per setting and the on/off ratios."""
 
     def median(ledger: bool, figure: str) -> float:
@@ -146,6 +172,11 @@ def summary(results: list[LedgerRun]) -> dict[str, float]:
     rate_on = statistics.median(r.emails / r.seconds for r in results if r.ledger)
     rate_off = statistics.median(r.emails / r.seconds for r in results if not r.ledger)
     out["rate_on"], out["rate_off"] = round(rate_on), round(rate_off)
+    for index, name in enumerate(("enqueue", "enqueue_many")):
+        on = statistics.median(run[index] for run in rates[True])
+        off = statistics.median(run[index] for run in rates[False])
+        out[f"{name}_per_s_on"], out[f"{name}_per_s_off"] = round(on), round(off)
+        out[f"{name}_ratio"] = round(on / off, 3)
     return out
 
 
@@ -163,14 +194,15 @@ def main(argv: list[str] | None = None) -> int:
             with Children() as children:
                 redis.start()
                 lab = Lab(children, redis.url, workdir)
-                results = eventloop.run(measure(lab, options.emails, options.runs))
+                results, rates = eventloop.run(measure(lab, options.emails, options.runs))
         finally:
             redis.stop()
-    figures = summary(results)
+    figures = summary(results, rates)
     print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode())
     options.json.parent.mkdir(parents=True, exist_ok=True)
     runs = [asdict(run) for run in results]
-    options.json.write_bytes(orjson.dumps({"summary": figures, "runs": runs}))
+    producer = {("on" if on else "off"): runs for on, runs in rates.items()}
+    options.json.write_bytes(orjson.dumps({"summary": figures, "runs": runs, "producer": producer}))
     return 0
 
 
