@@ -381,7 +381,7 @@ def settle_reply(reply: Any) -> SettleReply:
 # odd number of values, more fields than one XADD takes) is dead-lettered whole, packed, with
 # the reason, rather than failing the script for every task behind it. At maxmemory the first
 # XADD is refused and nothing moves. Each task's status record then says queued (with its new
-# entry id) or dead; the records' keys are built here from their prefix, as the task ids are
+# entry id) or dead, unless it says sent (a retry copy of a task that another copy sent); the records' keys are built here from their prefix, as the task ids are
 # only known here (they share the queue's hash tag, so the declared keys' slot).
 # KEYS: stream, delayed, delayed_entries, dead
 # ARGV: now ms, limit, most fields of a record, status key prefix, status expiry ms since the
@@ -410,11 +410,11 @@ for _, task_id in ipairs(due) do
       if not problem then fields = unpacked end
     end
   end
-  if status then redis.call('HGET', ARGV[4] .. task_id, 's') end
-  moves[#moves + 1] = {task_id, packed, fields, problem}
+  local state = status and redis.call('HGET', ARGV[4] .. task_id, 's')
+  moves[#moves + 1] = {task_id, packed, fields, problem, state}
 end
 for _, move in ipairs(moves) do
-  local task_id, packed, fields, problem = move[1], move[2], move[3], move[4]
+  local task_id, packed, fields, problem, state = move[1], move[2], move[3], move[4], move[5]
   local note = nil
   if fields then
     note = {'s', 'queued', 'at', ARGV[1], 'e', redis.call('XADD', KEYS[1], '*', unpack(fields))}
@@ -426,7 +426,8 @@ for _, move in ipairs(moves) do
   end
   redis.call('ZREM', KEYS[2], task_id)
   redis.call('HDEL', KEYS[3], task_id)
-  if status and note then
+  -- A copy of a task another copy already sent stays "sent" (the worker will skip it).
+  if status and note and state ~= 'sent' then
     redis.call('HSET', ARGV[4] .. task_id, unpack(note))
     redis.call('PEXPIREAT', ARGV[4] .. task_id, ARGV[5])
   end

@@ -194,3 +194,31 @@ async def test_at_maxmemory_cancels_and_plain_acks_still_note_their_status(redis
     assert (await producer.status(later_id)).state is TaskState.CANCELLED
     assert (await producer.status(sent_id)).state is TaskState.SENT
     assert len(await redis.keys(KEYS.status("*"))) == 2
+
+
+async def test_a_send_that_lost_its_settle_race_stays_sent_through_the_retry_copy(
+    redis: Redis,
+) -> None:
+    """Worker 1 stalls past the reclaim time; worker 2 takes the entry over, fails and schedules
+    a retry; then worker 1's send turns out accepted. The task was sent: its status says so,
+    through the retry copy's promotion, and a cancel cannot claim it."""
+    producer = Producer(redis)
+    store = QueueStore(redis, KEYS)
+    task_id = await producer.enqueue(TASK)
+    ((entry_id, _),) = await _worker_reads(store)
+    _, taken = await store.claim_stale("w2", 0, "0-0", 10)
+    assert [entry.entry_id for entry in taken] == [entry_id]
+    due_ms = int(datetime.now(UTC).timestamp() * 1000)
+    retry = RetryCopy(due_ms, {b"v": b"1", b"id": task_id.encode()})
+    note = StatusNote("retrying", attempts=1, text="SMTP 451")
+    assert (
+        await store.settle(SettleWrite(entry_id, task_id, retry=retry, status=note))
+    ).took_effect
+    late = SettleWrite(entry_id, task_id, sent_record=True, status=StatusNote("sent", text="250"))
+    assert not (await store.settle(late)).took_effect
+    assert (await producer.status(task_id)).state is TaskState.SENT
+
+    assert (await store.promote_due(due_ms, 10))[0] == 1
+    assert (await producer.status(task_id)).state is TaskState.SENT
+    assert await producer.cancel(task_id) == CancelResult(task_id, False, TaskState.SENT)
+    assert await redis.xlen(KEYS.stream) == 1  # the copy, which the worker will skip
