@@ -112,7 +112,7 @@ class QueueStore:
         script without its backlog count, which notes each task's stream entry id. All or
         nothing; raises as `enqueue` does.
         """
-        if self.status_ttl_ms:
+        if self.status_ttl_ms:  # plain tasks have no idempotency key: the window is unused
             await self.enqueue(tasks, max_backlog=0, window_ms=1)
             return
         # str keys and bytes values are what xadd takes; dict invariance hides it from mypy.

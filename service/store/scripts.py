@@ -381,8 +381,9 @@ def settle_reply(reply: Any) -> SettleReply:
 # odd number of values, more fields than one XADD takes) is dead-lettered whole, packed, with
 # the reason, rather than failing the script for every task behind it. At maxmemory the first
 # XADD is refused and nothing moves. Each task's status record then says queued (with its new
-# entry id) or dead, unless it says sent (a retry copy of a task that another copy sent); the records' keys are built here from their prefix, as the task ids are
-# only known here (they share the queue's hash tag, so the declared keys' slot).
+# entry id) or dead, unless it says sent (a retry copy of a task that another copy sent). The
+# records' keys are built here from their prefix, as the task ids are only known here (they
+# share the queue's hash tag, so the declared keys' slot).
 # KEYS: stream, delayed, delayed_entries, dead
 # ARGV: now ms, limit, most fields of a record, status key prefix, status expiry ms since the
 #       epoch ('0': no records)

@@ -72,7 +72,7 @@ class SyncQueueStore:
 
     def add_now(self, tasks: Sequence[NewTask]) -> None:
         """As `QueueStore.add_now`."""
-        if self.status_ttl_ms:
+        if self.status_ttl_ms:  # plain tasks have no idempotency key: the window is unused
             self.enqueue(tasks, max_backlog=0, window_ms=1)
             return
         items = [cast("dict[FieldT, EncodableT]", dict(task.fields)) for task in tasks]
