@@ -16,10 +16,12 @@ from .errors import (
     WireFormatError,
 )
 from .producer import Producer, SyncProducer
+from .status import CancelResult, TaskState, TaskStatus
 from .task import Attachment, EmailTask
 
 __all__ = [
     "Attachment",
+    "CancelResult",
     "ConfigError",
     "EmailServiceError",
     "EmailTask",
@@ -29,5 +31,7 @@ __all__ = [
     "QueueFull",
     "QueueUnavailable",
     "SyncProducer",
+    "TaskState",
+    "TaskStatus",
     "WireFormatError",
 ]
