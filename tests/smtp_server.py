@@ -48,6 +48,10 @@ class Behaviour:
     # commands in order, so it serves a pipelined group like any server; it just does not say
     # so by default). The worker then sends in groups (service/worker/transaction.py).
     pipelining: bool = True
+    # Offer SMTPUTF8 (RFC 6531) and 8BITMIME (RFC 6152) in EHLO; a test takes them away to play
+    # an older server.
+    smtputf8: bool = True
+    eight_bit_mime: bool = True
     # Keep refused recipients in the envelope, so DATA gets 354 even when every RCPT was
     # refused: the server RFC 2920 section 3.1 tells pipelining clients to expect.
     data_despite_refusals: bool = False
@@ -77,9 +81,11 @@ class _Handler:
         if refusal is not None:
             return [refusal]  # no host name recorded: aiosmtpd then refuses MAIL too
         session.host_name = hostname  # this hook's duty, in aiosmtpd
-        if self.server.behaviour.pipelining:
+        behaviour = self.server.behaviour
+        if behaviour.pipelining:
             responses.insert(-1, "250-PIPELINING")
-        return responses
+        offered = {"250-SMTPUTF8": behaviour.smtputf8, "250-8BITMIME": behaviour.eight_bit_mime}
+        return [line for line in responses if offered.get(line, True)]
 
     async def handle_HELO(self, server: Any, session: Any, envelope: Any, hostname: str) -> str:
         refusal = self.server.behaviour.helo_reply
@@ -197,6 +203,7 @@ class SmtpServer:
             port=port,
             authenticator=self._authenticate,
             auth_require_tls=False,
+            enable_SMTPUTF8=True,
         )
 
     def _authenticate(

@@ -5,9 +5,8 @@ of their own from the pool (as many as `WORKER_CONCURRENCY`); connections are re
 messages (a new TCP + TLS + EHLO + AUTH per email would cost more than the email), checked with
 NOOP when they were idle a while, retired with QUIT after `SMTP_MAX_MESSAGES_PER_CONNECTION`
 messages when that is set (some servers limit it), and dropped whenever a send fails (421, a
-disconnect, a timeout...), so a client in an unknown state is never reused. A prebuilt email
-with plain addresses goes out through the worker's own transaction (`transaction.py`), others
-through aiosmtplib's `send_message`/`sendmail`.
+disconnect, a timeout...), so a client in an unknown state is never reused. Every email goes
+out through the worker's one transaction (`transaction.py`).
 
 A send returns the project's own `SendResult` (`smtp_result.py`), never an aiosmtplib
 exception. Failing to open a session (connection refused; greeting, EHLO, TLS or AUTH
@@ -22,10 +21,10 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
-from email.message import EmailMessage
 from typing import Final
 
 import aiosmtplib
+from aiosmtplib.email import flatten_message
 
 from ..errors import SmtpUnavailableError
 from ..settings import WorkerSettings
@@ -39,7 +38,7 @@ from .smtp_result import (
     read_failure,
     session_failure,
 )
-from .transaction import greet, is_plain, send_prebuilt
+from .transaction import greet, transmit
 
 __all__ = ["SmtpPool"]
 
@@ -216,17 +215,12 @@ async def _transmit(
     client: aiosmtplib.SMTP, outgoing: Outgoing
 ) -> dict[str, aiosmtplib.SMTPResponse]:
     """One message over `client`; the recipients the server refused."""
-    content = outgoing.content
-    if isinstance(content, EmailMessage):
-        refused, _ = await client.send_message(
-            content, sender=outgoing.mail_from, recipients=outgoing.recipients
-        )
-        return refused
-    if is_plain(outgoing.mail_from, outgoing.recipients):
-        return await send_prebuilt(client, outgoing.mail_from, outgoing.recipients, content)
-    # Prebuilt 7-bit bytes: the same MAIL FROM options `send_message` would give them.
-    options = ["BODY=8BITMIME"] if client.supports_extension("8bitmime") else []
-    refused, _ = await client.sendmail(
-        outgoing.mail_from, outgoing.recipients, content, mail_options=options
+    utf8 = not (outgoing.mail_from.isascii() and all(to.isascii() for to in outgoing.recipients))
+    eight_bit = client.supports_extension("8bitmime")
+    data = outgoing.content
+    if not isinstance(data, bytes):  # headers in UTF-8 only where the addresses need SMTPUTF8
+        data = flatten_message(data, utf8=utf8, cte_type="8bit" if eight_bit else "7bit")
+    options = [o for o, on in (("BODY=8BITMIME", eight_bit), ("SMTPUTF8", utf8)) if on]
+    return await transmit(
+        client, outgoing.mail_from, outgoing.recipients, data, mail_options=options
     )
-    return refused

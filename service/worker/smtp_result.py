@@ -65,6 +65,7 @@ class FailureKind(enum.Enum):
     UNAVAILABLE = "unavailable"  # no usable session: down, refusing us, TLS or AUTH failing
     SENDER_REFUSED = "sender_refused"  # MAIL FROM refused
     REFUSED = "refused"  # the server refused the message (a DATA reply, a 421 mid-way...)
+    UNSUPPORTED = "unsupported"  # the server lacks an extension the email needs (SMTPUTF8...)
     TIMEOUT = "timeout"  # the whole send outlasted SMTP_TIMEOUT_SECONDS
     CONNECTION = "connection"  # the connection broke or the server spoke nonsense
     UNEXPECTED = "unexpected"  # anything else: a bug here or in a library
@@ -108,6 +109,8 @@ def read_failure(exc: BaseException) -> SendFailure:
     if isinstance(exc, TimeoutError):  # aiosmtplib's timeouts are TimeoutErrors too
         return SendFailure(FailureKind.TIMEOUT, "SMTP send timed out")
     what = f"{type(exc).__name__}: {first_line(str(exc))}".rstrip(": ")
+    if isinstance(exc, aiosmtplib.SMTPNotSupported):
+        return SendFailure(FailureKind.UNSUPPORTED, first_line(str(exc)))
     if isinstance(exc, aiosmtplib.SMTPException | OSError):
         return SendFailure(FailureKind.CONNECTION, what)
     return SendFailure(FailureKind.UNEXPECTED, f"unexpected {what}")

@@ -1,15 +1,20 @@
-"""One prebuilt message over one open aiosmtplib session: the worker's lean SMTP transaction.
+"""One message over one open aiosmtplib session: the worker's only SMTP transaction.
 
-`send_prebuilt` sends what aiosmtplib's `sendmail` would (the same MAIL FROM options, RCPT and
-DATA, the same errors after the same RSET) for 7-bit CRLF content and plain addresses
-(`is_plain`), without parsing every address twice with the standard library.
+Every email goes through `transmit`: MAIL FROM (with the options the caller asks for and SIZE
+where offered), one RCPT TO per recipient, DATA and the message, every reply checked, with the
+errors aiosmtplib's `sendmail` raises (after the same RSET). aiosmtplib keeps what it does well:
+connecting, TLS, EHLO and AUTH.
 
 Where the server offers PIPELINING (RFC 2920; Postfix's smtpd does by default), the
 transaction takes two round trips instead of three plus one per recipient: MAIL, every RCPT and
 DATA go out in one write, then the message in another. aiosmtplib reads one reply per command
 written, so the replies of such a group are read by a `_ReplyTap` that the session's transport
 hands its data to, in front of aiosmtplib's protocol; everything else still goes through
-aiosmtplib. Without PIPELINING each command waits for its reply, as sendmail does.
+aiosmtplib. Without PIPELINING each command waits for its reply.
+
+A message the server cannot take as it is (SMTPUTF8 asked for but not offered, 8-bit bytes
+without 8BITMIME) raises `SMTPNotSupported` before anything is written: it would never go
+through, and a 7-bit fallback is the renderer's job.
 
 The caller has the session to itself for the whole transaction (one message per connection at
 a time, as in `SmtpPool`) and bounds it with a deadline of its own: no command has a timeout.
@@ -20,17 +25,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from collections.abc import Sequence
 from typing import Final, NamedTuple, cast
 
 import aiosmtplib
 from aiosmtplib import SMTPResponse
 from aiosmtplib.typing import SMTPStatus
 
-__all__ = ["dot_stuffed", "greet", "is_plain", "parse_replies", "send_prebuilt"]
+__all__ = ["dot_stuffed", "envelope_address", "greet", "parse_replies", "transmit"]
 
-# An address aiosmtplib would send as it is, in angle brackets: ASCII, unquoted, no comment,
-# no IP literal. Others go through aiosmtplib's own parsing.
-_PLAIN_ADDRESS: Final = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+")
+# An address as it goes between angle brackets: a local part (a dot-atom-like run, or a quoted
+# string) and a domain (or an address literal), with nothing that could end the command or add
+# a parameter to it (no space, no control character, no angle bracket outside the quotes).
+_ENVELOPE_ADDRESS: Final = re.compile(
+    r'(?:"(?:[^"\\\x00-\x1f\x7f]|\\[^\x00-\x1f\x7f])*"|[^\s"<>()\[\]\\,;:@\x00-\x1f\x7f]+)'
+    r"@(?:[^\s\"<>()\[\]\\,;:@\x00-\x1f\x7f]+|\[[^\s\"<>\[\]\\\x00-\x1f\x7f]+\])"
+)
 # RCPT replies that accept a recipient (251: not local, will forward).
 _RCPT_ACCEPTED: Final = frozenset({250, 251})
 # A line starting with a dot gets another one on the wire (RFC 5321 4.5.2).
@@ -56,34 +66,50 @@ async def greet(client: aiosmtplib.SMTP) -> None:
         await client.helo()
 
 
-def is_plain(mail_from: str, recipients: list[str]) -> bool:
-    """Whether every address can go on the wire as it is (see `send_prebuilt`)."""
-    return bool(recipients) and all(
-        _PLAIN_ADDRESS.fullmatch(address) for address in (mail_from, *recipients)
-    )
+def envelope_address(address: str) -> bytes:
+    """`address` as MAIL FROM or RCPT TO carry it, in angle brackets (UTF-8: SMTPUTF8).
 
-
-async def send_prebuilt(
-    client: aiosmtplib.SMTP, mail_from: str, recipients: list[str], content: bytes
-) -> dict[str, SMTPResponse]:
-    """`client.sendmail` for 7-bit CRLF `content` and plain addresses (`is_plain`), made lean.
-
-    Returns the refused recipients; raises SMTPSenderRefused, SMTPRecipientsRefused (all
-    refused) or SMTPDataError, after an RSET, as sendmail does. Raises ValueError, sending
-    nothing, if an address is not plain: it would go on the wire as it is.
+    Raises ValueError for anything but one bare address: a line end, a space or a bracket
+    could end the command or smuggle in another.
     """
-    if not is_plain(mail_from, recipients):
-        raise ValueError("send_prebuilt takes plain addresses only (see is_plain)")
-    await greet(client)  # as sendmail: the extensions are known after EHLO
-    options = [b"BODY=8BITMIME"] if client.supports_extension("8bitmime") else []
+    if not _ENVELOPE_ADDRESS.fullmatch(address):
+        raise ValueError("not a bare address that an SMTP command can carry")
+    return b"<%s>" % address.encode()
+
+
+async def transmit(
+    client: aiosmtplib.SMTP,
+    mail_from: str,
+    recipients: Sequence[str],
+    data: bytes,
+    *,
+    mail_options: Sequence[str] = (),
+) -> dict[str, SMTPResponse]:
+    """Send `data` from `mail_from` to `recipients` over `client`; the refused recipients.
+
+    `mail_options` are MAIL FROM parameters (`BODY=8BITMIME`, `SMTPUTF8`); SIZE is added where
+    the server offers it. Raises, sending nothing, ValueError for an address no command can
+    carry or no recipient, and SMTPNotSupported for a message the server cannot take (see the
+    module). Then raises SMTPSenderRefused, SMTPRecipientsRefused (all refused) or
+    SMTPDataError after an RSET, as aiosmtplib's sendmail does.
+    """
+    if not recipients:
+        raise ValueError("no recipient to send to")
+    mail_address = envelope_address(mail_from)
+    rcpts = [b"RCPT TO:%s\r\n" % envelope_address(to) for to in recipients]
+    await greet(client)  # the extensions are known after EHLO
+    options = [option.encode() for option in mail_options]
+    _check_supported(client, mail_options, mail_address, rcpts, data)
     if client.supports_extension("size"):  # RFC 1870: octets as sent, CRLF pairs included
-        options.insert(0, b"SIZE=%d" % len(content))
-    mail = b"MAIL FROM:<%s>%s\r\n" % (mail_from.encode(), b"".join(b" " + o for o in options))
+        options.insert(0, b"SIZE=%d" % len(data))
+    mail = b"MAIL FROM:%s%s\r\n" % (mail_address, b"".join(b" " + o for o in options))
     try:
         if client.supports_extension("pipelining"):
-            return await _pipelined(client, mail, mail_from, recipients, content)
-        refused = await _one_by_one(client, mail, mail_from, recipients)
-        await client.data(content, timeout=None)
+            return await _pipelined(
+                client, mail, mail_from=mail_from, recipients=recipients, rcpts=rcpts, content=data
+            )
+        refused = await _one_by_one(client, mail, mail_from, recipients, rcpts)
+        await client.data(data, timeout=None)
     except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
         # Reset the envelope for the connection's next message, as sendmail does.
         with contextlib.suppress(ConnectionError, aiosmtplib.SMTPResponseException):
@@ -92,25 +118,55 @@ async def send_prebuilt(
     return refused
 
 
+def _check_supported(
+    client: aiosmtplib.SMTP,
+    mail_options: Sequence[str],
+    mail_address: bytes,
+    rcpts: list[bytes],
+    data: bytes,
+) -> None:
+    """Raise SMTPNotSupported for a message this server cannot take as it is."""
+    asked = {option.upper() for option in mail_options}
+    utf8 = "SMTPUTF8" in asked or not (mail_address.isascii() and all(r.isascii() for r in rcpts))
+    if utf8 and not client.supports_extension("smtputf8"):
+        raise aiosmtplib.SMTPNotSupported(
+            "the server does not offer SMTPUTF8, which this email's addresses or headers need"
+        )
+    eight_bit = "BODY=8BITMIME" in asked or not data.isascii()
+    if eight_bit and not client.supports_extension("8bitmime"):
+        raise aiosmtplib.SMTPNotSupported(
+            "the server does not offer 8BITMIME, which this email's 8-bit content needs"
+        )
+
+
 async def _one_by_one(
-    client: aiosmtplib.SMTP, mail: bytes, mail_from: str, recipients: list[str]
+    client: aiosmtplib.SMTP,
+    mail: bytes,
+    mail_from: str,
+    recipients: Sequence[str],
+    rcpts: list[bytes],
 ) -> dict[str, SMTPResponse]:
     """MAIL FROM, then RCPT TO for each recipient, each waiting for its reply; DATA is next."""
     reply = await client.execute_command(mail.removesuffix(b"\r\n"), timeout=None)
     _check_sender(reply, mail_from)
     replies = [
-        await client.execute_command(b"RCPT TO:<%s>" % to.encode(), timeout=None)
-        for to in recipients
+        await client.execute_command(rcpt.removesuffix(b"\r\n"), timeout=None) for rcpt in rcpts
     ]
     return _refused(recipients, replies)
 
 
 async def _pipelined(
-    client: aiosmtplib.SMTP, mail: bytes, mail_from: str, recipients: list[str], content: bytes
+    client: aiosmtplib.SMTP,
+    mail: bytes,
+    *,
+    mail_from: str,
+    recipients: Sequence[str],
+    rcpts: list[bytes],
+    content: bytes,
 ) -> dict[str, SMTPResponse]:
     """MAIL, every RCPT and DATA in one write; the message (if DATA was accepted) in another."""
     tap = _ReplyTap.on(client)
-    group = [mail, *(b"RCPT TO:<%s>\r\n" % to.encode() for to in recipients), b"DATA\r\n"]
+    group = [mail, *rcpts, b"DATA\r\n"]
     mail_reply, *rcpt_replies, data_reply = await tap.exchange(b"".join(group), len(group))
     go_ahead = data_reply.code == SMTPStatus.start_input
     try:
@@ -133,7 +189,7 @@ def _check_sender(reply: SMTPResponse, mail_from: str) -> None:
         raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, mail_from)
 
 
-def _refused(recipients: list[str], replies: list[SMTPResponse]) -> dict[str, SMTPResponse]:
+def _refused(recipients: Sequence[str], replies: list[SMTPResponse]) -> dict[str, SMTPResponse]:
     """The refused recipients and their replies; raises if every one was refused."""
     refused = {
         to: reply

@@ -80,6 +80,10 @@ def test_a_reply_shows_its_code_and_first_line(reply: Reply, shown: str) -> None
         ),
         (ConnectionResetError("reset"), SendFailure(CONNECTION, "ConnectionResetError: reset")),
         (
+            aiosmtplib.SMTPNotSupported("no 8BITMIME\nmore"),
+            SendFailure(FailureKind.UNSUPPORTED, "no 8BITMIME"),
+        ),
+        (
             ValueError("odd\nsecond line"),
             SendFailure(FailureKind.UNEXPECTED, "unexpected ValueError: odd"),
         ),
