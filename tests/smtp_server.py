@@ -58,6 +58,10 @@ class Behaviour:
     # Greet new connections with this reply instead of 220, then close them (e.g. a bare
     # "421": RFC 5321 makes the text after the code optional).
     greeting: str | None = None
+    # Greet a connection beyond this many open at once with `crowded_greeting` and close it, as
+    # Postfix's smtpd does past its client connection limit; the open ones go on working.
+    max_connections: int | None = None
+    crowded_greeting: str = "421 4.7.0 Error: too many connections"
     # Answer EHLO and HELO with this reply (e.g. "554 5.7.1 not welcome") instead of accepting
     # them: a server that greets, then refuses every session.
     helo_reply: str | None = None
@@ -167,16 +171,29 @@ class _Session(SMTP):
 
     def __init__(self, handler: _Handler, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
+        self._recorder = handler.server
         self._behaviour = handler.server.behaviour
 
     async def _handle_client(self) -> None:
-        greeting = self._behaviour.greeting
-        if greeting is None:
-            await super()._handle_client()
-            return
-        await self.push(greeting)
-        if self.transport is not None:
-            self.transport.close()
+        server = self._recorder
+        with server.lock:
+            server.connections += 1
+            server.most_connections = max(server.most_connections, server.connections)
+            limit = self._behaviour.max_connections
+            crowded = limit is not None and server.connections > limit
+            if crowded:
+                server.crowded += 1
+        try:
+            greeting = self._behaviour.crowded_greeting if crowded else self._behaviour.greeting
+            if greeting is None:
+                await super()._handle_client()
+                return
+            await self.push(greeting)
+            if self.transport is not None:
+                self.transport.close()
+        finally:
+            with server.lock:
+                server.connections -= 1
 
 
 class _Controller(Controller):
@@ -193,6 +210,9 @@ class SmtpServer:
         self.received: list[Received] = []
         self.data_started = 0
         self.quits = 0
+        self.connections = 0  # sessions open now
+        self.most_connections = 0  # the most sessions open at once
+        self.crowded = 0  # connections refused for `behaviour.max_connections`
         self.throttled: list[float] = []  # when each throttling reply was sent (time.time())
         self.lock = threading.Lock()
         self._running = False

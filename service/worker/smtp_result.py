@@ -22,6 +22,7 @@ __all__ = [
     "SendFailure",
     "SendResult",
     "first_line",
+    "pushes_back",
     "read_failure",
     "session_failure",
 ]
@@ -114,6 +115,20 @@ def read_failure(exc: BaseException) -> SendFailure:
     if isinstance(exc, aiosmtplib.SMTPException | OSError):
         return SendFailure(FailureKind.CONNECTION, what)
     return SendFailure(FailureKind.UNEXPECTED, f"unexpected {what}")
+
+
+def pushes_back(exc: BaseException) -> bool:
+    """Whether a new session's failure says "no more sessions" rather than "unusable".
+
+    A server at its connection limit greets a new session with a 4xx (Postfix: `421 4.7.0
+    Error: too many connections`), says "too many" in another reply, or drops the connection at
+    once; the sessions it already has keep working.
+    """
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        greeting = isinstance(exc, aiosmtplib.SMTPConnectResponseError)
+        transient = 400 <= exc.code < 500 if greeting else exc.code == 421
+        return transient or "too many" in exc.message.lower()
+    return isinstance(exc, aiosmtplib.SMTPServerDisconnected | ConnectionError)
 
 
 def session_failure(exc: BaseException, where: str) -> str:

@@ -305,8 +305,10 @@ async def test_replies_without_text_are_read_as_their_codes(
     assert closing.kind is (FailureKind.REFUSED if pipelining else FailureKind.SENDER_REFUSED)
 
 
-def _pool(smtp: SmtpServer, **settings: Any) -> SmtpPool:
-    """A pool of one connection to the test server, without TLS, with a short deadline."""
+def _pool(
+    smtp: SmtpServer, *, size: int = 1, idle_close_seconds: float = 30.0, **settings: Any
+) -> SmtpPool:
+    """A pool of `size` connections to the test server, without TLS, with a short deadline."""
     values: dict[str, Any] = {
         "smtp_host": "127.0.0.1",
         "smtp_port": smtp.port,
@@ -315,7 +317,12 @@ def _pool(smtp: SmtpServer, **settings: Any) -> SmtpPool:
         "mail_from": "app@example.com",
         **settings,
     }
-    return SmtpPool(WorkerSettings(_env_file=None, **values), size=1, local_hostname="test")
+    return SmtpPool(
+        WorkerSettings(_env_file=None, **values),
+        size=size,
+        local_hostname="test",
+        idle_close_seconds=idle_close_seconds,
+    )
 
 
 async def test_the_probe_fails_where_a_send_cannot_open_its_session(smtp: SmtpServer) -> None:
@@ -447,3 +454,62 @@ async def test_an_email_the_server_cannot_take_is_a_permanent_failure_sent_nowhe
     assert f"does not offer {missing}" in result.detail
     assert smtp.data_started == 0
     assert smtp.received == []
+
+
+async def test_connections_grow_while_sends_wait_and_close_once_idle(smtp: SmtpServer) -> None:
+    # Each message takes 0.2 s to be accepted (a relay far away): ten sends at once open ten
+    # connections; once idle, they close.
+    smtp.behaviour.data_delay = 0.2
+    pool = _pool(smtp, size=10, idle_close_seconds=0.3)
+
+    results = await asyncio.gather(
+        *(pool.send(Outgoing(CONTENT, SENDER, [f"u{i}@example.com"])) for i in range(10))
+    )
+
+    assert results == [Answered({})] * 10
+    assert (pool.open_connections, pool.idle_connections, pool.capacity) == (10, 10, 10)
+    assert len({received.peer for received in smtp.received}) == 10
+    smtp.behaviour.data_delay = 0.0
+    await pool.send(Outgoing(CONTENT, SENDER, ["a@example.com"]))  # the most recent one again
+    await asyncio.sleep(1.0)  # three times the idle limit
+    assert (pool.open_connections, pool.idle_connections, smtp.quits) == (0, 0, 10)
+    assert smtp.connections == 0
+    await pool.close()
+
+
+async def test_the_pool_holds_at_the_connections_the_server_takes_and_loses_nothing(
+    smtp: SmtpServer,
+) -> None:
+    # A server that takes three sessions and greets a fourth with "421 too many connections":
+    # the pool keeps sending over three instead of failing or pausing, and says it held.
+    smtp.behaviour.max_connections = 3
+    smtp.behaviour.data_delay = 0.05
+    pool = _pool(smtp, size=10)
+    recipients = [f"u{i}@example.com" for i in range(40)]
+
+    results = await asyncio.gather(
+        *(pool.send(Outgoing(CONTENT, SENDER, [to])) for to in recipients)
+    )
+
+    assert results == [Answered({})] * 40
+    assert sorted(to for received in smtp.received for to in received.rcpt_tos) == sorted(
+        recipients
+    )
+    assert smtp.most_connections <= 4  # three sessions, and the one refused at a time
+    assert smtp.crowded >= 1
+    assert (pool.open_connections, pool.capacity) == (3, 3)
+    assert len({received.peer for received in smtp.received}) == 3
+    await pool.close()
+
+
+async def test_a_server_refusing_every_session_is_unavailable_not_held(smtp: SmtpServer) -> None:
+    smtp.behaviour.max_connections = 0
+    pool = _pool(smtp, size=10)
+
+    result = await pool.send(Outgoing(CONTENT, SENDER, ["a@example.com"]))
+
+    assert isinstance(result, SendFailure)
+    assert result.kind is FailureKind.UNAVAILABLE
+    assert "421 4.7.0 Error: too many connections" in result.detail
+    assert (pool.open_connections, pool.capacity) == (0, 10)
+    await pool.close()
