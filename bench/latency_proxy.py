@@ -76,14 +76,19 @@ async def _connection(
         writer.close()
 
 
-async def serve(port: int, target: int, delay: float) -> None:
-    """Forward 127.0.0.1:`port` to 127.0.0.1:`target` until cancelled."""
+async def serve(
+    port: int, target: int, delay: float, *, ready: asyncio.Event | None = None
+) -> None:
+    """Forward 127.0.0.1:`port` to 127.0.0.1:`target` until cancelled (`ready` set once it
+    listens)."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _connection(reader, writer, target, delay)
 
     server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
     print(f"listening {time.monotonic()}", flush=True)
+    if ready is not None:
+        ready.set()
     async with server:
         await server.serve_forever()
 

@@ -8,6 +8,7 @@ the first email the sink received to the last (start-up excluded); CPU is the se
 (user + system, all its processes) over the same span, per email; RSS is the worker's peak.
 
     python -m bench.mix [--emails 3000] [--delay-ms 10] [--workloads mix,plain,html,intl]
+    python -m bench.mix --profile    # then one worker draining the mix under py-spy (in .venv)
 
 Needs `smtp-sink` (Debian: `apt-get install postfix`, nothing is started) and makes the peer's
 virtualenv in `var/bench-peer` on first use (pip: taskiq, taskiq-redis, aiosmtplib).
@@ -36,9 +37,10 @@ from service.local.redis_server import RedisServer, free_port
 from service.worker import eventloop
 
 from .children import Children
-from .endtoend import Lab
+from .endtoend import Lab, profiled_drain
 from .mix_workload import ATTACHMENT, Email, emails
 from .producing import BATCH_SIZE
+from .profile import summarize_collapsed
 from .report import describe, machine
 from .sinks import SinkProcess, start_sink
 from .workers import WorkerConfig, peak_rss_kib, stop_worker, worker_env
@@ -239,7 +241,19 @@ async def measure(options: argparse.Namespace, peer: Path, workdir: Path) -> lis
                 line = Line(network, workload, ours, theirs)
                 print(_row(line), flush=True)
                 lines.append(line)
+        if options.profile:
+            await _profile(lab, options.emails)
     return lines
+
+
+async def _profile(lab: Lab, count: int) -> None:
+    """One worker draining the mix to smtp-sink under py-spy; the grouped summary printed."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    collapsed = (VAR / "mix-profile.txt").resolve()
+    tasks = [email.task() for email in emails("mix", count)]
+    await profiled_drain(lab, "smtp-sink", tasks, py_spy, output=collapsed, fmt="raw")
+    print(f"\nThe mix, one worker to smtp-sink, under py-spy ({collapsed}):")
+    print(summarize_collapsed(collapsed)["text"])
 
 
 _HEADER: Final = (
@@ -263,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--emails", type=int, default=3000, help="emails per drain (3000)")
     parser.add_argument("--delay-ms", type=float, default=10.0, help="proxy delay each way (10)")
     parser.add_argument("--workloads", default="mix,plain,html,intl")
+    parser.add_argument("--profile", action="store_true", help="profile the mix with py-spy")
     options = parser.parse_args(argv)
     if shutil.which("smtp-sink") is None:
         print(
