@@ -9,6 +9,7 @@ the first email the sink received to the last (start-up excluded); CPU is the se
 
     python -m bench.mix [--emails 3000] [--delay-ms 10] [--workloads mix,plain,html,intl]
     python -m bench.mix --profile    # then one worker draining the mix under py-spy (in .venv)
+    python -m bench.mix --concurrency 10    # the worker with another WORKER_CONCURRENCY
 
 Needs `smtp-sink` (Debian: `apt-get install postfix`, nothing is started) and makes the peer's
 virtualenv in `var/bench-peer` on first use (pip: taskiq, taskiq-redis, aiosmtplib).
@@ -165,8 +166,10 @@ def _wait_for_port(port: int) -> None:
     raise TimeoutError(f"nothing listens on port {port}")
 
 
-async def drain_worker(lab: Lab, batch: list[Email], delay_ms: float) -> Drain:
-    """One worker, default settings, draining `batch` from a pre-filled queue."""
+async def drain_worker(
+    lab: Lab, batch: list[Email], delay_ms: float, concurrency: int | None = None
+) -> Drain:
+    """One worker, default settings (or `concurrency`), draining `batch` from a full queue."""
     queue = await lab.fresh_queue()
     async with Producer.from_url(lab.redis_url, queue=queue) as producer:
         tasks = [email.task() for email in batch]
@@ -174,7 +177,9 @@ async def drain_worker(lab: Lab, batch: list[Email], delay_ms: float) -> Drain:
             await producer.enqueue_many(tasks[start : start + BATCH_SIZE])
     with _network(lab, len(batch), delay_ms) as (sink, port):
         env = worker_env(WorkerConfig(lab.redis_url, queue, port))
-        del env["WORKER_CONCURRENCY"]  # the default is what is measured
+        env.pop("WORKER_CONCURRENCY")  # the default is what is measured, unless asked
+        if concurrency is not None:
+            env["WORKER_CONCURRENCY"] = str(concurrency)
         log = (lab.workdir / f"worker-{queue}.log").open("ab")
         with log:
             worker = lab.children.spawn(
@@ -236,7 +241,7 @@ async def measure(options: argparse.Namespace, peer: Path, workdir: Path) -> lis
         for network, delay_ms in networks:
             for workload in options.workloads.split(","):
                 batch = emails(workload, options.emails)
-                ours = await drain_worker(lab, batch, delay_ms)
+                ours = await drain_worker(lab, batch, delay_ms, options.concurrency)
                 theirs = await drain_peer(lab, peer, batch, delay_ms)
                 line = Line(network, workload, ours, theirs)
                 print(_row(line), flush=True)
@@ -278,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay-ms", type=float, default=10.0, help="proxy delay each way (10)")
     parser.add_argument("--workloads", default="mix,plain,html,intl")
     parser.add_argument("--profile", action="store_true", help="profile the mix with py-spy")
+    parser.add_argument(
+        "--concurrency", type=int, help="the worker's WORKER_CONCURRENCY (default: its default)"
+    )
     options = parser.parse_args(argv)
     if shutil.which("smtp-sink") is None:
         print(

@@ -88,18 +88,22 @@ async def transmit(
     """Send `data` from `mail_from` to `recipients` over `client`; the refused recipients.
 
     `mail_options` are MAIL FROM parameters (`BODY=8BITMIME`, `SMTPUTF8`); SIZE is added where
-    the server offers it. Raises, sending nothing, ValueError for an address no command can
-    carry or no recipient, and SMTPNotSupported for a message the server cannot take (see the
-    module). Then raises SMTPSenderRefused, SMTPRecipientsRefused (all refused) or
-    SMTPDataError after an RSET, as aiosmtplib's sendmail does.
+    the server offers it, SMTPUTF8 where an address is not ASCII. Raises, sending nothing,
+    ValueError for an address no command can carry or no recipient, and SMTPNotSupported for a
+    message the server cannot take (see the module). Then raises SMTPSenderRefused,
+    SMTPRecipientsRefused (all refused) or SMTPDataError after an RSET, as aiosmtplib's
+    sendmail does.
     """
     if not recipients:
         raise ValueError("no recipient to send to")
     mail_address = envelope_address(mail_from)
     rcpts = [b"RCPT TO:%s\r\n" % envelope_address(to) for to in recipients]
     await greet(client)  # the extensions are known after EHLO
+    utf8_addresses = not (mail_address.isascii() and all(rcpt.isascii() for rcpt in rcpts))
+    if utf8_addresses and "SMTPUTF8" not in (option.upper() for option in mail_options):
+        mail_options = [*mail_options, "SMTPUTF8"]  # RFC 6531: the addresses need it
+    _check_supported(client, mail_options, data)
     options = [option.encode() for option in mail_options]
-    _check_supported(client, mail_options, mail_address, rcpts, data)
     if client.supports_extension("size"):  # RFC 1870: octets as sent, CRLF pairs included
         options.insert(0, b"SIZE=%d" % len(data))
     mail = b"MAIL FROM:%s%s\r\n" % (mail_address, b"".join(b" " + o for o in options))
@@ -118,17 +122,10 @@ async def transmit(
     return refused
 
 
-def _check_supported(
-    client: aiosmtplib.SMTP,
-    mail_options: Sequence[str],
-    mail_address: bytes,
-    rcpts: list[bytes],
-    data: bytes,
-) -> None:
+def _check_supported(client: aiosmtplib.SMTP, mail_options: Sequence[str], data: bytes) -> None:
     """Raise SMTPNotSupported for a message this server cannot take as it is."""
     asked = {option.upper() for option in mail_options}
-    utf8 = "SMTPUTF8" in asked or not (mail_address.isascii() and all(r.isascii() for r in rcpts))
-    if utf8 and not client.supports_extension("smtputf8"):
+    if "SMTPUTF8" in asked and not client.supports_extension("smtputf8"):
         raise aiosmtplib.SMTPNotSupported(
             "the server does not offer SMTPUTF8, which this email's addresses or headers need"
         )

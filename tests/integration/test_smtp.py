@@ -513,3 +513,13 @@ async def test_a_server_refusing_every_session_is_unavailable_not_held(smtp: Smt
     assert "421 4.7.0 Error: too many connections" in result.detail
     assert (pool.open_connections, pool.capacity) == (0, 10)
     await pool.close()
+
+
+async def test_smtputf8_is_asked_for_whenever_an_address_needs_it(
+    smtp: SmtpServer, client: aiosmtplib.SMTP
+) -> None:
+    await transmit(client, SENDER, ["jörg@example.com"], CONTENT)
+
+    (received,) = smtp.received
+    assert received.rcpt_tos == ["jörg@example.com"]
+    assert received.mail_options == [f"SIZE={len(CONTENT)}", "SMTPUTF8"]
