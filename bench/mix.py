@@ -78,14 +78,22 @@ class Line:
         return self.worker.rate / self.peer.rate
 
 
-def ensure_peer() -> Path:
-    """The peer's virtualenv `bin/`, made on first use (the project's dependencies untouched)."""
+def ensure_peer() -> Path | None:
+    """The peer's virtualenv `bin/`, made on first use (the project's dependencies untouched);
+    None, having said why, when it cannot be made."""
     bin_dir = PEER_VENV.resolve() / "bin"
-    if not (bin_dir / "taskiq").exists():
-        print(f"making the peer's virtualenv in {PEER_VENV} ({', '.join(PEER_PACKAGES)})")
-        subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)  # noqa: S603
-        pip = [str(bin_dir / "python"), "-m", "pip", "install", "-q", *PEER_PACKAGES]
-        subprocess.run(pip, check=True)  # noqa: S603
+    if (bin_dir / "taskiq").exists():
+        return bin_dir
+    print(f"making the peer's virtualenv in {PEER_VENV} ({', '.join(PEER_PACKAGES)})")
+    pip = [str(bin_dir / "python"), "-m", "pip", "install", "-q", *PEER_PACKAGES]
+    for step in ([sys.executable, "-m", "venv", str(PEER_VENV)], pip):
+        if subprocess.run(step, check=False).returncode != 0:  # noqa: S603
+            print(
+                f"cannot make the peer's virtualenv ({' '.join(step[:4])} failed): it needs "
+                f"python3-venv and PyPI access for {', '.join(PEER_PACKAGES)}",
+                file=sys.stderr,
+            )
+            return None
     return bin_dir
 
 
@@ -294,7 +302,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    py_spy = shutil.which("py-spy") or Path(sys.executable).parent / "py-spy"
+    if options.profile and not Path(py_spy).exists():
+        print("py-spy is missing: .venv/bin/pip install py-spy (make bench-profile does)")
+        return 2
     peer = ensure_peer()
+    if peer is None:
+        return 2
     workdir = (VAR / "mix").resolve()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
