@@ -243,6 +243,7 @@ class SmtpPool:
                     if not isinstance(exc, Exception) or not self._hold_after(exc):
                         raise
                 continue
+            deadline.reschedule(None)  # waiting for a connection is not the send's time
             self._returned.clear()
             await self._returned.wait()
 
