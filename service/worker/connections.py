@@ -6,7 +6,9 @@ connections until the server or the CPU is the bound. The pool opens a connectio
 send finds none idle, up to `WORKER_CONCURRENCY`. A server that takes no more sessions says so
 on a new one (a 421 greeting, "too many connections", or a connection dropped at once) while
 the sessions it already has keep working: the pool then holds at the number it has for
-`HOLD_SECONDS` rather than pausing the worker, and tries to grow again after. Connections idle
+`HOLD_SECONDS` rather than pausing the worker. After that it grows again one connection at a
+time (each one the server takes lets the next be tried), so a server at its limit sees one
+refused session a minute, not a burst. Connections idle
 for `IDLE_CLOSE_SECONDS` are closed, the least recently used first (the pool reuses the most
 recent one, so a light load keeps few open).
 """
@@ -22,6 +24,7 @@ __all__ = [
     "IDLE_CLOSE_SECONDS",
     "Hold",
     "connection_limit",
+    "hold_after_opening",
     "hold_after_refusal",
     "idle_to_close",
     "should_open",
@@ -44,9 +47,10 @@ class Hold:
 
 def connection_limit(cap: int, hold: Hold | None, now: float) -> int:
     """The connections the pool may have open at `now` (also the sends the worker starts)."""
-    if hold is None or now >= hold.until:
+    if hold is None:
         return cap
-    return max(1, min(cap, hold.connections))
+    held = max(1, min(cap, hold.connections))
+    return held if now < hold.until else min(cap, held + 1)
 
 
 def should_open(*, idle: int, open_now: int, limit: int) -> bool:
@@ -60,6 +64,14 @@ def hold_after_refusal(open_now: int, now: float) -> Hold | None:
     if open_now <= 0:
         return None
     return Hold(open_now, now + HOLD_SECONDS)
+
+
+def hold_after_opening(hold: Hold | None, open_now: int, cap: int, now: float) -> Hold | None:
+    """The hold after a new session opened, `open_now` connections in all: past a hold's end,
+    the ceiling rises to what the server took (one more may be tried at once); gone at `cap`."""
+    if hold is None or now < hold.until:
+        return hold
+    return None if open_now >= cap else Hold(open_now, now)
 
 
 def idle_to_close(

@@ -34,6 +34,7 @@ from .connections import (
     IDLE_CLOSE_SECONDS,
     Hold,
     connection_limit,
+    hold_after_opening,
     hold_after_refusal,
     idle_to_close,
     should_open,
@@ -236,13 +237,16 @@ class SmtpPool:
                 _start(deadline, self._settings.smtp_timeout_seconds)
                 self._open += 1
                 try:
-                    return _Connection(await self._open_session())
+                    client = await self._open_session()
                 except BaseException as exc:
                     self._open -= 1
                     self._returned.set()
                     if not isinstance(exc, Exception) or not self._hold_after(exc):
                         raise
-                continue
+                    continue
+                now = time.monotonic()
+                self._hold = hold_after_opening(self._hold, self._open, self._size, now)
+                return _Connection(client)
             deadline.reschedule(None)  # waiting for a connection is not the send's time
             self._returned.clear()
             await self._returned.wait()

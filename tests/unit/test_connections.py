@@ -9,6 +9,7 @@ from service.worker.connections import (
     IDLE_CLOSE_SECONDS,
     Hold,
     connection_limit,
+    hold_after_opening,
     hold_after_refusal,
     idle_to_close,
     should_open,
@@ -20,8 +21,9 @@ from service.worker.connections import (
     [
         (100, None, 0.0, 100),  # nothing refused: up to the cap
         (100, Hold(3, until=60.0), 10.0, 3),  # held at what the server took
-        (100, Hold(3, until=60.0), 60.0, 100),  # the hold is over: grow again
+        (100, Hold(3, until=60.0), 60.0, 4),  # the hold is over: try one more, not a burst
         (2, Hold(3, until=60.0), 10.0, 2),  # never above the cap
+        (4, Hold(4, until=60.0), 60.0, 4),  # not even past a hold
         (100, Hold(0, until=60.0), 10.0, 1),  # never below one
     ],
 )
@@ -53,6 +55,21 @@ def test_should_open(idle: int, open_now: int, limit: int, opens: bool) -> None:
 )
 def test_hold_after_refusal(open_now: int, hold: Hold | None) -> None:
     assert hold_after_refusal(open_now, now=10.0) == hold
+
+
+@pytest.mark.parametrize(
+    ("hold", "open_now", "now", "after"),
+    [
+        (None, 5, 10.0, None),  # never held: nothing to track
+        (Hold(3, until=60.0), 3, 10.0, Hold(3, until=60.0)),  # held: a replacement changes nothing
+        (Hold(3, until=60.0), 4, 60.0, Hold(4, until=60.0)),  # past it: taken, so one more next
+        (Hold(99, until=60.0), 100, 70.0, None),  # back at the cap: the hold is over
+    ],
+)
+def test_hold_after_opening(
+    hold: Hold | None, open_now: int, now: float, after: Hold | None
+) -> None:
+    assert hold_after_opening(hold, open_now, cap=100, now=now) == after
 
 
 @pytest.mark.parametrize(
