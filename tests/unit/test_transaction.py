@@ -5,7 +5,8 @@ from __future__ import annotations
 import aiosmtplib
 import pytest
 
-from service.worker.transaction import dot_stuffed, envelope_address, parse_replies
+from service.worker.pipelining import parse_replies
+from service.worker.transaction import dot_stuffed, envelope_address
 
 
 @pytest.mark.parametrize(
