@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TO     ?= someone@example.com
 
-.PHONY: install run send test test-fast lint typecheck pytest bench bench-profile bench-ledger chaos clean
+.PHONY: install run send test test-fast lint typecheck pytest bench bench-mix bench-profile bench-ledger chaos clean
 
 install: $(STAMP)
 
@@ -49,6 +49,12 @@ test-fast: $(STAMP)
 # and writes var/bench/result-<time>.json. Options: make bench ARGS='--quick' (or --emails N --runs N).
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
+
+# What users send (bench/mix.py): the realistic mix and each kind, on Postfix's C smtp-sink and
+# behind a 10 ms proxy, one worker with default settings beside taskiq's Redis Stream broker (its
+# own virtualenv in var/bench-peer, made on first use). Options: make bench-mix ARGS='--emails 1000'.
+bench-mix: $(STAMP)
+	$(BIN)/python -m bench.mix $(ARGS)
 
 # The same, plus one worker profiled with py-spy (installed into .venv on first use, bench only):
 # flame graph and collapsed stacks under var/bench/, a grouped summary printed.

@@ -14,7 +14,7 @@ from typing import Any
 import aiosmtplib
 from redis.asyncio import Redis
 
-from service.worker.transaction import send_prebuilt
+from service.worker.transaction import transmit
 
 from .workload import MAIL_ADDRESS, MAIL_FROM, RECIPIENT, prebuilt_message, xadd_fields
 
@@ -77,7 +77,7 @@ async def xreadgroup_ack_rate(redis: Redis, stream: str, count: int) -> float:
 async def smtp_resend_rate(port: int, connections: int, count: int, *, lean: bool) -> float:
     """Resend one prebuilt message `count` times over `connections` reused connections.
 
-    With `lean`, each send is the worker's own transaction (`send_prebuilt`), else aiosmtplib's
+    With `lean`, each send is the worker's own transaction (`transmit`), else aiosmtplib's
     `sendmail`: the worker should be compared with the faster of the two.
     """
     message = prebuilt_message()
@@ -94,7 +94,7 @@ async def smtp_resend_rate(port: int, connections: int, count: int, *, lean: boo
         while remaining[0] > 0:
             remaining[0] -= 1
             if lean:
-                await send_prebuilt(client, MAIL_ADDRESS, [RECIPIENT], message)
+                await transmit(client, MAIL_ADDRESS, [RECIPIENT], message)
             else:
                 await client.sendmail(MAIL_FROM, [RECIPIENT], message)
 

@@ -130,7 +130,7 @@ class WorkerSettings(QueueSettings):
     smtp_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     smtp_max_messages_per_connection: int = Field(default=0, ge=0, le=1_000_000)
     mail_from: EmailAddress
-    worker_concurrency: int = Field(default=10, ge=1, le=500)
+    worker_concurrency: int = Field(default=100, ge=1, le=500)
     worker_reclaim_idle_seconds: float = Field(default=60.0, gt=0, le=86_400)
     worker_shutdown_seconds: float = Field(default=25.0, ge=0, le=3_600)
     worker_max_attempts: int = Field(default=25, ge=1, le=1_000)

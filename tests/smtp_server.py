@@ -48,14 +48,20 @@ class Behaviour:
     # commands in order, so it serves a pipelined group like any server; it just does not say
     # so by default). The worker then sends in groups (service/worker/transaction.py).
     pipelining: bool = True
-    # Offer 8BITMIME in EHLO (aiosmtpd does by default); without it the worker sends 7-bit.
-    eightbitmime: bool = True
+    # Offer SMTPUTF8 (RFC 6531) and 8BITMIME (RFC 6152) in EHLO; a test takes them away to play
+    # an older server.
+    smtputf8: bool = True
+    eight_bit_mime: bool = True
     # Keep refused recipients in the envelope, so DATA gets 354 even when every RCPT was
     # refused: the server RFC 2920 section 3.1 tells pipelining clients to expect.
     data_despite_refusals: bool = False
     # Greet new connections with this reply instead of 220, then close them (e.g. a bare
     # "421": RFC 5321 makes the text after the code optional).
     greeting: str | None = None
+    # Greet a connection beyond this many open at once with `crowded_greeting` and close it, as
+    # Postfix's smtpd does past its client connection limit; the open ones go on working.
+    max_connections: int | None = None
+    crowded_greeting: str = "421 4.7.0 Error: too many connections"
     # Answer EHLO and HELO with this reply (e.g. "554 5.7.1 not welcome") instead of accepting
     # them: a server that greets, then refuses every session.
     helo_reply: str | None = None
@@ -79,11 +85,11 @@ class _Handler:
         if refusal is not None:
             return [refusal]  # no host name recorded: aiosmtpd then refuses MAIL too
         session.host_name = hostname  # this hook's duty, in aiosmtpd
-        if self.server.behaviour.pipelining:
+        behaviour = self.server.behaviour
+        if behaviour.pipelining:
             responses.insert(-1, "250-PIPELINING")
-        if not self.server.behaviour.eightbitmime:
-            responses = [line for line in responses if line != "250-8BITMIME"]
-        return responses
+        offered = {"250-SMTPUTF8": behaviour.smtputf8, "250-8BITMIME": behaviour.eight_bit_mime}
+        return [line for line in responses if offered.get(line, True)]
 
     async def handle_HELO(self, server: Any, session: Any, envelope: Any, hostname: str) -> str:
         refusal = self.server.behaviour.helo_reply
@@ -165,16 +171,29 @@ class _Session(SMTP):
 
     def __init__(self, handler: _Handler, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
+        self._recorder = handler.server
         self._behaviour = handler.server.behaviour
 
     async def _handle_client(self) -> None:
-        greeting = self._behaviour.greeting
-        if greeting is None:
-            await super()._handle_client()
-            return
-        await self.push(greeting)
-        if self.transport is not None:
-            self.transport.close()
+        server = self._recorder
+        with server.lock:
+            server.connections += 1
+            server.most_connections = max(server.most_connections, server.connections)
+            limit = self._behaviour.max_connections
+            crowded = limit is not None and server.connections > limit
+            if crowded:
+                server.crowded += 1
+        try:
+            greeting = self._behaviour.crowded_greeting if crowded else self._behaviour.greeting
+            if greeting is None:
+                await super()._handle_client()
+                return
+            await self.push(greeting)
+            if self.transport is not None:
+                self.transport.close()
+        finally:
+            with server.lock:
+                server.connections -= 1
 
 
 class _Controller(Controller):
@@ -191,6 +210,9 @@ class SmtpServer:
         self.received: list[Received] = []
         self.data_started = 0
         self.quits = 0
+        self.connections = 0  # sessions open now
+        self.most_connections = 0  # the most sessions open at once
+        self.crowded = 0  # connections refused for `behaviour.max_connections`
         self.throttled: list[float] = []  # when each throttling reply was sent (time.time())
         self.lock = threading.Lock()
         self._running = False
@@ -201,6 +223,7 @@ class SmtpServer:
             port=port,
             authenticator=self._authenticate,
             auth_require_tls=False,
+            enable_SMTPUTF8=True,
         )
 
     def _authenticate(

@@ -91,6 +91,7 @@ async def serve(settings: WorkerSettings, shutdown: Shutdown) -> int:
         breaker=breaker,
         shutdown=shutdown,
         pacer=pacer,
+        send_capacity=lambda: smtp.capacity,
     )
     heartbeat = Heartbeat(
         store,

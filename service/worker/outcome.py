@@ -117,6 +117,8 @@ def classify_failure(failure: SendFailure, *, adaptive: bool = False) -> Failure
             # Usually our sender address or account, which an operator can fix; retrying
             # (counted) gives them the retry period to do so before anything is lost.
             return Failure(Verdict.RETRY, f"sender refused: {failure.detail}")
+        case FailureKind.UNSUPPORTED:  # the same server will never take this email
+            return Failure(Verdict.DEAD, failure.detail)
         case FailureKind.REFUSED if failure.reply is not None:
             permanent = is_permanent_reply(failure.reply.code, failure.reply.text)
             return Failure(Verdict.DEAD if permanent else Verdict.RETRY, failure.detail)

@@ -22,6 +22,7 @@ __all__ = [
     "SendFailure",
     "SendResult",
     "first_line",
+    "pushes_back",
     "read_failure",
     "session_failure",
 ]
@@ -65,6 +66,7 @@ class FailureKind(enum.Enum):
     UNAVAILABLE = "unavailable"  # no usable session: down, refusing us, TLS or AUTH failing
     SENDER_REFUSED = "sender_refused"  # MAIL FROM refused
     REFUSED = "refused"  # the server refused the message (a DATA reply, a 421 mid-way...)
+    UNSUPPORTED = "unsupported"  # the server lacks an extension the email needs (SMTPUTF8...)
     TIMEOUT = "timeout"  # the whole send outlasted SMTP_TIMEOUT_SECONDS
     CONNECTION = "connection"  # the connection broke or the server spoke nonsense
     UNEXPECTED = "unexpected"  # anything else: a bug here or in a library
@@ -108,9 +110,25 @@ def read_failure(exc: BaseException) -> SendFailure:
     if isinstance(exc, TimeoutError):  # aiosmtplib's timeouts are TimeoutErrors too
         return SendFailure(FailureKind.TIMEOUT, "SMTP send timed out")
     what = f"{type(exc).__name__}: {first_line(str(exc))}".rstrip(": ")
+    if isinstance(exc, aiosmtplib.SMTPNotSupported):
+        return SendFailure(FailureKind.UNSUPPORTED, first_line(str(exc)))
     if isinstance(exc, aiosmtplib.SMTPException | OSError):
         return SendFailure(FailureKind.CONNECTION, what)
     return SendFailure(FailureKind.UNEXPECTED, f"unexpected {what}")
+
+
+def pushes_back(exc: BaseException) -> bool:
+    """Whether a new session's failure says "no more sessions" rather than "unusable".
+
+    A server at its connection limit greets a new session with a 4xx (Postfix: `421 4.7.0
+    Error: too many connections`), says "too many" in another reply, or drops the connection at
+    once; the sessions it already has keep working.
+    """
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        greeting = isinstance(exc, aiosmtplib.SMTPConnectResponseError)
+        transient = 400 <= exc.code < 500 if greeting else exc.code == 421
+        return transient or "too many" in exc.message.lower()
+    return isinstance(exc, aiosmtplib.SMTPServerDisconnected | ConnectionError)
 
 
 def session_failure(exc: BaseException, where: str) -> str:

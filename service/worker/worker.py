@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any, Final
 
 import structlog
@@ -64,8 +64,12 @@ class Worker:
         breaker: SmtpBreaker,
         shutdown: Shutdown,
         pacer: Pacer,
+        send_capacity: Callable[[], int],
     ) -> None:
         self._settings = settings
+        # How many sends the SMTP pool can carry now: WORKER_CONCURRENCY, or fewer while the
+        # server takes no more connections (see connections.py).
+        self._send_capacity = send_capacity
         self._pacer = pacer
         self._store = store
         self.consumer = consumer
@@ -227,7 +231,7 @@ class Worker:
         )
 
     def _free_slots(self) -> int:
-        return self._settings.worker_concurrency - len(self._sending)
+        return min(self._settings.worker_concurrency, self._send_capacity()) - len(self._sending)
 
     async def _wait_for_slot(self) -> int:
         """Wait until at least one send slot is free; return how many are."""

@@ -61,7 +61,7 @@ def test_the_server_receives_every_part_as_enqueued(
     start_worker: StartWorker,
     eightbitmime: bool,
 ) -> None:
-    smtp.behaviour.eightbitmime = eightbitmime
+    smtp.behaviour.eight_bit_mime = eightbitmime
     task_ids = enqueue(redis_server.url, TASKS)
     worker = start_worker()
     wait_until(lambda: len(smtp.received) == len(TASKS), 30, "the deliveries")

@@ -290,3 +290,37 @@ def test_runs_on_uvloop_by_default_and_on_asyncio_when_asked(
     assert worker.stop() == 0
     expected = "uvloop" if loop == "auto" else "asyncio"
     assert f'"event_loop":"{expected}"' in worker.output()
+
+
+def test_a_server_that_takes_three_connections_gets_three_and_every_email(
+    redis_server: RedisServer, db: redis_sync.Redis, smtp: SmtpServer, start_worker: StartWorker
+) -> None:
+    # Beyond three sessions the server greets with "421 too many connections" (Postfix's
+    # smtpd past its limit): the worker holds at three, pauses nothing and loses nothing, and
+    # reads no more than three can carry (an entry waiting for a connection ages towards
+    # being reclaimed and sent twice).
+    smtp.behaviour.max_connections = 3
+    smtp.behaviour.data_delay = 0.05
+    tasks = [EmailTask(to=f"u{i}@example.com", subject=str(i), text="x") for i in range(90)]
+    task_ids = enqueue(redis_server.url, tasks)
+    worker = start_worker(WORKER_CONCURRENCY="20")
+
+    wait_until(lambda: len(smtp.received) >= 30, 30, "30 deliveries")
+    in_flight = []
+    while len(smtp.received) < 60:
+        in_flight.append(pending_count(db))
+        time.sleep(0.01)
+    wait_until(lambda: len(smtp.received) >= 90, 30, "90 deliveries")
+
+    assert max(in_flight) <= 6  # three sending, a few being settled; not twenty
+    assert sorted(smtp.task_ids()) == sorted(task_ids)  # each once
+    assert smtp.crowded >= 1
+    assert smtp.most_connections <= 4  # three sessions, and the one refused at a time
+    assert len({received.peer for received in smtp.received}) == 3
+    assert dead_letters(db) == []
+    wait_until(lambda: pending_count(db) == 0, 10, "every entry settled")
+    assert worker.stop() == 0
+    output = worker.output()
+    assert '"event":"smtp_connections_held"' in output
+    assert '"event":"smtp_unavailable"' not in output  # the worker never paused
+    assert '"event":"task_retry_scheduled"' not in output

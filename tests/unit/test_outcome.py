@@ -41,7 +41,8 @@ A, B, C = "a@example.com", "b@example.com", "c@example.com"
         (aiosmtplib.SMTPReadTimeoutError("slow"), RETRY, "SMTP send timed out"),
         (TimeoutError(), RETRY, "SMTP send timed out"),
         (ConnectionResetError("reset"), RETRY, "ConnectionResetError: reset"),
-        (aiosmtplib.SMTPNotSupported("SMTPUTF8"), RETRY, "SMTPNotSupported"),
+        # The same server will never take it: a clear permanent failure, not a retry for days.
+        (aiosmtplib.SMTPNotSupported("no SMTPUTF8, which it needs"), DEAD, "no SMTPUTF8"),
         (ValueError("odd"), RETRY, "unexpected ValueError: odd"),
     ],
 )

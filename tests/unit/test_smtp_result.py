@@ -12,6 +12,7 @@ from service.worker.smtp_result import (
     Reply,
     SendFailure,
     first_line,
+    pushes_back,
     read_failure,
     session_failure,
 )
@@ -80,6 +81,10 @@ def test_a_reply_shows_its_code_and_first_line(reply: Reply, shown: str) -> None
         ),
         (ConnectionResetError("reset"), SendFailure(CONNECTION, "ConnectionResetError: reset")),
         (
+            aiosmtplib.SMTPNotSupported("no 8BITMIME\nmore"),
+            SendFailure(FailureKind.UNSUPPORTED, "no 8BITMIME"),
+        ),
+        (
             ValueError("odd\nsecond line"),
             SendFailure(FailureKind.UNEXPECTED, "unexpected ValueError: odd"),
         ),
@@ -108,3 +113,24 @@ def test_session_failure_says_why_in_one_line(error: BaseException, detail: str)
     assert reason.startswith("cannot open an SMTP session with mx.example.com:587: ")
     assert detail in reason
     assert "\n" not in reason
+
+
+@pytest.mark.parametrize(
+    ("error", "pushes"),
+    [
+        (aiosmtplib.SMTPConnectResponseError(421, "4.7.0 Error: too many connections"), True),
+        (aiosmtplib.SMTPConnectResponseError(421, ""), True),  # a bare 421 greeting
+        (aiosmtplib.SMTPConnectResponseError(450, "busy"), True),
+        (aiosmtplib.SMTPConnectResponseError(554, "5.7.1 go away"), False),  # refused for good
+        (aiosmtplib.SMTPConnectResponseError(554, "Too many connections"), True),
+        (aiosmtplib.SMTPHeloError(421, "closing"), True),
+        (aiosmtplib.SMTPAuthenticationError(454, "4.7.0 too many connections"), True),
+        (aiosmtplib.SMTPAuthenticationError(535, "5.7.8 bad credentials"), False),
+        (aiosmtplib.SMTPServerDisconnected("Unexpected EOF received"), True),  # dropped at once
+        (ConnectionResetError("reset"), True),
+        (TimeoutError(), False),
+        (ValueError("odd"), False),
+    ],
+)
+def test_which_session_failures_push_back(error: BaseException, pushes: bool) -> None:
+    assert pushes_back(error) is pushes

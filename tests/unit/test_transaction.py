@@ -5,7 +5,8 @@ from __future__ import annotations
 import aiosmtplib
 import pytest
 
-from service.worker.transaction import dot_stuffed, parse_replies
+from service.worker.pipelining import parse_replies
+from service.worker.transaction import dot_stuffed, envelope_address
 
 
 @pytest.mark.parametrize(
@@ -60,3 +61,30 @@ def test_a_reply_no_server_would_send_is_an_error(buffer: bytes, error: str) -> 
 )
 def test_the_message_goes_out_as_aiosmtplib_would_write_it(content: bytes, wire: bytes) -> None:
     assert dot_stuffed(content) == wire
+
+
+@pytest.mark.parametrize(
+    ("address", "wire"),
+    [
+        ("app@example.com", b"<app@example.com>"),
+        ("first.last+tag@mail.example.co.uk", b"<first.last+tag@mail.example.co.uk>"),
+        ('"a b"@example.com', b'<"a b"@example.com>'),  # a quoted local part may hold a space
+        ("user@[192.0.2.1]", b"<user@[192.0.2.1]>"),  # an address literal
+        ("jörg@bücher.example", "<jörg@bücher.example>".encode()),  # UTF-8: SMTPUTF8
+        ("a@example.com\r\nRCPT TO:<x@evil.test>", None),  # a second command
+        ("a@example.com> SIZE=1", None),  # a parameter
+        ("App <app@example.com>", None),  # not a bare address
+        ("a b@example.com", None),
+        ('"a\r\nb"@example.com', None),
+        ("a@exa mple.com", None),
+        ("", None),
+        ("a@", None),
+        ("@example.com", None),
+    ],
+)
+def test_only_a_bare_address_goes_into_a_command(address: str, wire: bytes | None) -> None:
+    if wire is None:
+        with pytest.raises(ValueError, match="not a bare address"):
+            envelope_address(address)
+    else:
+        assert envelope_address(address) == wire
