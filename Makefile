@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TO     ?= someone@example.com
 
-.PHONY: install run send test test-fast lint typecheck pytest bench bench-profile chaos clean
+.PHONY: install run send dashboard test test-fast lint typecheck pytest bench bench-profile chaos clean
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ run: $(STAMP)
 send: $(STAMP)
 	$(BIN)/python -m service.producer \
 		--to '$(TO)' --subject 'Hello from make send' --text 'It works: this email went through the queue.'
+
+# The web dashboard of the queue on $$REDIS_URL (or make run's Redis), on http://127.0.0.1:8025/.
+dashboard: $(STAMP)
+	$(BIN)/python -m service.dashboard
 
 test: lint typecheck pytest
 

@@ -85,6 +85,9 @@ def worker_commands(keys: QueueKeys, *, limits: bool = False) -> tuple[Command, 
         ("hdel", f"HDEL {entries} {_PROBE}"),
         ("hset", f"HSET {keys.workers} {_PROBE} v"),
         ("hdel", f"HDEL {keys.workers} {_PROBE}"),
+        ("hincrby", f"HINCRBY {keys.minute('*')} sent 1"),
+        ("hset", f"HSET {keys.minute('*')} {_PROBE} v"),
+        ("expireat", f"EXPIREAT {keys.minute('*')} 1"),
         ("exists", f"EXISTS {sent}"),
         ("set", f"SET {sent} v PX 1"),
         ("script|load", "SCRIPT LOAD return"),
@@ -124,6 +127,7 @@ def _keys_of(commands: Iterable[Command], keys: QueueKeys) -> list[str]:
     every = {keys.stream, keys.delayed, keys.delayed_entries, keys.dead, keys.workers}
     every |= {keys.limiter, keys.quota}
     every.add(keys.sent("*"))
+    every.add(keys.minute("*"))
     used = {arg for command in commands for arg in command.args}
     return sorted(every & used)
 

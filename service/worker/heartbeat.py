@@ -73,6 +73,7 @@ class Heartbeat:
             "outcomes": dict(self._metrics.outcomes),
         }
         await self._store.write_heartbeat(self._consumer, orjson.dumps(record))
+        await self._write_minutes()
         if not self._metrics.serving:
             return  # the queue's gauges are for Prometheus only: no Redis reads for nothing
         sizes = await self._store.sizes()
@@ -85,6 +86,18 @@ class Heartbeat:
             paused=state == "paused",
         )
 
+    async def _write_minutes(self) -> None:
+        """Add what this worker did since the last beat to the queue's minute history."""
+        counts, peaks = self._metrics.minutes.take()
+        if not counts and not peaks:
+            return
+        try:
+            await self._store.add_minutes(self._consumer, counts, peaks)
+        except BaseException:
+            self._metrics.minutes.put_back(counts, peaks)
+            raise
+
     async def remove(self) -> None:
-        """Delete the record: this worker stopped on purpose."""
+        """Delete the record: this worker stopped on purpose (its last counts written first)."""
+        await self._write_minutes()
         await self._store.remove_heartbeats(self._consumer)

@@ -22,10 +22,11 @@ from tests.smtp_server import SmtpServer
 
 # Everything the worker runs (in its scripts too), by category, without ACL itself.
 _LEAST = ["-@all", "+@stream", "+@hash", "+@sortedset", "+@string", "+@scripting",
-          "+@connection", "+info", "+exists"]  # fmt: skip
+          "+@connection", "+info", "+exists", "+expireat"]  # fmt: skip
 
 
-_OTHER_KEYS = ("keys {emails}:dead, {emails}:delayed, {emails}:delayed:entries, {emails}:sent:*, "
+_OTHER_KEYS = ("keys {emails}:dead, {emails}:delayed, {emails}:delayed:entries, {emails}:minute:*, "
+               "{emails}:sent:*, "
                "{emails}:workers")  # fmt: skip
 
 
