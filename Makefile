@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TO     ?= someone@example.com
 
-.PHONY: install run send dashboard test test-fast lint typecheck pytest bench bench-profile chaos clean
+.PHONY: install run send dashboard dashboard-demo dashboard-screenshots test test-fast lint typecheck pytest bench bench-profile chaos clean
 
 install: $(STAMP)
 
@@ -30,6 +30,15 @@ send: $(STAMP)
 # The web dashboard of the queue on $$REDIS_URL (or make run's Redis), on http://127.0.0.1:8025/.
 dashboard: $(STAMP)
 	$(BIN)/python -m service.dashboard
+
+# From a clean clone, the dashboard on a queue with traffic: a private Redis, a worker, an SMTP
+# sink (refusing one domain: dead letters) and a producer. Prints the URL; Ctrl-C stops it all.
+dashboard-demo: $(STAMP)
+	$(BIN)/python -m service.local.demo
+
+# A screenshot of each dashboard page into docs/dashboard/ (the demo's stack, headless chromium).
+dashboard-screenshots: $(STAMP)
+	$(BIN)/python -m tests.browser.screenshots
 
 test: lint typecheck pytest
 
