@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TO     ?= someone@example.com
 
-.PHONY: install run send dashboard dashboard-demo dashboard-screenshots test test-fast lint typecheck pytest bench bench-profile chaos clean
+.PHONY: install run send dashboard dashboard-demo dashboard-screenshots bench-dashboard test test-fast lint typecheck pytest bench bench-profile chaos clean
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ dashboard: $(STAMP)
 # sink (refusing one domain: dead letters) and a producer. Prints the URL; Ctrl-C stops it all.
 dashboard-demo: $(STAMP)
 	$(BIN)/python -m service.local.demo
+
+# What each dashboard page costs with 100,000 queued and 10,000 dead letters (docs/performance.md).
+bench-dashboard: $(STAMP)
+	$(BIN)/python -m bench.dashboard $(ARGS)
 
 # A screenshot of each dashboard page into docs/dashboard/ (the demo's stack, headless chromium).
 dashboard-screenshots: $(STAMP)

@@ -34,6 +34,8 @@ __all__ = [
 ]
 
 _SCAN_BATCH: Final = 100
+# Counting changes nothing, so it reads larger batches (fewer round trips).
+_COUNT_BATCH: Final = 1_000
 # A worker is live while its last heartbeat is younger than this many of its intervals.
 LIVE_WITHIN_BEATS: Final = 3
 
@@ -315,7 +317,7 @@ class QueueAdmin:
         a bulk action given the same filter and `until=` that id will go through."""
         _, newest = await self._store.dead_tail()
         count = 0
-        async for batch in self._batches_until(newest):
+        async for batch in self._batches_until(newest, size=_COUNT_BATCH):
             count += sum(1 for letter in batch if matching is None or matching(letter))
         return count, newest
 
@@ -347,10 +349,12 @@ class QueueAdmin:
             progress(seen, present)
         return BulkResult(done=done, present_at_start=present)
 
-    async def _batches_until(self, newest: str | None) -> AsyncIterator[list[DeadLetter]]:
+    async def _batches_until(
+        self, newest: str | None, size: int = _SCAN_BATCH
+    ) -> AsyncIterator[list[DeadLetter]]:
         after = "-"
         while newest is not None:
-            page = await self._store.dead_letters_until(after=after, last=newest, count=_SCAN_BATCH)
+            page = await self._store.dead_letters_until(after=after, last=newest, count=size)
             if not page:
                 return
             yield [_dead_letter(dead_id, fields) for dead_id, fields in page]

@@ -117,10 +117,21 @@ class _Dashboard:
         self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         """Authentication, the CSRF session cookie and the security headers, on every request."""
-        if self._token is not None and not security.token_matches(
+        host = request.headers.get("host")
+        if self._token is None and not security.loopback_host(host):
+            response: Response = PlainTextResponse(
+                "this dashboard answers only to a loopback host name (set DASHBOARD_TOKEN to "
+                "serve others)\n",
+                status_code=421,
+            )
+        elif request.method == "POST" and not security.same_origin(
+            request.headers.get("origin"), host
+        ):
+            response = PlainTextResponse("refused: a form from another site\n", status_code=403)
+        elif self._token is not None and not security.token_matches(
             self._token, request.headers.get("authorization")
         ):
-            response: Response = PlainTextResponse(
+            response = PlainTextResponse(
                 "authentication required\n",
                 status_code=401,
                 headers={"WWW-Authenticate": 'Basic realm="email dashboard", charset="UTF-8"'},

@@ -7,6 +7,9 @@
   carries an HMAC of it under a key made at start-up. A state change whose form lacks the
   right HMAC is refused, so another site cannot post on the user's behalf even where it could
   set a cookie.
+- DNS rebinding: without a token the dashboard answers only to loopback host names, so that a
+  web page whose own name an attacker points at 127.0.0.1 cannot read it or post to it.
+- Origin: a POST whose Origin header names another site is refused, whatever the token.
 - Headers: a strict Content-Security-Policy (no inline script or style, nothing from another
   origin, no framing) and the usual companions.
 """
@@ -17,17 +20,21 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import secrets
 from typing import Final
+from urllib.parse import urlsplit
 
 __all__ = [
     "SECURITY_HEADERS",
     "SESSION_COOKIE",
     "csrf_token",
     "csrf_valid",
+    "loopback_host",
     "new_key",
     "new_session",
     "presented_token",
+    "same_origin",
     "token_matches",
 ]
 
@@ -40,7 +47,7 @@ SECURITY_HEADERS: Final = {
     ),
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # "no-referrer" makes Chromium send Origin: null
     "Cache-Control": "no-store",
 }
 
@@ -65,6 +72,32 @@ def csrf_valid(key: bytes, session: str | None, submitted: str | None) -> bool:
     if not session or not submitted:
         return False
     return hmac.compare_digest(csrf_token(key, session).encode(), submitted.encode())
+
+
+def loopback_host(host_header: str | None) -> bool:
+    """Whether a Host header names this machine by a loopback name or address (any port)."""
+    if not host_header:
+        return False
+    host = host_header.strip().lower()
+    if host.startswith("["):  # [::1]:8025
+        host = host[1 : host.find("]")] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    if host in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def same_origin(origin: str | None, host_header: str | None) -> bool:
+    """Whether a request's Origin header (absent: not a cross-site browser request) is the
+    site of its Host header."""
+    if origin is None:
+        return True
+    parts = urlsplit(origin)
+    return bool(host_header) and parts.scheme in ("http", "https") and parts.netloc == host_header
 
 
 def presented_token(authorization: str | None) -> str | None:

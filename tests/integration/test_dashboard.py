@@ -350,3 +350,34 @@ def test_workers_write_the_minute_history_the_overview_draws(
     assert re.search(r'id="sent-hour">2<', page)
     assert re.search(r'id="live-workers">1<', page)
     assert worker.stop() == 0
+
+
+def test_without_a_token_only_loopback_host_names_are_served(
+    client: TestClient, redis_server: RedisServer, db: redis_sync.Redis
+) -> None:
+    # DNS rebinding: a page at attacker.example, its name now pointing at 127.0.0.1.
+    refused = client.get("/", headers={"host": "attacker.example:8025"})
+    assert refused.status_code == 421
+    assert client.get("/", headers={"host": "localhost:8025"}).status_code == 200
+    assert client.get("/", headers={"host": "[::1]:8025"}).status_code == 200
+    app = create_app(_settings(redis_server.url, dashboard_token=TOKEN))
+    with TestClient(app, base_url="http://dashboard.example") as remote:
+        answered = remote.get("/", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert answered.status_code == 200
+
+
+def test_a_post_from_another_origin_is_refused(client: TestClient, db: redis_sync.Redis) -> None:
+    dead_id = add_dead(db)
+    token = csrf_of(client.get("/dead").text)
+    refused = client.post(
+        f"/dead/{dead_id}/purge",
+        data={"csrf": token},
+        headers={"origin": "http://attacker.example"},
+    )
+    assert refused.status_code == 403
+    assert db.xlen(DEAD) == 1
+    same = client.post(
+        f"/dead/{dead_id}/purge", data={"csrf": token}, headers={"origin": "http://127.0.0.1"}
+    )
+    assert same.status_code == 200
+    assert db.xlen(DEAD) == 0

@@ -163,3 +163,40 @@ def test_the_token_never_shows(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.dashboard_token == SecretStr(TOKEN)
     assert TOKEN not in repr(settings)
     assert TOKEN not in str(settings.model_dump())
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1:8025", True),
+        ("127.0.0.1", True),
+        ("localhost:8025", True),
+        ("LOCALHOST", True),
+        ("[::1]:8025", True),
+        ("127.1.2.3:80", True),
+        ("attacker.example:8025", False),
+        ("localhost.attacker.example", False),
+        ("10.0.0.1:8025", False),
+        ("[::1", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_loopback_host(host: str | None, loopback: bool) -> None:
+    assert security.loopback_host(host) is loopback
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "same"),
+    [
+        (None, "127.0.0.1:8025", True),
+        ("http://127.0.0.1:8025", "127.0.0.1:8025", True),
+        ("https://dash.example", "dash.example", True),
+        ("http://attacker.example", "127.0.0.1:8025", False),
+        ("http://127.0.0.1:9999", "127.0.0.1:8025", False),
+        ("null", "127.0.0.1:8025", False),  # a data: URL or sandboxed frame
+        ("http://127.0.0.1:8025", None, False),
+    ],
+)
+def test_same_origin(origin: str | None, host: str | None, same: bool) -> None:
+    assert security.same_origin(origin, host) is same
