@@ -390,8 +390,20 @@ class QueueStore:
         self, consumer: str, counts: Mapping[int, MinuteCounts], peaks: Mapping[int, int]
     ) -> None:
         """Add a worker's counts to each minute's hash, and set its latency peak there, in one
-        pipelined round trip; each hash expires `history.KEEP_MINUTES_S` after its minute."""
-        async with self._redis.pipeline(transaction=False) as pipe:
+        round trip; each hash expires `history.KEEP_MINUTES_S` after its minute.
+
+        All or nothing (MULTI/EXEC), so that the caller may keep what failed and add it again
+        later: `RedisFull` at maxmemory, when nothing was written.
+        """
+        try:
+            await self._add_minutes(consumer, counts, peaks)
+        except ResponseError as exc:
+            raise await self._full("HINCRBY", exc) from None
+
+    async def _add_minutes(
+        self, consumer: str, counts: Mapping[int, MinuteCounts], peaks: Mapping[int, int]
+    ) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
             for minute in counts.keys() | peaks.keys():
                 key = self.keys.minute(minute)
                 for field, value in (counts.get(minute) or MinuteCounts()).increments().items():

@@ -13,12 +13,17 @@ import orjson
 import pytest
 import redis as redis_sync
 from pydantic import SecretStr
+from redis.asyncio import Redis
 from starlette.testclient import TestClient
 
 from service import EmailTask
 from service.dashboard import create_app
+from service.errors import RedisFull
+from service.keys import QueueKeys
 from service.local.redis_server import RedisServer
 from service.settings import DashboardSettings
+from service.store import QueueStore
+from service.store.history import MinuteCounts
 from service.wire import dead_entry, encode_entry
 from tests.conftest import (
     DEAD,
@@ -381,3 +386,26 @@ def test_a_post_from_another_origin_is_refused(client: TestClient, db: redis_syn
     )
     assert same.status_code == 200
     assert db.xlen(DEAD) == 0
+
+
+async def test_the_minute_history_is_all_or_nothing_at_maxmemory(redis: Redis) -> None:
+    store = QueueStore(redis, QueueKeys("emails"))
+    now = int(time.time() // 60)
+    counts = {now: MinuteCounts(sent=2, latency_ms_sum=30), now + 1: MinuteCounts(failed=1)}
+    await redis.config_set("maxmemory", 1)
+    try:
+        with pytest.raises(RedisFull):
+            await store.add_minutes("w1", counts, {now: 20})
+    finally:
+        await redis.config_set("maxmemory", 0)
+    assert await redis.keys("{emails}:minute:*") == []
+    await store.add_minutes("w1", counts, {now: 20})
+    await store.add_minutes("w2", {now: MinuteCounts(sent=1, latency_ms_sum=90)}, {now: 90})
+    assert await store.minutes(now - 1, 3) == [
+        MinuteCounts(),
+        MinuteCounts(sent=3, latency_ms_sum=120, latency_ms_max=90),
+        MinuteCounts(failed=1),
+    ]
+    # A minute older than the history keeps expires at once.
+    await store.add_minutes("w1", {now - 121: MinuteCounts(sent=1)}, {})
+    assert await store.minutes(now - 121, 1) == [MinuteCounts()]
