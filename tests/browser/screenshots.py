@@ -60,6 +60,8 @@ def main() -> int:
         finally:
             demo.send_signal(signal.SIGTERM)
             demo.wait(timeout=60)
+            if demo.stdout is not None:
+                demo.stdout.close()
     return 0
 
 
