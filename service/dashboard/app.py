@@ -7,16 +7,12 @@ bidirectional overrides written as escapes) and cut where a list shows it.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlencode
 
-import orjson
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -28,13 +24,13 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from ..admin.queue import QueueAdmin
-from ..admin.tables import printable
 from ..connection import connect_redis
 from ..keys import QueueKeys
 from ..settings import DashboardSettings
 from ..store import QueueStore
 from . import pages, security
 from .filters import DeadFilter
+from .templates import environment
 
 __all__ = ["create_app"]
 
@@ -44,7 +40,6 @@ _NOTICES: Final = {
     "purged": "Purged {n} dead letter(s).",
     "gone": "That dead letter no longer exists.",
 }
-_STREAM_ID_CHARS: Final = frozenset("0123456789-+(")
 
 
 def create_app(settings: DashboardSettings) -> Starlette:
@@ -81,7 +76,7 @@ class _Dashboard:
         self._read_only = settings.dashboard_read_only
         self._keys = QueueKeys(settings.email_queue)
         self._url = settings.redis_url
-        self._templates = Jinja2Templates(env=_environment())
+        self._templates = Jinja2Templates(env=environment(_HERE / "templates"))
         self._store: QueueStore | None = None
         self._admin: QueueAdmin | None = None
 
@@ -263,53 +258,6 @@ class _Dashboard:
         result = await run(matching=None if wanted.empty else wanted, until=until)
         notice = "requeued" if action == "requeue" else "purged"
         return _redirect("/dead", notice=notice, n=result.done)
-
-
-def _environment() -> Environment:
-    env = Environment(
-        loader=FileSystemLoader(_HERE / "templates"),
-        autoescape=select_autoescape(default=True, default_for_string=True),
-    )
-    env.filters.update(shown=_shown, when=_when, ago=_ago, from_json=_from_json)
-    return env
-
-
-def _shown(value: object, limit: int | None = None) -> str:
-    """Stored text made printable, cut to `limit` characters (with the length said)."""
-    text = printable(str(value))
-    if limit is not None and len(text) > limit:
-        return f"{text[:limit]}… ({len(text):,} characters)"
-    return text
-
-
-def _when(ms: int | None) -> str:
-    if ms is None:
-        return "—"
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _ago(ms: int | None) -> str:
-    if ms is None:
-        return "—"
-    seconds = ms / 1000 - time.time()
-    word = "in " if seconds > 0 else ""
-    seconds = abs(seconds)
-    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
-        if seconds >= size:
-            text = f"{seconds / size:.1f} {unit}"
-            break
-    else:
-        text = f"{seconds:.0f} s"
-    return f"{word}{text}" + ("" if word else " ago")
-
-
-def _from_json(text: str) -> dict[str, Any]:
-    """A stored task's JSON as a dict (empty when it does not read as one)."""
-    try:
-        value = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _notice(request: Request) -> str | None:

@@ -409,3 +409,17 @@ async def test_the_minute_history_is_all_or_nothing_at_maxmemory(redis: Redis) -
     # A minute older than the history keeps expires at once.
     await store.add_minutes("w1", {now - 121: MinuteCounts(sent=1)}, {})
     assert await store.minutes(now - 121, 1) == [MinuteCounts()]
+
+
+async def test_scheduled_reads_survive_a_copy_that_does_not_unpack(redis: Redis) -> None:
+    store = QueueStore(redis, QueueKeys("emails"))
+    await redis.zadd(DELAYED, {"garbage": 1_000, "missing": 2_000})
+    await redis.hset("{emails}:delayed:entries", "garbage", b"\xc1not msgpack")
+    rows = await store.scheduled(from_ms=0, skip=0, count=10)
+    assert [(r.task_id, r.due_ms, r.task_json, r.tries) for r in rows] == [
+        ("garbage", 1_000, "", 0),
+        ("missing", 2_000, "", 0),
+    ]
+    assert await store.scheduled(from_ms=1_000, skip=1, count=10) == rows[1:]
+    assert await store.scheduled_one("garbage") == rows[0]
+    assert await store.scheduled_one("absent") is None
