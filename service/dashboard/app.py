@@ -1,4 +1,4 @@
-"""The dashboard's web app: routes, the checks every request passes, and the templates' filters.
+"""The dashboard's web app: the routes, and the checks every request passes.
 
 Every state change is a POST that passes `_checked_form` (read-only mode, CSRF); every page is
 rendered with Jinja2's autoescaping, stored text first made printable (control characters and
