@@ -9,6 +9,7 @@ killed worker's record stays, marked dead, until `consumers prune` clears it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -17,6 +18,7 @@ from collections.abc import Callable
 import orjson
 import structlog
 
+from ..errors import RedisFull
 from ..store import QueueStore
 from .backoff import retry_while_unavailable
 from .metrics import WorkerMetrics
@@ -98,6 +100,11 @@ class Heartbeat:
             raise
 
     async def remove(self) -> None:
-        """Delete the record: this worker stopped on purpose (its last counts written first)."""
-        await self._write_minutes()
+        """Delete the record: this worker stopped on purpose.
+
+        Its last counts go first, if Redis takes them: at maxmemory they are dropped (a
+        chart's minute, not a task), and the record is removed all the same.
+        """
+        with contextlib.suppress(RedisFull):
+            await self._write_minutes()
         await self._store.remove_heartbeats(self._consumer)
