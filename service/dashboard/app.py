@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlencode
 
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -61,7 +62,7 @@ def create_app(settings: DashboardSettings) -> Starlette:
     return Starlette(
         routes=routes,
         middleware=[Middleware(BaseHTTPMiddleware, dispatch=dashboard.guard)],
-        exception_handlers={HTTPException: dashboard.refused},
+        exception_handlers={HTTPException: dashboard.refused, RedisError: dashboard.no_redis},
         lifespan=dashboard.lifespan,
     )
 
@@ -163,6 +164,13 @@ class _Dashboard:
         if not hasattr(request.state, "session"):
             return PlainTextResponse(f"{detail}\n", status_code=status)
         return self._render(request, "missing.html", status_code=status, what=None, detail=detail)
+
+    async def no_redis(self, request: Request, exc: Exception) -> Response:
+        """Redis failed: 503, naming the error's kind only (its text may name the server)."""
+        detail = f"Redis did not answer ({type(exc).__name__}); try again in a moment"
+        if not hasattr(request.state, "session"):
+            return PlainTextResponse(f"{detail}\n", status_code=503)
+        return self._render(request, "missing.html", status_code=503, what=None, detail=detail)
 
     def _render(
         self, request: Request, name: str, status_code: int = 200, **context: Any

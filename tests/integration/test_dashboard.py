@@ -20,6 +20,7 @@ from service import EmailTask
 from service.dashboard import create_app
 from service.errors import RedisFull
 from service.keys import QueueKeys
+from service.local.ports import free_port
 from service.local.redis_server import RedisServer
 from service.settings import DashboardSettings
 from service.store import QueueStore
@@ -423,3 +424,12 @@ async def test_scheduled_reads_survive_a_copy_that_does_not_unpack(redis: Redis)
     assert await store.scheduled(from_ms=1_000, skip=1, count=10) == rows[1:]
     assert await store.scheduled_one("garbage") == rows[0]
     assert await store.scheduled_one("absent") is None
+
+
+def test_an_unreachable_redis_is_a_503_that_names_no_secret() -> None:
+    url = f"redis://user:hunter2-secret@127.0.0.1:{free_port()}/0"
+    with TestClient(create_app(_settings(url)), base_url="http://127.0.0.1") as client:
+        response = client.get("/")
+    assert response.status_code == 503
+    assert "Redis did not answer (ConnectionError)" in response.text
+    assert "hunter2" not in response.text
