@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from ..keys import CONSUMER_GROUP, QueueKeys
-from . import limiter, scripts
+from . import history, limiter, scripts
 from .replies import as_str
 
 __all__ = ["Access", "Command", "check_access", "denied", "worker_commands"]
@@ -85,9 +85,10 @@ def worker_commands(keys: QueueKeys, *, limits: bool = False) -> tuple[Command, 
         ("hdel", f"HDEL {entries} {_PROBE}"),
         ("hset", f"HSET {keys.workers} {_PROBE} v"),
         ("hdel", f"HDEL {keys.workers} {_PROBE}"),
+        ("hlen", f"HLEN {keys.minute('*')}"),
         ("hincrby", f"HINCRBY {keys.minute('*')} sent 1"),
         ("hset", f"HSET {keys.minute('*')} {_PROBE} v"),
-        ("expireat", f"EXPIREAT {keys.minute('*')} 1"),
+        ("pexpireat", f"PEXPIREAT {keys.minute('*')} 1"),
         ("exists", f"EXISTS {sent}"),
         ("set", f"SET {sent} v PX 1"),
         ("script|load", "SCRIPT LOAD return"),
@@ -119,6 +120,7 @@ def worker_commands(keys: QueueKeys, *, limits: bool = False) -> tuple[Command, 
         evalsha(scripts.SETTLE, stream, delayed, entries, dead, sent),
         evalsha(scripts.PROMOTE_DUE, stream, delayed, entries, dead),
         evalsha(scripts.FORGET_CONSUMER, stream),
+        evalsha(history.ADD_MINUTES, keys.minute("*")),
         *limited,
     )
 

@@ -1,8 +1,10 @@
 """The queue's recent history: what the workers did in each minute, for the dashboard's charts.
 
-Each worker adds its counts to one small hash per minute (`QueueKeys.minute`), with HINCRBY in
-one pipelined round trip per heartbeat, not per email; each hash expires two hours after its
-minute began, so the history never holds more than about 120 of them, however busy the queue.
+Each worker adds its counts to one small hash per minute (`QueueKeys.minute`) with one script
+per heartbeat, not per email; each hash expires two hours after its minute began, so the
+history never holds more than about 120 of them, however busy the queue. The script is atomic
+(a worker that could not write keeps its counts for the next beat without counting any twice)
+and needs no permission a worker lacks (MULTI is not among them).
 """
 
 from __future__ import annotations
@@ -11,7 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Final
 
-__all__ = ["KEEP_MINUTES_S", "MinuteCounts", "minute_counts"]
+from redis.typing import EncodableT
+
+from ..keys import QueueKeys
+from .scripts import ScriptCall
+
+__all__ = ["ADD_MINUTES", "KEEP_MINUTES_S", "MinuteCounts", "add_minutes", "minute_counts"]
 
 # How long a minute's hash outlives the minute: the dashboard shows the last hour.
 KEEP_MINUTES_S: Final = 2 * 3600
@@ -72,3 +79,40 @@ def minute_counts(reply: Mapping[bytes, bytes]) -> MinuteCounts:
 
 
 _SUMS: Final = frozenset(f.name for f in fields(MinuteCounts)) - {"latency_ms_max"}
+
+
+# Adds one worker's counts to the hashes of some minutes, sets its latency peak in each, and
+# makes each expire. Every key is read (HLEN) before the first write, so a key of the wrong type
+# fails the script having written nothing; at maxmemory Redis refuses the first HINCRBY, so
+# nothing is written then either.
+# KEYS: one minute hash each; ARGV: the peak's field name, then per key: expiry (ms since the
+# epoch), peak ('' for none), n, then n field and increment pairs.
+# Returns the number of hashes written.
+ADD_MINUTES: Final = """
+for k = 1, #KEYS do redis.call('HLEN', KEYS[k]) end
+local i = 2
+for k = 1, #KEYS do
+  local expire_at, peak, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  i = i + 3
+  for _ = 1, n do
+    redis.call('HINCRBY', KEYS[k], ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
+  if peak ~= '' then redis.call('HSET', KEYS[k], ARGV[1], peak) end
+  redis.call('PEXPIREAT', KEYS[k], expire_at)
+end
+return #KEYS
+"""
+
+
+def add_minutes(
+    keys: QueueKeys, consumer: str, counts: Mapping[int, MinuteCounts], peaks: Mapping[int, int]
+) -> ScriptCall:
+    """The ADD_MINUTES call for one worker's `counts` and latency `peaks`, by minute."""
+    minutes = sorted(counts.keys() | peaks.keys())
+    args: list[EncodableT] = [f"latency_ms_max:{consumer}"]
+    for minute in minutes:
+        increments = (counts.get(minute) or MinuteCounts()).increments()
+        args += [(minute * 60 + KEEP_MINUTES_S) * 1000, peaks.get(minute, ""), len(increments)]
+        args += [item for pair in increments.items() for item in pair]
+    return ScriptCall(ADD_MINUTES, [keys.minute(minute) for minute in minutes], args)

@@ -58,6 +58,7 @@ class QueueStore:
                 limiter.THROTTLE,
                 reads.SCHEDULED_PAGE,
                 reads.SCHEDULED_ONE,
+                history.ADD_MINUTES,
             )
         }
         self._settles = SettleBatcher(redis)
@@ -390,28 +391,10 @@ class QueueStore:
         self, consumer: str, counts: Mapping[int, MinuteCounts], peaks: Mapping[int, int]
     ) -> None:
         """Add a worker's counts to each minute's hash, and set its latency peak there, in one
-        round trip; each hash expires `history.KEEP_MINUTES_S` after its minute.
-
-        All or nothing (MULTI/EXEC), so that the caller may keep what failed and add it again
-        later: `RedisFull` at maxmemory, when nothing was written.
-        """
-        try:
-            await self._add_minutes(consumer, counts, peaks)
-        except ResponseError as exc:
-            raise await self._full("HINCRBY", exc) from None
-
-    async def _add_minutes(
-        self, consumer: str, counts: Mapping[int, MinuteCounts], peaks: Mapping[int, int]
-    ) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for minute in counts.keys() | peaks.keys():
-                key = self.keys.minute(minute)
-                for field, value in (counts.get(minute) or MinuteCounts()).increments().items():
-                    pipe.hincrby(key, field, value)
-                if minute in peaks:
-                    pipe.hset(key, f"latency_ms_max:{consumer}", peaks[minute])
-                pipe.expireat(key, minute * 60 + history.KEEP_MINUTES_S)
-            await pipe.execute()
+        atomic step (`history.ADD_MINUTES`); each hash expires `history.KEEP_MINUTES_S` after
+        its minute. `RedisFull` at maxmemory, when nothing was written."""
+        if counts or peaks:
+            await self._run(history.add_minutes(self.keys, consumer, counts, peaks), "ADD_MINUTES")
 
     async def minutes(self, first: int, count: int) -> list[MinuteCounts]:
         """The counts of `count` minutes from minute `first` on (minutes since the epoch), in

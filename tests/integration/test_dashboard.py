@@ -14,6 +14,7 @@ import pytest
 import redis as redis_sync
 from pydantic import SecretStr
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 from starlette.testclient import TestClient
 
 from service import EmailTask
@@ -407,6 +408,11 @@ async def test_the_minute_history_is_all_or_nothing_at_maxmemory(redis: Redis) -
         MinuteCounts(sent=3, latency_ms_sum=120, latency_ms_max=90),
         MinuteCounts(failed=1),
     ]
+    # A key of the wrong type fails the script before its first write.
+    await redis.set(f"{{emails}}:minute:{now + 2}", "not a hash")
+    with pytest.raises(ResponseError):
+        await store.add_minutes("w1", {now + 1: MinuteCounts(sent=5), now + 2: MinuteCounts()}, {})
+    assert (await store.minutes(now + 1, 1))[0] == MinuteCounts(failed=1)
     # A minute older than the history keeps expires at once.
     await store.add_minutes("w1", {now - 121: MinuteCounts(sent=1)}, {})
     assert await store.minutes(now - 121, 1) == [MinuteCounts()]

@@ -22,7 +22,7 @@ from tests.smtp_server import SmtpServer
 
 # Everything the worker runs (in its scripts too), by category, without ACL itself.
 _LEAST = ["-@all", "+@stream", "+@hash", "+@sortedset", "+@string", "+@scripting",
-          "+@connection", "+info", "+exists", "+expireat"]  # fmt: skip
+          "+@connection", "+info", "+exists", "+pexpireat"]  # fmt: skip
 
 
 _OTHER_KEYS = ("keys {emails}:dead, {emails}:delayed, {emails}:delayed:entries, {emails}:minute:*, "
