@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TO     ?= someone@example.com
 
-.PHONY: install run send dashboard dashboard-demo dashboard-screenshots bench-dashboard test test-fast lint typecheck pytest bench bench-profile chaos clean
+.PHONY: install run send dashboard dashboard-demo dashboard-screenshots bench-dashboard test test-fast lint typecheck pytest bench bench-profile bench-ledger chaos clean
 
 install: $(STAMP)
 
@@ -72,6 +72,11 @@ bench: $(STAMP)
 bench-profile: $(STAMP)
 	@test -x $(BIN)/py-spy || $(BIN)/python -m pip install --quiet py-spy
 	$(BIN)/python -m bench --profile $(ARGS)
+
+# What the task status ledger costs: worker and Redis CPU per email, and the producer's rates,
+# with it and without (docs/performance.md, "Status ledger"). Options: ARGS='--emails N --runs N'.
+bench-ledger: $(STAMP)
+	$(BIN)/python -m bench.ledger $(ARGS)
 
 # Chaos runs (tests/chaos/): several workers, producers, a private Redis (AOF) and a counting SMTP
 # server under injected faults; prints a table per seed and exits 1 if any invariant broke (an

@@ -15,9 +15,11 @@ from .errors import (
     WireFormatError,
 )
 from .producer import Producer, SyncProducer
+from .status import CancelResult, TaskState, TaskStatus
 from .task import EmailTask
 
 __all__ = [
+    "CancelResult",
     "ConfigError",
     "EmailServiceError",
     "EmailTask",
@@ -26,5 +28,7 @@ __all__ = [
     "QueueFull",
     "QueueUnavailable",
     "SyncProducer",
+    "TaskState",
+    "TaskStatus",
     "WireFormatError",
 ]

@@ -77,8 +77,11 @@ class QueueUnavailable(EnqueueError, ConnectionError):
     connection, wrong credentials, a refused command).
     """
 
-    def __init__(self, queue: str, *, reason: str, maybe_enqueued: bool) -> None:
-        outcome = "it may have been enqueued" if maybe_enqueued else "nothing was enqueued"
+    def __init__(
+        self, queue: str, *, reason: str, maybe_enqueued: bool, action: str = "enqueued"
+    ) -> None:
+        # `action`: what the failed call would have done ("cancelled", "changed" for a read).
+        outcome = f"it may have been {action}" if maybe_enqueued else f"nothing was {action}"
         super().__init__(queue, f"queue {queue!r} is unavailable: {reason}; {outcome}")
         self.reason = reason
         self.maybe_enqueued = maybe_enqueued

@@ -82,6 +82,17 @@ class QueueKeys:
         """Marks a task sent while another copy of it may still exist (see `scripts.SETTLE`)."""
         return f"{{{self.queue}}}:sent:{task_id}"
 
+    def status(self, task_id: str) -> str:
+        """Hash of the task's status record (see `service.status`), kept a while after its
+        last change."""
+        return f"{self.status_prefix}{task_id}"
+
+    @property
+    def status_prefix(self) -> str:
+        """What every status record's key starts with (a script that finds task ids itself
+        builds their keys from it; they share the queue's hash tag, so its slot)."""
+        return f"{{{self.queue}}}:status:"
+
     def idempotency(self, key: str) -> str:
         """Holds the id of the task first enqueued with idempotency key `key`."""
         return f"{{{self.queue}}}:idem:{key}"

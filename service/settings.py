@@ -15,6 +15,7 @@ import importlib.util
 import ipaddress
 import os
 import sys
+from datetime import timedelta
 from typing import Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
@@ -73,6 +74,8 @@ class QueueSettings(BaseSettings):
 
     redis_url: SecretStr = Field(default_factory=_default_redis_url)
     email_queue: str = "emails"
+    # How long a task's status record outlives its last change (service/status.py); 0: none kept.
+    task_status_ttl_seconds: int = Field(default=7 * 86_400, ge=0, le=366 * 86_400)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] | None = None
 
@@ -101,6 +104,11 @@ class QueueSettings(BaseSettings):
         if "redis_url" in self.model_fields_set or stack is None or stack.redis_url != url:
             return None
         return f"using the Redis of make run (pid {stack.pid}, {STACK_FILE}): {redact_url(url)}"
+
+    @property
+    def task_status_ttl(self) -> timedelta:
+        """TASK_STATUS_TTL_SECONDS as a duration."""
+        return timedelta(seconds=self.task_status_ttl_seconds)
 
     @property
     def json_logs(self) -> bool:

@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -34,7 +34,7 @@ from ..keys import QueueKeys
 from ..settings import QueueSettings, load_settings
 from ..store import QueueStore
 from . import views
-from .arguments import parser
+from .arguments import parser, task_words
 from .queue import BulkResult, DeadLetter, QueueAdmin
 from .tables import printable
 
@@ -66,7 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(str(exc))
         return 2
     try:
-        output = asyncio.run(_run(settings.redis_url.get_secret_value(), keys, args))
+        output = asyncio.run(
+            _run(settings.redis_url.get_secret_value(), keys, settings.task_status_ttl, args)
+        )
     except Unhealthy as exc:
         sys.stdout.write(exc.output)
         print(f"unhealthy: {printable(str(exc))}", file=sys.stderr)
@@ -85,10 +87,10 @@ def _error(message: str) -> None:
     print(f"error: {printable(message)}", file=sys.stderr)
 
 
-async def _run(url: str, keys: QueueKeys, args: argparse.Namespace) -> str:
+async def _run(url: str, keys: QueueKeys, status_ttl: timedelta, args: argparse.Namespace) -> str:
     redis = connect_redis(url)
     try:
-        admin = QueueAdmin(QueueStore(redis, keys))
+        admin = QueueAdmin(QueueStore(redis, keys, status_ttl=status_ttl))
         run, as_text = _COMMANDS[args.command]
         result = await run(admin, args)
     finally:
@@ -156,6 +158,16 @@ async def _consumers_prune(admin: QueueAdmin, args: argparse.Namespace) -> dict[
     return {"removed": removed}
 
 
+async def _task(admin: QueueAdmin, args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        action, task_id = task_words(args.words)
+    except ValueError as exc:
+        raise UsageError(f"task: {exc}") from None
+    if action == "cancel":
+        return (await admin.cancel(task_id)).to_json()
+    return (await admin.task_status(task_id)).to_json()
+
+
 class _ProgressLines:
     """A bulk action's progress on stderr: the letters it works through, then how far it got."""
 
@@ -215,6 +227,7 @@ _COMMANDS: dict[str, tuple[Run, Callable[[Any], str]]] = {
     "dead requeue": (_dead_requeue, views.count_text),
     "dead purge": (_dead_purge, views.count_text),
     "consumers prune": (_consumers_prune, views.prune_text),
+    "task": (_task, views.task_text),
 }
 
 

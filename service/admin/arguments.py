@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from collections.abc import Sequence
 from typing import Final
 
 from ..keys import validate_queue_name
+from ..status import is_task_id
 from .tables import printable
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "list_limit",
     "parser",
     "queue_name",
+    "task_words",
     "worker_name",
 ]
 
@@ -60,6 +63,20 @@ def dead_letter_start(text: str) -> str:
             f"{text!r} is neither a dead-letter id (like 1700000000000-0) nor a time in "
             "milliseconds since the epoch"
         ) from None
+
+
+def task_words(words: Sequence[str]) -> tuple[str, str]:
+    """`task ID` or `task cancel ID`: ("status" or "cancel", the task id); ValueError naming
+    what is wrong."""
+    if len(words) == 2 and words[0] == "cancel":
+        action, task_id = "cancel", words[1]
+    elif len(words) == 1:
+        action, task_id = "status", words[0]
+    else:
+        raise ValueError("give a task id, or 'cancel' and a task id")
+    if not is_task_id(task_id):
+        raise ValueError(f"{task_id!r} is not a task id (32 lowercase hex characters)")
+    return action, task_id
 
 
 def list_limit(text: str) -> int:
@@ -169,6 +186,12 @@ def parser() -> argparse.ArgumentParser:
         if action == "purge":
             sub.add_argument("--yes", action="store_true", help="confirm --all")
         sub.set_defaults(command=f"dead {action}")
+
+    task = commands.add_parser(
+        "task", parents=[common], help="a task's status: task ID; cancel it: task cancel ID"
+    )
+    task.add_argument("words", nargs="+", metavar="[cancel] ID", help="a task id (32 hex)")
+    task.set_defaults(command="task")
 
     consumers = commands.add_parser(
         "consumers", parents=[common], help="consumers of the queue"

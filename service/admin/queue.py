@@ -17,6 +17,7 @@ from typing import Any, Final
 import orjson
 
 from ..rates import drain_forecast_s
+from ..status import CancelResult, TaskStatus
 from ..store import ConsumerInfo, QueueStore
 from ..store.limiter import LimiterState
 from ..store.replies import Fields
@@ -283,6 +284,14 @@ class QueueAdmin:
             return await self.purge([letter.dead_id for letter in letters])
 
         return await self._through_snapshot(purge, progress, matching, until)
+
+    async def task_status(self, task_id: str) -> TaskStatus:
+        """Where task `task_id` is now (see `service.status`)."""
+        return await self._store.status(task_id)
+
+    async def cancel(self, task_id: str) -> CancelResult:
+        """Cancel task `task_id` unless a worker holds it or it has ended."""
+        return await self._store.cancel(task_id)
 
     async def workers(self) -> list[WorkerBeat]:
         """Every worker with a heartbeat record, live ones first."""

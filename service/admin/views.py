@@ -149,3 +149,30 @@ def prune_text(result: dict[str, Any]) -> str:
     """`consumers prune`: each consumer removed."""
     removed = result["removed"]
     return "".join(f"removed {printable(name)}\n" for name in removed) or "nothing to remove\n"
+
+
+def task_text(result: dict[str, Any]) -> str:
+    """`task ID`: the status, one field per line; `task cancel ID`: what the cancel did."""
+    if "cancelled" in result:
+        task_id, was = printable(result["task_id"]), printable(result["was"])
+        if result["cancelled"]:
+            return f"cancelled {task_id} (it was {was}): it will not be sent\n"
+        why = _NOT_CANCELLED.get(result["was"], f"it is {was}")
+        return f"not cancelled {task_id}: {why}\n"
+    lines = [f"{printable(name)}: {_status_value(value)}" for name, value in result.items()]
+    return "\n".join(lines) + "\n"
+
+
+_NOT_CANCELLED = {
+    "sending": "a worker is sending it",
+    "sent": "it was sent",
+    "dead": "it is in the dead letters (requeue or purge it there)",
+    "cancelled": "it was cancelled already",
+    "unknown": "no such task (never seen, or its status expired)",
+}
+
+
+def _status_value(value: object) -> str:
+    if isinstance(value, list):
+        return printable(" ".join(str(item) for item in value)) or "-"
+    return printable(str(value))

@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Self
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from ..connection import (
     PRODUCER_CONNECT_TIMEOUT_SECONDS,
@@ -23,7 +24,8 @@ from ..connection import (
     connect_redis_for_producer,
 )
 from ..keys import QueueKeys
-from ..store import NewTask, QueueStore
+from ..status import DEFAULT_STATUS_TTL, CancelResult, TaskStatus
+from ..store import NewTask, QueueStore, replies
 from ..task import EmailTask
 from .backlog import BacklogEstimate
 from .prepare import (
@@ -48,9 +50,10 @@ class Producer:
 
     `max_backlog` bounds the tasks waiting in the queue (live and delayed): past it, enqueueing
     raises `QueueFull` instead of filling Redis. An idempotency key is remembered for
-    `idempotency_window`. Every failure is an `EnqueueError` (`QueueFull`, `QueueUnavailable`),
-    whose `maybe_enqueued` says whether the task may be in the queue all the same. For a
-    producer shared by the threads of a sync app, see `SyncProducer`.
+    `idempotency_window`; a task's status (`status`, `cancel`) for `status_ttl` after its last
+    change (zero: this producer writes none). Every failure is an `EnqueueError` (`QueueFull`,
+    `QueueUnavailable`), whose `maybe_enqueued` says whether the task may be in the queue all
+    the same. For a producer shared by the threads of a sync app, see `SyncProducer`.
     """
 
     def __init__(
@@ -60,10 +63,11 @@ class Producer:
         queue: str = "emails",
         max_backlog: int | None = DEFAULT_MAX_BACKLOG,
         idempotency_window: timedelta = DEFAULT_IDEMPOTENCY_WINDOW,
+        status_ttl: timedelta = DEFAULT_STATUS_TTL,
     ) -> None:
         self._limits = Limits.checked(max_backlog, idempotency_window)
         self._redis = redis
-        self._store = QueueStore(redis, QueueKeys(queue))
+        self._store = QueueStore(redis, QueueKeys(queue), status_ttl=status_ttl)
         self._backlog = BacklogEstimate(self._limits.max_backlog)
         self._owns_client = False
 
@@ -75,6 +79,7 @@ class Producer:
         queue: str = "emails",
         max_backlog: int | None = DEFAULT_MAX_BACKLOG,
         idempotency_window: timedelta = DEFAULT_IDEMPOTENCY_WINDOW,
+        status_ttl: timedelta = DEFAULT_STATUS_TTL,
         timeout: float = PRODUCER_TIMEOUT_SECONDS,
         connect_timeout: float = PRODUCER_CONNECT_TIMEOUT_SECONDS,
     ) -> Self:
@@ -89,6 +94,7 @@ class Producer:
             queue=queue,
             max_backlog=max_backlog,
             idempotency_window=idempotency_window,
+            status_ttl=status_ttl,
         )
         producer._owns_client = True
         return producer
@@ -141,7 +147,7 @@ class Producer:
         view of the backlog says the limit is far off (see `backlog`).
         """
         if is_plain(tasks) and self._backlog.allows_plain_add(time.monotonic(), len(tasks)):
-            await self._store.add_now([task.fields for task in tasks])
+            await self._store.add_now(tasks)
             self._backlog.add(len(tasks))
             return [task.task_id for task in tasks]
         reply = await self._store.enqueue(
@@ -150,6 +156,30 @@ class Producer:
         if reply.backlog is not None:
             self._backlog.observe(reply.backlog, time.monotonic())
         return reply.ids
+
+    async def status(self, task_id: str) -> TaskStatus:
+        """Where task `task_id` is now: queued, scheduled, sending, retrying, sent, dead,
+        cancelled, or unknown (never seen, or its record expired: see `status_ttl`), with what
+        goes with that state and the task's tags. Raises `QueueUnavailable` when Redis cannot
+        be reached or does not answer in time.
+        """
+        try:
+            return await self._store.status(task_id)
+        except RedisError as exc:
+            raise replies.unavailable(self.queue, exc, action="changed", writes=False) from exc
+
+    async def cancel(self, task_id: str) -> CancelResult:
+        """Cancel task `task_id` if no worker has taken it yet, in one atomic step.
+
+        A queued, scheduled or retrying task is cancelled: it will never be sent and its status
+        says cancelled. Otherwise `CancelResult.was` says why not (sending, sent, dead,
+        cancelled, unknown). Raises `QueueUnavailable` when Redis cannot be reached or does not
+        answer in time (its `maybe_enqueued` then says whether the cancel may have happened).
+        """
+        try:
+            return await self._store.cancel(task_id)
+        except RedisError as exc:
+            raise replies.unavailable(self.queue, exc, action="cancelled", writes=True) from exc
 
     async def aclose(self) -> None:
         """Close the Redis client if this producer created it."""

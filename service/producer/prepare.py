@@ -77,7 +77,7 @@ def _new_task(task: EmailTask, due_ms: int | None, idempotency_key: str | None) 
     now_ms = time.time_ns() // 1_000_000
     fields = encode_entry(task, task_id, now_ms, due_ms=due_ms)
     due = due_ms if due_ms is not None and due_ms > now_ms else 0
-    return NewTask(task_id, fields, due, idempotency_key)
+    return NewTask(task_id, fields, due, idempotency_key, tuple(task.tags))
 
 
 def _due_ms(send_at: datetime | None, delay: Delay | None) -> int | None:

@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Self
 
 import redis
+from redis.exceptions import RedisError
 
 from ..connection import (
     PRODUCER_CONNECT_TIMEOUT_SECONDS,
@@ -26,7 +27,8 @@ from ..connection import (
     connect_sync_redis_for_producer,
 )
 from ..keys import QueueKeys
-from ..store import NewTask
+from ..status import DEFAULT_STATUS_TTL, CancelResult, TaskStatus
+from ..store import NewTask, replies
 from ..store.sync import SyncQueueStore
 from ..task import EmailTask
 from .backlog import BacklogEstimate
@@ -57,10 +59,11 @@ class SyncProducer:
         queue: str = "emails",
         max_backlog: int | None = DEFAULT_MAX_BACKLOG,
         idempotency_window: timedelta = DEFAULT_IDEMPOTENCY_WINDOW,
+        status_ttl: timedelta = DEFAULT_STATUS_TTL,
     ) -> None:
         self._limits = Limits.checked(max_backlog, idempotency_window)
         self._redis = redis_client
-        self._store = SyncQueueStore(redis_client, QueueKeys(queue))
+        self._store = SyncQueueStore(redis_client, QueueKeys(queue), status_ttl=status_ttl)
         self._owns_client = False
         self._start_estimate()
 
@@ -72,6 +75,7 @@ class SyncProducer:
         queue: str = "emails",
         max_backlog: int | None = DEFAULT_MAX_BACKLOG,
         idempotency_window: timedelta = DEFAULT_IDEMPOTENCY_WINDOW,
+        status_ttl: timedelta = DEFAULT_STATUS_TTL,
         timeout: float = PRODUCER_TIMEOUT_SECONDS,
         connect_timeout: float = PRODUCER_CONNECT_TIMEOUT_SECONDS,
     ) -> Self:
@@ -80,7 +84,11 @@ class SyncProducer:
             url, timeout=timeout, connect_timeout=connect_timeout
         )
         producer = cls(
-            client, queue=queue, max_backlog=max_backlog, idempotency_window=idempotency_window
+            client,
+            queue=queue,
+            max_backlog=max_backlog,
+            idempotency_window=idempotency_window,
+            status_ttl=status_ttl,
         )
         producer._owns_client = True
         return producer
@@ -122,7 +130,7 @@ class SyncProducer:
                 if plain:  # counted now: other threads deciding meanwhile see these tasks
                     estimate.add(len(tasks))
             if plain:
-                self._store.add_now([task.fields for task in tasks])
+                self._store.add_now(tasks)
                 return [task.task_id for task in tasks]
         reply = self._store.enqueue(
             tasks, max_backlog=self._limits.max_backlog, window_ms=self._limits.window_ms
@@ -131,6 +139,20 @@ class SyncProducer:
             with lock:
                 estimate.observe(reply.backlog, time.monotonic())
         return reply.ids
+
+    def status(self, task_id: str) -> TaskStatus:
+        """As `Producer.status`."""
+        try:
+            return self._store.status(task_id)
+        except RedisError as exc:
+            raise replies.unavailable(self.queue, exc, action="changed", writes=False) from exc
+
+    def cancel(self, task_id: str) -> CancelResult:
+        """As `Producer.cancel`."""
+        try:
+            return self._store.cancel(task_id)
+        except RedisError as exc:
+            raise replies.unavailable(self.queue, exc, action="cancelled", writes=True) from exc
 
     def _start_estimate(self) -> None:
         self._pid = os.getpid()

@@ -17,6 +17,7 @@ from .scripts import (
     RetryCopy,
     SettleReply,
     SettleWrite,
+    StatusNote,
 )
 
 __all__ = [
@@ -34,4 +35,5 @@ __all__ = [
     "RetryCopy",
     "SettleReply",
     "SettleWrite",
+    "StatusNote",
 ]

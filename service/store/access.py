@@ -50,9 +50,12 @@ class Access:
     reason: str = ""  # why it could not be checked
 
 
-def worker_commands(keys: QueueKeys, *, limits: bool = False) -> tuple[Command, ...]:
+def worker_commands(
+    keys: QueueKeys, *, limits: bool = False, status: bool = False
+) -> tuple[Command, ...]:
     """Every command a worker runs on the queue `keys` (its scripts' commands included);
-    `limits`: with the shared limiter's (SMTP_RATE_LIMIT or SMTP_DAILY_QUOTA set)."""
+    `limits`: with the shared limiter's (SMTP_RATE_LIMIT or SMTP_DAILY_QUOTA set); `status`:
+    with the status ledger's (TASK_STATUS_TTL_SECONDS above 0)."""
     stream, delayed, entries, dead = keys.stream, keys.delayed, keys.delayed_entries, keys.dead
     sent, group = keys.sent("*"), CONSUMER_GROUP
 
@@ -93,6 +96,13 @@ def worker_commands(keys: QueueKeys, *, limits: bool = False) -> tuple[Command, 
         ("set", f"SET {sent} v PX 1"),
         ("script|load", "SCRIPT LOAD return"),
     ]
+    if status:
+        record = keys.status("*")
+        plain += [
+            ("hget", f"HGET {record} s"),
+            ("hset", f"HSET {record} s v"),
+            ("pexpireat", f"PEXPIREAT {record} 1"),
+        ]
     limited: list[Command] = []
     if limits:
         rate, quota = keys.limiter, keys.quota
@@ -117,7 +127,7 @@ def worker_commands(keys: QueueKeys, *, limits: bool = False) -> tuple[Command, 
         ]
     return (
         *(Command(name, tuple(line.split(" "))) for name, line in plain),
-        evalsha(scripts.SETTLE, stream, delayed, entries, dead, sent),
+        evalsha(scripts.SETTLE, stream, delayed, entries, dead, sent, keys.status("*")),
         evalsha(scripts.PROMOTE_DUE, stream, delayed, entries, dead),
         evalsha(scripts.FORGET_CONSUMER, stream),
         evalsha(history.ADD_MINUTES, keys.minute("*")),
@@ -128,15 +138,16 @@ def worker_commands(keys: QueueKeys, *, limits: bool = False) -> tuple[Command, 
 def _keys_of(commands: Iterable[Command], keys: QueueKeys) -> list[str]:
     every = {keys.stream, keys.delayed, keys.delayed_entries, keys.dead, keys.workers}
     every |= {keys.limiter, keys.quota}
-    every.add(keys.sent("*"))
-    every.add(keys.minute("*"))
+    every |= {keys.sent("*"), keys.status("*"), keys.minute("*")}
     used = {arg for command in commands for arg in command.args}
     return sorted(every & used)
 
 
-async def check_access(redis: Redis, user: str, keys: QueueKeys, *, limits: bool = False) -> Access:
-    """Whether `user` may run every command of `worker_commands(keys, limits=limits)`."""
-    commands = worker_commands(keys, limits=limits)
+async def check_access(
+    redis: Redis, user: str, keys: QueueKeys, *, limits: bool = False, status: bool = False
+) -> Access:
+    """Whether `user` may run every command of `worker_commands(keys, ...)`."""
+    commands = worker_commands(keys, limits=limits, status=status)
     try:
         verdicts = await _dry_run(redis, user, commands)
     except ResponseError as dryrun_refused:

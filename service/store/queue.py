@@ -3,8 +3,10 @@ CLI call these and build no script argument and parse no reply themselves."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -13,11 +15,12 @@ from redis.typing import EncodableT, FieldT
 
 from ..errors import QueueFull, QueueVanished, RedisFull
 from ..keys import CONSUMER_GROUP, QueueKeys
+from ..status import DEFAULT_STATUS_TTL, CancelResult, TaskState, TaskStatus, is_task_id
 from . import access, history, limiter, reads, replies, scripts
 from .history import MinuteCounts
 from .limiter import Acquired, LimiterConfig, LimiterState, Throttled
 from .replies import ConsumerInfo, Entry, Fields, GroupInfo, as_str
-from .scripts import EnqueueReply, NewTask, ScriptCall, SettleReply, SettleWrite
+from .scripts import EnqueueReply, NewTask, ScriptCall, SettleReply, SettleWrite, status_ttl_ms
 from .settles import SettleBatcher
 
 __all__ = ["QueueOverview", "QueueSizes", "QueueStore"]
@@ -42,11 +45,18 @@ class QueueOverview:
 
 
 class QueueStore:
-    """The Redis side of the queue `keys`."""
+    """The Redis side of the queue `keys`.
 
-    def __init__(self, redis: Redis, keys: QueueKeys) -> None:
+    Every step that moves a task notes its status for `status_ttl` after the change (zero: no
+    status records are written; see `service.status`).
+    """
+
+    def __init__(
+        self, redis: Redis, keys: QueueKeys, *, status_ttl: timedelta = DEFAULT_STATUS_TTL
+    ) -> None:
         self._redis = redis
         self.keys = keys
+        self.status_ttl_ms = status_ttl_ms(status_ttl)
         self._scripts = {
             source: redis.register_script(source)
             for source in (
@@ -54,6 +64,8 @@ class QueueStore:
                 scripts.PROMOTE_DUE,
                 scripts.REQUEUE_DEAD,
                 scripts.FORGET_CONSUMER,
+                scripts.TASK_STATUS,
+                scripts.CANCEL,
                 limiter.ACQUIRE,
                 limiter.THROTTLE,
                 reads.SCHEDULED_PAGE,
@@ -79,7 +91,14 @@ class QueueStore:
         at its memory limit (nothing was enqueued then), `QueueUnavailable` when Redis cannot
         be reached or does not answer in time.
         """
-        call = scripts.enqueue(self.keys, tasks, max_backlog=max_backlog, window_ms=window_ms)
+        call = scripts.enqueue(
+            self.keys,
+            tasks,
+            max_backlog=max_backlog,
+            window_ms=window_ms,
+            status_ttl_ms=self.status_ttl_ms,
+            now_ms=_now_ms(),
+        )
         try:
             reply = scripts.enqueue_reply(await self._run(call, "ENQUEUE"))
         except RedisFull:
@@ -90,13 +109,18 @@ class QueueStore:
             raise QueueFull(self.queue, backlog=reply.backlog, limit=max_backlog)
         return reply
 
-    async def add_now(self, entries: Sequence[Mapping[str, bytes]]) -> None:
-        """Add entries due now without any check: one XADD, or XADDs in one MULTI/EXEC.
+    async def add_now(self, tasks: Sequence[NewTask]) -> None:
+        """Add tasks due now without the backlog check (the producer knows it is far off).
 
-        All or nothing; raises as `enqueue` does.
+        Without status records: one XADD, or XADDs in one MULTI/EXEC. With them: the ENQUEUE
+        script without its backlog count, which notes each task's stream entry id. All or
+        nothing; raises as `enqueue` does.
         """
+        if self.status_ttl_ms:  # plain tasks have no idempotency key: the window is unused
+            await self.enqueue(tasks, max_backlog=0, window_ms=1)
+            return
         # str keys and bytes values are what xadd takes; dict invariance hides it from mypy.
-        items = [cast("dict[FieldT, EncodableT]", dict(fields)) for fields in entries]
+        items = [cast("dict[FieldT, EncodableT]", dict(task.fields)) for task in tasks]
         try:
             if len(items) == 1:
                 await self._redis.xadd(self.keys.stream, items[0])
@@ -222,7 +246,7 @@ class QueueStore:
         dead letter): nothing was written, the entry stays pending. ValueError: a record too
         large for a script (see `scripts.settle`); nothing was sent.
         """
-        call = scripts.settle(self.keys, write)
+        call = scripts.settle(self.keys, write, status_ttl_ms=self.status_ttl_ms, now_ms=_now_ms())
         try:
             reply = await self._settles.run(call)
         except ResponseError as exc:
@@ -238,7 +262,9 @@ class QueueStore:
 
         Raises `RedisFull` at maxmemory: nothing moved.
         """
-        call = scripts.promote_due(self.keys, now_ms=now_ms, limit=limit)
+        call = scripts.promote_due(
+            self.keys, now_ms=now_ms, limit=limit, status_ttl_ms=self.status_ttl_ms
+        )
         return scripts.promote_reply(await self._run(call, "PROMOTE_DUE"))
 
     async def forget_consumer(self, consumer: str) -> bool:
@@ -345,7 +371,13 @@ class QueueStore:
 
     async def requeue_dead(self, dead_id: str, task_id: str) -> str | None:
         """Put a dead letter back on the stream; its new entry id, or None if it is gone."""
-        call = scripts.requeue_dead(self.keys, dead_id=dead_id, task_id=task_id)
+        call = scripts.requeue_dead(
+            self.keys,
+            dead_id=dead_id,
+            task_id=task_id,
+            status_ttl_ms=self.status_ttl_ms,
+            now_ms=_now_ms(),
+        )
         new_id = await self._run(call, "REQUEUE_DEAD")
         return as_str(new_id) if new_id else None
 
@@ -366,6 +398,25 @@ class QueueStore:
         call = reads.scheduled_one(self.keys, task_id)
         found = reads.scheduled_reply(await self._run(call, "SCHEDULED_ONE"))
         return found[0] if found else None
+
+    # --- status and cancel -------------------------------------------------------------------
+
+    async def status(self, task_id: str) -> TaskStatus:
+        """Where task `task_id` is now (one round trip; UNKNOWN for an id never seen, one whose
+        record expired, or one that is not a task id)."""
+        if not is_task_id(task_id):
+            return TaskStatus(task_id, TaskState.UNKNOWN)
+        reply = await self._run(scripts.task_status(self.keys, task_id), "TASK_STATUS")
+        return replies.task_status(task_id, reply)
+
+    async def cancel(self, task_id: str) -> CancelResult:
+        """Cancel task `task_id` unless a worker holds it or it has ended; see `CancelResult`."""
+        if not is_task_id(task_id):
+            return CancelResult(task_id, cancelled=False, was=TaskState.UNKNOWN)
+        call = scripts.cancel(
+            self.keys, task_id, status_ttl_ms=self.status_ttl_ms, now_ms=_now_ms()
+        )
+        return replies.cancel_result(task_id, await self._run(call, "CANCEL"))
 
     # --- heartbeats -------------------------------------------------------------------------
 
@@ -408,9 +459,11 @@ class QueueStore:
 
     async def access(self, *, limits: bool = False) -> access.Access:
         """Whether the Redis user this client logs in as may run every command a worker runs
-        (`limits`: the shared limiter's too)."""
+        (`limits`: the shared limiter's too; the status ledger's when it keeps records)."""
         user = self._redis.connection_pool.connection_kwargs.get("username") or "default"
-        return await access.check_access(self._redis, user, self.keys, limits=limits)
+        return await access.check_access(
+            self._redis, user, self.keys, limits=limits, status=self.status_ttl_ms > 0
+        )
 
     async def memory(self) -> tuple[int | None, int | None, str | None]:
         """Redis's (used_memory, maxmemory, maxmemory_policy); None for what it will not say."""
@@ -460,3 +513,7 @@ class QueueStore:
         id `last` included."""
         reply: Any = await self._redis.xrange(self.keys.dead, min=after, max=last, count=count)
         return [(as_str(entry_id), fields) for entry_id, fields in reply]
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

@@ -7,7 +7,7 @@ as bytes, entries as `[id, {field: value}]`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ from redis.exceptions import (
 )
 
 from ..errors import EnqueueError, QueueFull, QueueUnavailable
+from ..status import CancelResult, TaskState, TaskStatus, from_ms
 
 __all__ = [
     "ConsumerInfo",
@@ -28,6 +29,7 @@ __all__ = [
     "GroupInfo",
     "as_str",
     "autoclaimed",
+    "cancel_result",
     "claimed_entries",
     "consumers",
     "enqueue_error",
@@ -40,6 +42,9 @@ __all__ = [
     "may_have_run",
     "memory_figures",
     "read_entries",
+    "status_of",
+    "task_status",
+    "unavailable",
 ]
 
 Fields = dict[bytes, bytes]
@@ -159,6 +164,14 @@ def enqueue_error(queue: str, exc: RedisError) -> EnqueueError:
     return QueueUnavailable(queue, reason=reason, maybe_enqueued=may_have_run(exc))
 
 
+def unavailable(queue: str, exc: RedisError, *, action: str, writes: bool) -> QueueUnavailable:
+    """What a failed status read (`writes` False) or cancel (`action` "cancelled") means to
+    the producer's caller."""
+    reason = f"{type(exc).__name__}: {str(exc).strip()}".rstrip(": ")[:300]
+    maybe = writes and may_have_run(exc)
+    return QueueUnavailable(queue, reason=reason, maybe_enqueued=maybe, action=action)
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """OOM: Redis is at `maxmemory` and refused a command that adds data.
 
@@ -181,3 +194,58 @@ def memory_figures(info: Any) -> tuple[int | None, int | None, str | None]:
         limit if isinstance(limit, int) else None,
         as_str(policy) if isinstance(policy, str | bytes) else None,
     )
+
+
+# The status record's fields (written by the scripts in `scripts`): s state word, at last change
+# ms, e stream entry id (queued), due ms (scheduled, retrying), n failed attempts, r a reply or a
+# reason, tags space-separated.
+_DUE_STATES = frozenset({TaskState.SCHEDULED, TaskState.RETRYING})
+_REPLY_STATES = frozenset({TaskState.RETRYING, TaskState.SENT})
+
+
+def task_status(task_id: str, reply: Any) -> TaskStatus:
+    """A TASK_STATUS reply: `{[field, value, ...], 1 if the entry is pending else 0}`."""
+    flat = reply[0]
+    record = {as_str(flat[i]): flat[i + 1] for i in range(0, len(flat) - 1, 2)}
+    return status_of(task_id, record, held=reply[1] == 1)
+
+
+def status_of(task_id: str, record: Mapping[str, bytes], *, held: bool) -> TaskStatus:
+    """The status a record says (`held`: its entry is pending in the group). A missing record,
+    or one this version cannot read, is UNKNOWN."""
+    try:
+        state = TaskState(as_str(record.get("s", b"")))
+    except (ValueError, UnicodeDecodeError):
+        return TaskStatus(task_id, TaskState.UNKNOWN)
+    if state is TaskState.SENDING or state is TaskState.UNKNOWN:  # derived, never written
+        return TaskStatus(task_id, TaskState.UNKNOWN)
+    if state is TaskState.QUEUED and held:
+        state = TaskState.SENDING
+    text = _text(record.get("r"))
+    return TaskStatus(
+        task_id,
+        state,
+        changed_at=from_ms(_number(record.get("at"))),
+        due_at=from_ms(_number(record.get("due"))) if state in _DUE_STATES else None,
+        attempts=_number(record.get("n")),
+        reply=text if state in _REPLY_STATES else "",
+        reason=text if state is TaskState.DEAD else "",
+        tags=tuple(_text(record.get("tags")).split()),
+    )
+
+
+def cancel_result(task_id: str, reply: Any) -> CancelResult:
+    """A CANCEL reply: `{1 or 0, a state word}`."""
+    try:
+        was = TaskState(as_str(reply[1]))
+    except (ValueError, UnicodeDecodeError):
+        was = TaskState.UNKNOWN
+    return CancelResult(task_id, cancelled=reply[0] == 1, was=was)
+
+
+def _number(value: bytes | None) -> int | None:
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def _text(value: bytes | None) -> str:
+    return value.decode(errors="replace") if value is not None else ""

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from datetime import timedelta
+from typing import Any, Final, Literal
 
 from redis.typing import EncodableT
 
@@ -33,6 +34,8 @@ __all__ = [
     "ScriptCall",
     "SettleReply",
     "SettleWrite",
+    "StatusNote",
+    "cancel",
     "enqueue",
     "enqueue_reply",
     "forget_consumer",
@@ -41,6 +44,9 @@ __all__ = [
     "requeue_dead",
     "settle",
     "settle_reply",
+    "status_expiry",
+    "status_ttl_ms",
+    "task_status",
 ]
 
 # A sent record outlives any retry copy it guards (its whole retry schedule, at the defaults).
@@ -52,6 +58,8 @@ MAX_ENTRY_FIELDS: Final = 1000
 # What a script may be asked to write in one record: an entry plus the fields a retry copy or a
 # dead letter adds (about 2 x 1,050 values, well inside unpack()'s limit).
 _MAX_RECORD_FIELDS: Final = MAX_ENTRY_FIELDS + 50
+# The most characters of a reply or a reason a status record keeps.
+_MAX_STATUS_TEXT: Final = 300
 # Stands in for an absent task id or idempotency key in a key name (never read or written).
 _NONE: Final = "-"
 
@@ -66,51 +74,66 @@ class ScriptCall:
 
 
 # Adds a batch of tasks (often one): each to the stream, or to the delayed set when it has a
-# due time; all of them or, when the backlog limit would be passed, none.
-# KEYS: stream, delayed, delayed_entries, then one idempotency key per task (a placeholder for
-#       tasks without one: every key must be declared, for Redis Cluster)
-# ARGV: max_backlog (0: none), idempotency window ms, then per task: task id, due ms (0: now),
-#       '1' if it has an idempotency key else '0', n, and the entry's n fields and values
+# due time; all of them or, when the backlog limit would be passed, none. Each new task's status
+# record (see `service.status`) says queued (with its stream entry id) or scheduled.
+# KEYS: stream, delayed, delayed_entries, then per task its idempotency key (a placeholder for
+#       tasks without one: every key must be declared, for Redis Cluster) and its status record
+# ARGV: max_backlog (0: none), idempotency window ms, now ms, then per task: task id, due ms
+#       (0: now), '1' if it has an idempotency key else '0', status expiry ms since the epoch
+#       ('0': no record), its tags (space-separated), n, and the entry's n fields and values
 # Returns {1, backlog, id, id, ...}: the backlog after the call (-1 when there is no limit), then
 # per task its id, or the original task's id when its idempotency key was used within the window;
 # {-1, backlog} when stream + delayed + the new tasks would pass the limit.
 ENQUEUE: Final = """
 local function original(i, task)
-  return ARGV[i + 2] == '1' and redis.call('GET', KEYS[3 + task])
+  return ARGV[i + 2] == '1' and redis.call('GET', KEYS[2 + 2 * task])
 end
 local limit = tonumber(ARGV[1])
+-- Only tasks not already enqueued under their idempotency key count against the limit, so a
+-- retried request gets its original id back even from a full queue. A status record of the
+-- wrong type fails its read here, before anything is written.
+local new, i, task = 0, 4, 0
+while i <= #ARGV do
+  task = task + 1
+  if not original(i, task) then new = new + 1 end
+  if ARGV[i + 3] ~= '0' then redis.call('HGET', KEYS[3 + 2 * task], 's') end
+  i = i + 6 + tonumber(ARGV[i + 5])
+end
 local backlog = -1
 if limit > 0 then
-  -- Only tasks not already enqueued under their idempotency key count against the limit, so a
-  -- retried request gets its original id back even from a full queue.
-  local new, i, task = 0, 3, 0
-  while i <= #ARGV do
-    task = task + 1
-    if not original(i, task) then new = new + 1 end
-    i = i + 4 + tonumber(ARGV[i + 3])
-  end
   backlog = redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2])
   if new > 0 and backlog + new > limit then return {-1, backlog} end
   backlog = backlog + new
 end
-local ids, i, task = {1, backlog}, 3, 0
+local ids
+ids, i, task = {1, backlog}, 4, 0
 while i <= #ARGV do
   task = task + 1
-  local task_id, due, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 3])
+  local task_id, due, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 5])
   local first = original(i, task)
   if first then
     ids[#ids + 1] = first
   else
+    local entry_id = false
     if due ~= '0' then
       redis.call('ZADD', KEYS[2], due, task_id)
-      redis.call('HSET', KEYS[3], task_id, cmsgpack.pack({unpack(ARGV, i + 4, i + 3 + n)}))
+      redis.call('HSET', KEYS[3], task_id, cmsgpack.pack({unpack(ARGV, i + 6, i + 5 + n)}))
     else
-      redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 4, i + 3 + n))
+      entry_id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 6, i + 5 + n))
     end
-    if ARGV[i + 2] == '1' then redis.call('SET', KEYS[3 + task], task_id, 'PX', ARGV[2]) end
+    if ARGV[i + 2] == '1' then redis.call('SET', KEYS[2 + 2 * task], task_id, 'PX', ARGV[2]) end
+    if ARGV[i + 3] ~= '0' then
+      local status = KEYS[3 + 2 * task]
+      if entry_id then
+        redis.call('HSET', status, 's', 'queued', 'at', ARGV[3], 'e', entry_id, 'tags', ARGV[i + 4])
+      else
+        redis.call('HSET', status, 's', 'scheduled', 'at', ARGV[3], 'due', due, 'tags', ARGV[i + 4])
+      end
+      redis.call('PEXPIREAT', status, ARGV[i + 3])
+    end
     ids[#ids + 1] = task_id
   end
-  i = i + 4 + n
+  i = i + 6 + n
 end
 return ids
 """
@@ -124,6 +147,7 @@ class NewTask:
     fields: Mapping[str, bytes]
     due_ms: int = 0  # 0: now, into the stream; else into the delayed set
     idempotency_key: str | None = None
+    tags: Sequence[str] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,17 +161,39 @@ class EnqueueReply:
 
 
 def enqueue(
-    keys: QueueKeys, tasks: Sequence[NewTask], *, max_backlog: int, window_ms: int
+    keys: QueueKeys,
+    tasks: Sequence[NewTask],
+    *,
+    max_backlog: int,
+    window_ms: int,
+    status_ttl_ms: int = 0,
+    now_ms: int = 0,
 ) -> ScriptCall:
-    """The ENQUEUE call for `tasks` (`max_backlog` 0: no limit)."""
-    args: list[EncodableT] = [max_backlog, window_ms]
-    for task in tasks:
-        args += [task.task_id, task.due_ms, 0 if task.idempotency_key is None else 1]
-        args.append(2 * len(task.fields))
-        args += [item for pair in task.fields.items() for item in pair]
+    """The ENQUEUE call for `tasks` (`max_backlog` 0: no limit; `status_ttl_ms` 0: no status
+    records)."""
+    args: list[EncodableT] = [max_backlog, window_ms, now_ms]
     script_keys = [keys.stream, keys.delayed, keys.delayed_entries]
-    script_keys += [keys.idempotency(task.idempotency_key or _NONE) for task in tasks]
+    for task in tasks:
+        expiry = status_expiry(status_ttl_ms, now_ms=now_ms, due_ms=task.due_ms)
+        args += [task.task_id, task.due_ms, 0 if task.idempotency_key is None else 1, expiry]
+        args += [" ".join(task.tags), 2 * len(task.fields)]
+        args += [item for pair in task.fields.items() for item in pair]
+        script_keys += [keys.idempotency(task.idempotency_key or _NONE), keys.status(task.task_id)]
     return ScriptCall(ENQUEUE, script_keys, args)
+
+
+def status_ttl_ms(ttl: timedelta) -> int:
+    """A status TTL in milliseconds; ValueError for a negative one (zero: no records)."""
+    if ttl < timedelta(0):
+        raise ValueError("status_ttl must not be negative")
+    return int(ttl.total_seconds() * 1000)
+
+
+def status_expiry(ttl_ms: int, *, now_ms: int, due_ms: int = 0) -> int:
+    """When a status record written at `now_ms` expires (ms since the epoch; 0: write none):
+    `ttl_ms` after its change, or after its due time when that is later, so that a task
+    scheduled beyond the TTL keeps its record until it has been sent."""
+    return max(now_ms, due_ms) + ttl_ms if ttl_ms > 0 else 0
 
 
 def enqueue_reply(reply: Any) -> EnqueueReply:
@@ -160,33 +206,53 @@ def enqueue_reply(reply: Any) -> EnqueueReply:
     )
 
 
-# Records the fate of an entry after an attempt: acknowledges and deletes it, and optionally
-# schedules a retry copy and/or adds a dead-letter record. Only the first settle of an entry
-# takes effect (it is pending once), so two workers that both hold an entry (one reclaimed it
-# from a stalled other) can never both schedule it; when the loser had sent the email, it leaves
-# a sent record so that the winner's retry copy is not sent again.
+# Records the fate of an entry after an attempt: acknowledges and deletes it, optionally
+# schedules a retry copy and/or adds a dead-letter record, and notes the task's status. Only the
+# first settle of an entry takes effect (it is pending once), so two workers that both hold an
+# entry (one reclaimed it from a stalled other) can never both schedule it; when the loser had
+# sent the email, it leaves a sent record so that the winner's retry copy is not sent again, and
+# the status says sent.
 #
 # Redis does not undo a script that fails part-way, so everything that can fail is checked
 # before the first write, and the writes that add data (the retry copy, the dead letter) come
 # before XACK + XDEL: at maxmemory Redis refuses the first of them (a script's first write may
 # be refused; later ones may not), the script ends having changed nothing, and the entry stays
-# pending until the worker settles it again. A plain acknowledgement writes nothing new and
-# goes through at maxmemory, freeing memory.
-# KEYS: stream, delayed, delayed_entries, dead, sent record
+# pending until the worker settles it again. A plain acknowledgement frees memory first and
+# then notes the status, so it goes through at maxmemory.
+# KEYS: stream, delayed, delayed_entries, dead, sent record, status record
 # ARGV: group, entry id, task id, sent record ttl ms (0: the attempt sent nothing), retry due ms,
+#       status ('': none; sent, sent_copy, retrying or dead), status expiry ms since the epoch,
+#       now ms, failed attempts, the status text (a reply or a reason),
 #       n = number of retry-copy items, n retry-copy fields and values, then the dead-letter
 #       record's fields and values (none: no dead letter)
 # Returns {1, dead-letter stream length} when this settle took effect, {0, 0} when the entry
 # was no longer pending (settled by another worker, or its stream is gone).
 SETTLE: Final = """
-local n = tonumber(ARGV[6])
+local function note_status()
+  local state = ARGV[6]
+  if state == 'sent_copy' then
+    redis.call('HSET', KEYS[6], 's', 'sent', 'at', ARGV[8])
+  elseif state == 'retrying' then
+    redis.call('HSET', KEYS[6], 's', state, 'at', ARGV[8], 'due', ARGV[5], 'n', ARGV[9],
+      'r', ARGV[10])
+  else
+    redis.call('HSET', KEYS[6], 's', state, 'at', ARGV[8], 'n', ARGV[9], 'r', ARGV[10])
+  end
+  redis.call('PEXPIREAT', KEYS[6], ARGV[7])
+end
+local n = tonumber(ARGV[11])
+local status = ARGV[6] ~= ''
+-- A key of the wrong type fails these reads, ending the script before it wrote anything.
+if status then redis.call('HGET', KEYS[6], 's') end
 local pending = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
 if pending.err or #pending == 0 then
-  if ARGV[4] ~= '0' then redis.call('SET', KEYS[5], ARGV[2], 'PX', ARGV[4]) end
+  if ARGV[4] ~= '0' then
+    redis.call('SET', KEYS[5], ARGV[2], 'PX', ARGV[4])
+    if status then note_status() end
+  end
   return {0, 0}
 end
-local retry, dead = n > 0, #ARGV > 6 + n
--- A key of the wrong type fails these reads, ending the script before it wrote anything.
+local retry, dead = n > 0, #ARGV > 11 + n
 if retry then
   redis.call('ZCARD', KEYS[2])
   redis.call('HGET', KEYS[3], ARGV[3])
@@ -194,18 +260,19 @@ end
 if dead then redis.call('XLEN', KEYS[4]) end
 if retry then
   local copy = {}
-  for i = 7, 6 + n do copy[#copy + 1] = ARGV[i] end
+  for i = 12, 11 + n do copy[#copy + 1] = ARGV[i] end
   local packed = cmsgpack.pack(copy)
   redis.call('ZADD', KEYS[2], ARGV[5], ARGV[3])
   redis.call('HSET', KEYS[3], ARGV[3], packed)
 end
 local length = 0
 if dead then
-  redis.call('XADD', KEYS[4], '*', unpack(ARGV, 7 + n))
+  redis.call('XADD', KEYS[4], '*', unpack(ARGV, 12 + n))
   length = redis.call('XLEN', KEYS[4])
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
+if status then note_status() end
 return {1, length}
 """
 
@@ -219,13 +286,26 @@ class RetryCopy:
 
 
 @dataclass(frozen=True, slots=True)
+class StatusNote:
+    """What a settle notes in the task's status record (see `service.status`).
+
+    `sent_copy`: a copy of a task that another copy already sent was acknowledged (the record
+    says sent and keeps the reply of the send that did it).
+    """
+
+    state: Literal["sent", "sent_copy", "retrying", "dead"]
+    attempts: int = 0  # failed attempts so far
+    text: str = ""  # sent: the server's reply; retrying: the last failure; dead: the reason
+
+
+@dataclass(frozen=True, slots=True)
 class SettleWrite:
     """Everything one settle writes for one entry, in one atomic step.
 
     The entry is always acknowledged and deleted. `retry` schedules a copy in the delayed set;
     `dead` adds a dead-letter record. `sent_record` says the attempt sent the email to every
     recipient it had left: if another worker settled the entry first, a sent record keeps its
-    retry copy from being sent again.
+    retry copy from being sent again. `status` is noted in the task's status record.
     """
 
     entry_id: str
@@ -233,6 +313,7 @@ class SettleWrite:
     sent_record: bool = False
     retry: RetryCopy | None = None
     dead: Mapping[bytes, bytes] | None = None
+    status: StatusNote | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,8 +324,10 @@ class SettleReply:
     dead_letters: int  # length of the dead-letter stream after adding a record, else 0
 
 
-def settle(keys: QueueKeys, write: SettleWrite) -> ScriptCall:
-    """The SETTLE call that performs `write`.
+def settle(
+    keys: QueueKeys, write: SettleWrite, *, status_ttl_ms: int = 0, now_ms: int = 0
+) -> ScriptCall:
+    """The SETTLE call that performs `write` (`status_ttl_ms` 0: note no status).
 
     Raises ValueError, before anything reaches Redis, for a record larger than a script can
     write (see `MAX_ENTRY_FIELDS`): the entry then stays pending.
@@ -258,15 +341,29 @@ def settle(keys: QueueKeys, write: SettleWrite) -> ScriptCall:
                 f"(at most {_MAX_RECORD_FIELDS})"
             )
     retry_items = _flatten(write.retry.fields) if write.retry else []
+    due_ms = write.retry.due_ms if write.retry else 0
+    note = write.status if write.task_id and status_ttl_ms > 0 else None
     return ScriptCall(
         SETTLE,
-        [keys.stream, keys.delayed, keys.delayed_entries, keys.dead, keys.sent(task_id)],
+        [
+            keys.stream,
+            keys.delayed,
+            keys.delayed_entries,
+            keys.dead,
+            keys.sent(task_id),
+            keys.status(task_id),
+        ],
         [
             CONSUMER_GROUP,
             write.entry_id,
             task_id,
             SENT_RECORD_TTL_MS if write.sent_record and write.task_id else 0,
-            write.retry.due_ms if write.retry else 0,
+            due_ms,
+            note.state if note else "",
+            status_expiry(status_ttl_ms, now_ms=now_ms, due_ms=due_ms) if note else 0,
+            now_ms,
+            note.attempts if note else 0,
+            note.text[:_MAX_STATUS_TEXT] if note else "",
             len(retry_items),
             *retry_items,
             *(_flatten(write.dead) if write.dead else []),
@@ -283,12 +380,18 @@ def settle_reply(reply: Any) -> SettleReply:
 # is read and checked before the first write; one that cannot go back (not a packed entry, an
 # odd number of values, more fields than one XADD takes) is dead-lettered whole, packed, with
 # the reason, rather than failing the script for every task behind it. At maxmemory the first
-# XADD is refused and nothing moves.
-# KEYS: stream, delayed, delayed_entries, dead; ARGV: now ms, limit, most fields of a record
+# XADD is refused and nothing moves. Each task's status record then says queued (with its new
+# entry id) or dead, unless it says sent (a retry copy of a task that another copy sent). The
+# records' keys are built here from their prefix, as the task ids are only known here (they
+# share the queue's hash tag, so the declared keys' slot).
+# KEYS: stream, delayed, delayed_entries, dead
+# ARGV: now ms, limit, most fields of a record, status key prefix, status expiry ms since the
+#       epoch ('0': no records)
 # Returns {tasks moved, due ms of the next delayed task or false}.
 PROMOTE_DUE: Final = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 local most = 2 * tonumber(ARGV[3])
+local status = ARGV[5] ~= '0'
 local moves = {}
 for _, task_id in ipairs(due) do
   local packed = redis.call('HGET', KEYS[3], task_id)
@@ -308,30 +411,45 @@ for _, task_id in ipairs(due) do
       if not problem then fields = unpacked end
     end
   end
-  moves[#moves + 1] = {task_id, packed, fields, problem}
+  local state = status and redis.call('HGET', ARGV[4] .. task_id, 's')
+  moves[#moves + 1] = {task_id, packed, fields, problem, state}
 end
 for _, move in ipairs(moves) do
-  local task_id, packed, fields, problem = move[1], move[2], move[3], move[4]
+  local task_id, packed, fields, problem, state = move[1], move[2], move[3], move[4], move[5]
+  local note = nil
   if fields then
-    redis.call('XADD', KEYS[1], '*', unpack(fields))
+    note = {'s', 'queued', 'at', ARGV[1], 'e', redis.call('XADD', KEYS[1], '*', unpack(fields))}
   elseif packed then
-    redis.call('XADD', KEYS[4], '*', 'dead_reason', 'cannot be put back in the stream: ' .. problem,
+    local reason = 'cannot be put back in the stream: ' .. problem
+    redis.call('XADD', KEYS[4], '*', 'dead_reason', reason,
       'dead_task_id', task_id, 'dead_packed', packed, 'dead_at', ARGV[1])
+    note = {'s', 'dead', 'at', ARGV[1], 'r', reason}
   end
   redis.call('ZREM', KEYS[2], task_id)
   redis.call('HDEL', KEYS[3], task_id)
+  -- A copy of a task another copy already sent stays "sent" (the worker will skip it).
+  if status and note and state ~= 'sent' then
+    redis.call('HSET', ARGV[4] .. task_id, unpack(note))
+    redis.call('PEXPIREAT', ARGV[4] .. task_id, ARGV[5])
+  end
 end
 local next_due = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 return {#due, next_due[2] or false}
 """
 
 
-def promote_due(keys: QueueKeys, *, now_ms: int, limit: int) -> ScriptCall:
+def promote_due(keys: QueueKeys, *, now_ms: int, limit: int, status_ttl_ms: int = 0) -> ScriptCall:
     """The PROMOTE_DUE call: move up to `limit` tasks due by `now_ms`."""
     return ScriptCall(
         PROMOTE_DUE,
         [keys.stream, keys.delayed, keys.delayed_entries, keys.dead],
-        [now_ms, limit, _MAX_RECORD_FIELDS],
+        [
+            now_ms,
+            limit,
+            _MAX_RECORD_FIELDS,
+            keys.status_prefix,
+            status_expiry(status_ttl_ms, now_ms=now_ms),
+        ],
     )
 
 
@@ -343,9 +461,11 @@ def promote_reply(reply: Any) -> tuple[int, int | None]:
 
 # Puts a dead letter back on the stream with a fresh attempt budget (an operator's decision):
 # the dead_* fields and the attempt count go, the requeue count `rq` goes up, and any sent
-# record of the task is dropped so the new copy is really sent.
-# A letter too large to copy in one XADD is refused before anything is written.
-# KEYS: dead, stream, the task's sent record; ARGV: dead-letter entry id, most fields of a record
+# record of the task is dropped so the new copy is really sent, and the task's status says
+# queued again. A letter too large to copy in one XADD is refused before anything is written.
+# KEYS: dead, stream, the task's sent record, its status record
+# ARGV: dead-letter entry id, most fields of a record, now ms, status expiry ms since the epoch
+#       ('0': no record)
 # Returns the new stream entry id, or false when no such dead letter exists.
 REQUEUE_DEAD: Final = """
 local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
@@ -366,19 +486,96 @@ for i = 1, #fields, 2 do
 end
 copy[#copy + 1] = 'rq'
 copy[#copy + 1] = tostring(requeues + 1)
+if ARGV[4] ~= '0' then redis.call('HGET', KEYS[4], 's') end
 local new_id = redis.call('XADD', KEYS[2], '*', unpack(copy))
 redis.call('XDEL', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[3])
+if ARGV[4] ~= '0' then
+  redis.call('HSET', KEYS[4], 's', 'queued', 'at', ARGV[3], 'e', new_id, 'n', '0')
+  redis.call('PEXPIREAT', KEYS[4], ARGV[4])
+end
 return new_id
 """
 
 
-def requeue_dead(keys: QueueKeys, *, dead_id: str, task_id: str) -> ScriptCall:
-    """The REQUEUE_DEAD call for the dead letter `dead_id` of task `task_id`."""
+def requeue_dead(
+    keys: QueueKeys, *, dead_id: str, task_id: str, status_ttl_ms: int = 0, now_ms: int = 0
+) -> ScriptCall:
+    """The REQUEUE_DEAD call for the dead letter `dead_id` of task `task_id` ("": not a task,
+    no status record)."""
+    expiry = status_expiry(status_ttl_ms, now_ms=now_ms) if task_id else 0
     return ScriptCall(
         REQUEUE_DEAD,
-        [keys.dead, keys.stream, keys.sent(task_id or _NONE)],
-        [dead_id, _MAX_RECORD_FIELDS],
+        [keys.dead, keys.stream, keys.sent(task_id or _NONE), keys.status(task_id or _NONE)],
+        [dead_id, _MAX_RECORD_FIELDS, now_ms, expiry],
+    )
+
+
+# Reads a task's status record, and whether its entry is held by a worker (pending in the group):
+# a queued task whose entry is pending is being sent. Writes nothing.
+# KEYS: status record, stream; ARGV: group
+# Returns {the record's fields and values, 1 if its entry is pending else 0}.
+TASK_STATUS: Final = """
+local record = redis.call('HGETALL', KEYS[1])
+local state, entry = nil, nil
+for i = 1, #record, 2 do
+  if record[i] == 's' then state = record[i + 1] end
+  if record[i] == 'e' then entry = record[i + 1] end
+end
+if state == 'queued' and entry then
+  local pending = redis.pcall('XPENDING', KEYS[2], ARGV[1], entry, entry, 1)
+  if not pending.err and #pending > 0 then return {record, 1} end
+end
+return {record, 0}
+"""
+
+
+def task_status(keys: QueueKeys, task_id: str) -> ScriptCall:
+    """The TASK_STATUS call for `task_id`."""
+    return ScriptCall(TASK_STATUS, [keys.status(task_id), keys.stream], [CONSUMER_GROUP])
+
+
+# Cancels a task that no worker holds: a delayed one (scheduled, or waiting for a retry) leaves
+# the delayed set, a queued one whose entry was never handed out leaves the stream, and its
+# status says cancelled. A task being sent, sent, dead or unknown is left as it is. Every write
+# frees memory before the status is noted, so a cancel goes through at maxmemory.
+# KEYS: stream, delayed, delayed_entries, status record
+# ARGV: group, task id, now ms, status expiry ms since the epoch ('0': no record)
+# Returns {1, the state it was cancelled from} or {0, why not: sending, sent, dead, cancelled,
+# unknown}.
+CANCEL: Final = """
+local state = redis.call('HGET', KEYS[4], 's')
+local entry = redis.call('HGET', KEYS[4], 'e')
+local function cancelled(was)
+  if ARGV[4] ~= '0' then
+    redis.call('HSET', KEYS[4], 's', 'cancelled', 'at', ARGV[3])
+    redis.call('PEXPIREAT', KEYS[4], ARGV[4])
+  end
+  return {1, was}
+end
+-- Sent by a copy that lost its settle race: the other copy waiting for a retry will be skipped.
+if state == 'sent' or state == 'dead' or state == 'cancelled' then return {0, state} end
+if redis.call('ZSCORE', KEYS[2], ARGV[2]) then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  redis.call('HDEL', KEYS[3], ARGV[2])
+  return cancelled(state or 'scheduled')
+end
+if state == 'queued' and entry then
+  -- No group yet: no worker ever read the stream, so nothing holds the entry.
+  local pending = redis.pcall('XPENDING', KEYS[1], ARGV[1], entry, entry, 1)
+  if not pending.err and #pending > 0 then return {0, 'sending'} end
+  if redis.call('XDEL', KEYS[1], entry) == 1 then return cancelled('queued') end
+end
+return {0, 'unknown'}
+"""
+
+
+def cancel(keys: QueueKeys, task_id: str, *, status_ttl_ms: int, now_ms: int) -> ScriptCall:
+    """The CANCEL call for `task_id`."""
+    return ScriptCall(
+        CANCEL,
+        [keys.stream, keys.delayed, keys.delayed_entries, keys.status(task_id)],
+        [CONSUMER_GROUP, task_id, now_ms, status_expiry(status_ttl_ms, now_ms=now_ms)],
     )
 
 

@@ -1,4 +1,4 @@
-"""The enqueueing part of a queue's store on redis-py's sync client, for `SyncProducer`.
+"""The producer's part of a queue's store on redis-py's sync client, for `SyncProducer`.
 
 It builds the same script calls and reads the same replies as `QueueStore` (the shared builders
 are in `scripts`, the error reading in `replies`); tests/integration/test_sync_producer.py proves
@@ -7,7 +7,9 @@ that both producers leave Redis in the same state.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any, cast
 
 import redis
@@ -16,19 +18,31 @@ from redis.typing import EncodableT, FieldT
 
 from ..errors import QueueFull
 from ..keys import QueueKeys
+from ..status import DEFAULT_STATUS_TTL, CancelResult, TaskState, TaskStatus, is_task_id
 from . import replies, scripts
-from .scripts import EnqueueReply, NewTask
+from .scripts import EnqueueReply, NewTask, ScriptCall
 
 __all__ = ["SyncQueueStore"]
 
 
 class SyncQueueStore:
-    """Enqueueing on the queue `keys`, from threads (redis-py's sync client is thread-safe)."""
+    """Enqueueing, status and cancel on the queue `keys`, from threads (redis-py's sync client
+    is thread-safe)."""
 
-    def __init__(self, redis_client: redis.Redis, keys: QueueKeys) -> None:
+    def __init__(
+        self,
+        redis_client: redis.Redis,
+        keys: QueueKeys,
+        *,
+        status_ttl: timedelta = DEFAULT_STATUS_TTL,
+    ) -> None:
         self._redis = redis_client
         self.keys = keys
-        self._enqueue = redis_client.register_script(scripts.ENQUEUE)
+        self.status_ttl_ms = scripts.status_ttl_ms(status_ttl)
+        self._scripts = {
+            source: redis_client.register_script(source)
+            for source in (scripts.ENQUEUE, scripts.TASK_STATUS, scripts.CANCEL)
+        }
 
     @property
     def queue(self) -> str:
@@ -39,9 +53,16 @@ class SyncQueueStore:
         self, tasks: Sequence[NewTask], *, max_backlog: int, window_ms: int
     ) -> EnqueueReply:
         """As `QueueStore.enqueue`."""
-        call = scripts.enqueue(self.keys, tasks, max_backlog=max_backlog, window_ms=window_ms)
+        call = scripts.enqueue(
+            self.keys,
+            tasks,
+            max_backlog=max_backlog,
+            window_ms=window_ms,
+            status_ttl_ms=self.status_ttl_ms,
+            now_ms=_now_ms(),
+        )
         try:
-            raw: Any = self._enqueue(keys=call.keys, args=call.args)
+            raw = self._run(call)
         except RedisError as exc:
             raise replies.enqueue_error(self.queue, exc) from exc
         reply = scripts.enqueue_reply(raw)
@@ -49,9 +70,12 @@ class SyncQueueStore:
             raise QueueFull(self.queue, backlog=reply.backlog, limit=max_backlog)
         return reply
 
-    def add_now(self, entries: Sequence[Mapping[str, bytes]]) -> None:
+    def add_now(self, tasks: Sequence[NewTask]) -> None:
         """As `QueueStore.add_now`."""
-        items = [cast("dict[FieldT, EncodableT]", dict(fields)) for fields in entries]
+        if self.status_ttl_ms:  # plain tasks have no idempotency key: the window is unused
+            self.enqueue(tasks, max_backlog=0, window_ms=1)
+            return
+        items = [cast("dict[FieldT, EncodableT]", dict(task.fields)) for task in tasks]
         try:
             if len(items) == 1:
                 self._redis.xadd(self.keys.stream, items[0])
@@ -62,3 +86,25 @@ class SyncQueueStore:
                 pipe.execute()
         except RedisError as exc:
             raise replies.enqueue_error(self.queue, exc) from exc
+
+    def status(self, task_id: str) -> TaskStatus:
+        """As `QueueStore.status`; Redis errors are raised as they come."""
+        if not is_task_id(task_id):
+            return TaskStatus(task_id, TaskState.UNKNOWN)
+        return replies.task_status(task_id, self._run(scripts.task_status(self.keys, task_id)))
+
+    def cancel(self, task_id: str) -> CancelResult:
+        """As `QueueStore.cancel`; Redis errors are raised as they come."""
+        if not is_task_id(task_id):
+            return CancelResult(task_id, cancelled=False, was=TaskState.UNKNOWN)
+        call = scripts.cancel(
+            self.keys, task_id, status_ttl_ms=self.status_ttl_ms, now_ms=_now_ms()
+        )
+        return replies.cancel_result(task_id, self._run(call))
+
+    def _run(self, call: ScriptCall) -> Any:
+        return self._scripts[call.source](keys=call.keys, args=call.args)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

@@ -67,7 +67,7 @@ async def serve(settings: WorkerSettings, shutdown: Shutdown) -> int:
     # Looked up once, off the event loop: getfqdn() can block on DNS.
     local_hostname = await asyncio.to_thread(socket.getfqdn)
     smtp = SmtpPool(settings, size=settings.worker_concurrency, local_hostname=local_hostname)
-    store = QueueStore(redis, QueueKeys(settings.email_queue))
+    store = QueueStore(redis, QueueKeys(settings.email_queue), status_ttl=settings.task_status_ttl)
     consumer = consumer_name(settings)
     breaker = SmtpBreaker(smtp.probe)
     metrics = WorkerMetrics(settings.email_queue)

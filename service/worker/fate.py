@@ -12,12 +12,20 @@ from dataclasses import dataclass
 from typing import Self
 
 from ..settings import WorkerSettings
-from ..store import MAX_ENTRY_FIELDS, Entry, RetryCopy, SettleWrite
+from ..store import MAX_ENTRY_FIELDS, Entry, RetryCopy, SettleWrite, StatusNote
 from ..wire import QueuedTask, dead_entry, retry_entry
 from .backoff import backoff_delay
 from .outcome import Decision
 
-__all__ = ["Fate", "RetryPolicy", "after_attempt", "already_sent", "give_up", "hold"]
+__all__ = [
+    "Fate",
+    "RetryPolicy",
+    "after_attempt",
+    "already_sent",
+    "give_up",
+    "hold",
+    "status_after",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +109,7 @@ def after_attempt(
         sent_record=decision.finished,
         retry=retry,
         dead=dead,
+        status=status_after(decision, tries=queued.tries),
     )
     return Fate(
         write,
@@ -119,7 +128,10 @@ def hold(entry: Entry, queued: QueuedTask, reason: str, *, due_ms: int) -> Fate:
     copy = retry_entry(
         entry.fields, tries=queued.tries, recipients=queued.envelope_recipients(), error=reason
     )
-    write = SettleWrite(entry.entry_id, task_id=queued.task_id, retry=RetryCopy(due_ms, copy))
+    note = StatusNote("retrying", attempts=queued.tries, text=reason)
+    write = SettleWrite(
+        entry.entry_id, task_id=queued.task_id, retry=RetryCopy(due_ms, copy), status=note
+    )
     recipients = len(queued.envelope_recipients())
     return Fate(write, "held", reason, retry_recipients=recipients)
 
@@ -147,9 +159,25 @@ def give_up(
         dead_at_ms=now_ms,
     )
     task_id = queued.task_id if queued else ""
-    return Fate(SettleWrite(entry.entry_id, task_id=task_id, dead=record), "dead_letter", reason)
+    note = StatusNote("dead", attempts=queued.tries if queued else 0, text=reason)
+    write = SettleWrite(entry.entry_id, task_id=task_id, dead=record, status=note)
+    return Fate(write, "dead_letter", reason)
 
 
 def already_sent(entry: Entry, queued: QueuedTask) -> Fate:
     """Acknowledge a copy of a task that another copy already sent."""
-    return Fate(SettleWrite(entry.entry_id, task_id=queued.task_id), "skipped")
+    note = StatusNote("sent_copy", attempts=queued.tries)
+    return Fate(SettleWrite(entry.entry_id, task_id=queued.task_id, status=note), "skipped")
+
+
+def status_after(decision: Decision, *, tries: int) -> StatusNote:
+    """What the task's status says after an attempt (`tries`: failed attempts before it).
+
+    Recipients left to retry make it retrying, whatever happened to the others; else any
+    accepted recipient makes it sent (those given up on are in the dead letters); else dead.
+    """
+    if decision.retry:
+        return StatusNote("retrying", attempts=decision.tries, text=decision.reason)
+    if decision.accepted:
+        return StatusNote("sent", attempts=tries)
+    return StatusNote("dead", attempts=decision.tries, text=decision.dead_reason)

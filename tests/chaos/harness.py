@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from service import EmailTask, EnqueueError, Producer
 from service.connection import connect_redis
+from service.keys import QueueKeys
 from tests.chaos.attribution import Disruption, Outcome, parse_outcomes
 from tests.chaos.faults import STREAM, Injector
 from tests.chaos.mailserver import REJECTED_PREFIX, Copy, MailServer, Tally
@@ -30,6 +31,7 @@ from tests.chaos.processes import ChaosRedis, WorkerFleet
 __all__ = ["RunFacts", "run"]
 
 DEAD: Final = "{emails}:dead"
+KEYS: Final = QueueKeys("emails")
 DELAYED: Final = "{emails}:delayed"
 GROUP: Final = "workers"
 _LOAD_SHARE: Final = 0.7  # producers spread the emails over this part of the fault window
@@ -56,6 +58,7 @@ class RunFacts:
     drained: bool = False
     drain_s: float = 0.0
     leftover: dict[str, int] = field(default_factory=dict)  # stream, delayed, pending at the end
+    status_by_task: dict[str, str] = field(default_factory=dict)  # task id -> its status record's
 
 
 def worker_env(config: RunConfig) -> dict[str, str]:
@@ -212,6 +215,14 @@ async def _collect(
                 reason = fields.get(b"dead_reason", b"").decode(errors="replace")
                 facts.dead_by_task[fields.get(b"id", b"").decode(errors="replace")] = reason
             cursor = "(" + entry_id.decode()
+    async with admin.pipeline(transaction=False) as pipe:
+        for task_id in facts.task_ids.values():
+            pipe.hget(KEYS.status(task_id), "s")
+        states: list[Any] = await pipe.execute()
+    facts.status_by_task = {
+        task_id: (state or b"none").decode()
+        for task_id, state in zip(facts.task_ids.values(), states, strict=True)
+    }
     facts.malformed_written = dict(injector.malformed_written)
     facts.disruptions = list(injector.disruptions)
     facts.fault_counts = dict(injector.counts)

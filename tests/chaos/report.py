@@ -109,6 +109,16 @@ def _check(facts: RunFacts, summary: Summary) -> None:
         failures.append(f"the queue did not drain in time: {facts.leftover}")
     elif any(facts.leftover.values()):
         failures.append(f"the queue is not empty at the end: {facts.leftover}")
+    # The status ledger moves with the task: a delivered email says sent, a refused one dead.
+    copies = {copy.task_id for copy in facts.copies}
+    disagree = []
+    for seq, task_id in sorted(facts.task_ids.items()):
+        expected = "dead" if task_id in facts.dead_by_task else "sent" if task_id in copies else ""
+        state = facts.status_by_task.get(task_id, "none")
+        if expected and state != expected:
+            disagree.append(f"#{seq}: {state}, not {expected}")
+    if disagree:
+        failures.append(f"{len(disagree)} task statuses disagree with the outcome: {disagree[:5]}")
     for number, (end, code) in sorted(facts.exit_codes.items()):
         if end.startswith("exited by itself") or "hung" in end:
             failures.append(f"worker {number} {end} (exit code {code})")

@@ -272,7 +272,8 @@ async def _evalsha_calls(redis: Redis) -> int:
 
 
 async def test_plain_enqueues_far_below_the_limit_skip_the_script(redis: Redis) -> None:
-    producer = Producer(redis)  # the default limit, 100,000
+    # The default limit, 100,000; no status records (with them, a script notes each entry).
+    producer = Producer(redis, status_ttl=timedelta(0))
     tasks = [EmailTask(to=f"u{i}@example.com", subject=str(i), text="x") for i in range(300)]
     await redis.config_resetstat()
 
@@ -301,7 +302,7 @@ async def test_near_the_limit_every_enqueue_is_checked_exactly(redis: Redis) -> 
 
 
 async def test_a_plain_batch_far_below_the_limit_is_one_multi_exec(redis: Redis) -> None:
-    producer = Producer(redis)  # the default limit, 100,000
+    producer = Producer(redis, status_ttl=timedelta(0))  # the default limit, 100,000
     tasks = [EmailTask(to=f"u{i}@example.com", subject=str(i), text="x") for i in range(100)]
     await redis.config_resetstat()
 

@@ -26,8 +26,7 @@ _LEAST = ["-@all", "+@stream", "+@hash", "+@sortedset", "+@string", "+@scripting
 
 
 _OTHER_KEYS = ("keys {emails}:dead, {emails}:delayed, {emails}:delayed:entries, {emails}:minute:*, "
-               "{emails}:sent:*, "
-               "{emails}:workers")  # fmt: skip
+               "{emails}:sent:*, {emails}:status:*, {emails}:workers")  # fmt: skip
 
 
 def _events(worker: WorkerProcess, name: str) -> list[dict[str, object]]:

@@ -61,6 +61,7 @@ def test_key_patterns_match_as_redis_globs(pattern: str, key: str, matches: bool
 @pytest.mark.parametrize(
     ("limits", "sources"),
     [
+        # The status ledger's commands are checked when TASK_STATUS_TTL_SECONDS is above 0.
         (False, (scripts.SETTLE, scripts.PROMOTE_DUE, scripts.FORGET_CONSUMER)),
         (True, (limiter.ACQUIRE, limiter.THROTTLE)),  # SMTP_RATE_LIMIT or SMTP_DAILY_QUOTA set
     ],
@@ -69,7 +70,8 @@ def test_every_command_of_the_worker_s_scripts_is_checked(
     limits: bool, sources: tuple[str, ...]
 ) -> None:
     # Redis checks ACLs inside scripts too: a command a script runs must be in the list.
-    names = {command.name for command in worker_commands(QueueKeys("emails"), limits=limits)}
+    commands = worker_commands(QueueKeys("emails"), limits=limits, status=True)
+    names = {command.name for command in commands}
     for source in sources:
         called = re.findall(r"redis\.p?call\('([A-Z]+)'(?:, '([A-Z]+)')?", source)
         for command, subcommand in called:
@@ -81,6 +83,6 @@ def test_every_command_of_the_worker_s_scripts_is_checked(
 
 def test_every_checked_command_names_only_this_queue_s_keys() -> None:
     keys = QueueKeys("emails")
-    for command in worker_commands(keys, limits=True):
+    for command in worker_commands(keys, limits=True, status=True):
         queue_keys = [arg for arg in command.args if arg.startswith("{")]
         assert all(arg.startswith("{emails}:") for arg in queue_keys), command

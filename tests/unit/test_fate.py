@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from service import EmailTask
-from service.store import Entry, RetryCopy, SettleWrite
+from service.store import Entry, RetryCopy, SettleWrite, StatusNote
 from service.wire import QueuedTask, decode_entry, encode_entry
 from service.worker.fate import Fate, RetryPolicy, after_attempt, already_sent, give_up, hold
 from service.worker.outcome import Decision
@@ -20,6 +20,7 @@ FIELDS = {
     for k, v in encode_entry(EmailTask(to=[A, B], subject="s", text="x"), TASK_ID, NOW).items()
 }
 ENTRY = Entry("1-0", FIELDS, deliveries=2)
+SENT = StatusNote("sent")
 QUEUED = decode_entry(FIELDS)
 
 
@@ -63,14 +64,19 @@ def _dead(reason: str, tries: int, recipients: list[str] | None) -> dict[bytes, 
         (
             Decision(accepted=2),
             1.0,
-            Fate(SettleWrite("1-0", TASK_ID, sent_record=True), "sent"),
+            Fate(SettleWrite("1-0", TASK_ID, sent_record=True, status=SENT), "sent"),
         ),
         # A transient failure, second attempt: retried after the backoff (120 s at the top).
         (
             Decision(accepted=0, retry=(A, B), tries=2, reason="SMTP 451"),
             1.0,
             Fate(
-                SettleWrite("1-0", TASK_ID, retry=_retry(120_000, [A, B], 2, "SMTP 451")),
+                SettleWrite(
+                    "1-0",
+                    TASK_ID,
+                    retry=_retry(120_000, [A, B], 2, "SMTP 451"),
+                    status=StatusNote("retrying", 2, "SMTP 451"),
+                ),
                 "retry",
                 reason="SMTP 451",
                 retry_recipients=2,
@@ -83,7 +89,12 @@ def _dead(reason: str, tries: int, recipients: list[str] | None) -> dict[bytes, 
             Decision(accepted=0, retry=(A, B), tries=1, reason="SMTP 451"),
             0.0,
             Fate(
-                SettleWrite("1-0", TASK_ID, retry=_retry(30_000, [A, B], 1, "SMTP 451")),
+                SettleWrite(
+                    "1-0",
+                    TASK_ID,
+                    retry=_retry(30_000, [A, B], 1, "SMTP 451"),
+                    status=StatusNote("retrying", 1, "SMTP 451"),
+                ),
                 "retry",
                 reason="SMTP 451",
                 retry_recipients=2,
@@ -96,7 +107,12 @@ def _dead(reason: str, tries: int, recipients: list[str] | None) -> dict[bytes, 
             Decision(accepted=0, retry=(A, B), tries=0, reason="down", paused=True),
             1.0,
             Fate(
-                SettleWrite("1-0", TASK_ID, retry=_retry(0, [A, B], 0, "down")),
+                SettleWrite(
+                    "1-0",
+                    TASK_ID,
+                    retry=_retry(0, [A, B], 0, "down"),
+                    status=StatusNote("retrying", 0, "down"),
+                ),
                 "requeued",
                 reason="down",
                 retry_recipients=2,
@@ -108,7 +124,12 @@ def _dead(reason: str, tries: int, recipients: list[str] | None) -> dict[bytes, 
             Decision(accepted=0, retry=(A, B), tries=4, reason="SMTP 454", throttled=True),
             1.0,
             Fate(
-                SettleWrite("1-0", TASK_ID, retry=_retry(0, [A, B], 4, "SMTP 454")),
+                SettleWrite(
+                    "1-0",
+                    TASK_ID,
+                    retry=_retry(0, [A, B], 4, "SMTP 454"),
+                    status=StatusNote("retrying", 4, "SMTP 454"),
+                ),
                 "throttled",
                 reason="SMTP 454",
                 retry_recipients=2,
@@ -119,7 +140,12 @@ def _dead(reason: str, tries: int, recipients: list[str] | None) -> dict[bytes, 
             Decision(accepted=1, retry=(B,), tries=1, reason="SMTP 452", throttled=True),
             1.0,
             Fate(
-                SettleWrite("1-0", TASK_ID, retry=_retry(0, [B], 1, "SMTP 452")),
+                SettleWrite(
+                    "1-0",
+                    TASK_ID,
+                    retry=_retry(0, [B], 1, "SMTP 452"),
+                    status=StatusNote("retrying", 1, "SMTP 452"),
+                ),
                 "partly_sent",
                 reason="SMTP 452",
                 retry_recipients=1,
@@ -131,7 +157,13 @@ def _dead(reason: str, tries: int, recipients: list[str] | None) -> dict[bytes, 
             Decision(accepted=1, tries=1, dead=(B,), reason="r", dead_reason="SMTP 550"),
             1.0,
             Fate(
-                SettleWrite("1-0", TASK_ID, sent_record=True, dead=_dead("SMTP 550", 1, [B])),
+                SettleWrite(
+                    "1-0",
+                    TASK_ID,
+                    sent_record=True,
+                    dead=_dead("SMTP 550", 1, [B]),
+                    status=SENT,  # the refused recipient is in the dead letters
+                ),
                 "partly_sent",
                 reason="r",
                 dead_recipients=1,
@@ -142,7 +174,12 @@ def _dead(reason: str, tries: int, recipients: list[str] | None) -> dict[bytes, 
             Decision(accepted=0, tries=1, dead=(A, B), reason="r", dead_reason="SMTP 554"),
             1.0,
             Fate(
-                SettleWrite("1-0", TASK_ID, dead=_dead("SMTP 554", 1, None)),
+                SettleWrite(
+                    "1-0",
+                    TASK_ID,
+                    dead=_dead("SMTP 554", 1, None),
+                    status=StatusNote("dead", 1, "SMTP 554"),
+                ),
                 "dead_letter",
                 reason="r",
                 dead_recipients=2,
@@ -153,7 +190,12 @@ def _dead(reason: str, tries: int, recipients: list[str] | None) -> dict[bytes, 
             Decision(accepted=1, retry=(B,), tries=1, reason="SMTP 450"),
             1.0,
             Fate(
-                SettleWrite("1-0", TASK_ID, retry=_retry(60_000, [B], 1, "SMTP 450")),
+                SettleWrite(
+                    "1-0",
+                    TASK_ID,
+                    retry=_retry(60_000, [B], 1, "SMTP 450"),
+                    status=StatusNote("retrying", 1, "SMTP 450"),
+                ),
                 "partly_sent",
                 reason="SMTP 450",
                 retry_recipients=1,
@@ -180,13 +222,15 @@ def test_give_up_dead_letters_the_whole_entry(
 ) -> None:
     planned = give_up(ENTRY, queued, "handed out 6 times", consumer="w1", now_ms=NOW)
     dead = _dead("handed out 6 times", tries, None)
+    note = StatusNote("dead", tries, "handed out 6 times")  # noted only for a task id
     assert planned == Fate(
-        SettleWrite("1-0", task_id, dead=dead), "dead_letter", "handed out 6 times"
+        SettleWrite("1-0", task_id, dead=dead, status=note), "dead_letter", "handed out 6 times"
     )
 
 
 def test_already_sent_only_acknowledges() -> None:
-    assert already_sent(ENTRY, QUEUED) == Fate(SettleWrite("1-0", TASK_ID), "skipped")
+    note = StatusNote("sent_copy")  # says sent, keeping the reply of the send that did it
+    assert already_sent(ENTRY, QUEUED) == Fate(SettleWrite("1-0", TASK_ID, status=note), "skipped")
 
 
 @pytest.mark.parametrize(
@@ -203,7 +247,12 @@ def test_hold_puts_the_entry_back_unsent_without_an_attempt(
     planned = hold(ENTRY, queued, "send quota reached", due_ms=due_ms)
     copy = _retry(due_ms - NOW, recipients, tries, "send quota reached")
     assert planned == Fate(
-        SettleWrite("1-0", TASK_ID, retry=copy),
+        SettleWrite(
+            "1-0",
+            TASK_ID,
+            retry=copy,
+            status=StatusNote("retrying", tries, "send quota reached"),
+        ),
         "held",
         "send quota reached",
         retry_recipients=len(recipients),

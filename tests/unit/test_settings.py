@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,14 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None
         ({"METRICS_HOST": "[::]"}, "METRICS_HOST", "without brackets"),
         ({"LOG_LEVEL": ""}, "LOG_LEVEL", "'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
         ({"LOG_FORMAT": ""}, "LOG_FORMAT", "'json' or 'console'"),
+        ({"TASK_STATUS_TTL_SECONDS": ""}, "TASK_STATUS_TTL_SECONDS", "valid integer"),
+        ({"TASK_STATUS_TTL_SECONDS": "1.5"}, "TASK_STATUS_TTL_SECONDS", "valid integer"),
+        ({"TASK_STATUS_TTL_SECONDS": "-1"}, "TASK_STATUS_TTL_SECONDS", "greater than or equal"),
+        (
+            {"TASK_STATUS_TTL_SECONDS": "31622401"},  # 366 days and a second
+            "TASK_STATUS_TTL_SECONDS",
+            "less than or equal to 31622400",
+        ),
     ],
 )
 def test_bad_values_name_their_variable(
@@ -292,3 +301,15 @@ def test_provider_limits(
     assert (rate.per_second if rate else None) == per_second
     assert (settings.smtp_rate_burst, settings.smtp_rate_cost) == (burst, cost)
     assert settings.smtp_daily_quota == quota
+
+
+@pytest.mark.parametrize(
+    ("value", "ttl"),
+    [(None, timedelta(days=7)), ("0", timedelta(0)), ("60", timedelta(minutes=1))],
+)
+def test_task_status_ttl(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, ttl: timedelta
+) -> None:
+    if value is not None:
+        monkeypatch.setenv("TASK_STATUS_TTL_SECONDS", value)
+    assert load_settings(WorkerSettings).task_status_ttl == ttl

@@ -29,10 +29,12 @@ def test_enqueue_lays_out_each_task_with_its_key_or_a_placeholder() -> None:
         KEYS,
         [
             scripts.NewTask("t1", {"v": b"1", "id": b"t1"}, due_ms=0, idempotency_key="k"),
-            scripts.NewTask("t2", {"v": b"1"}, due_ms=5_000),
+            scripts.NewTask("t2", {"v": b"1"}, due_ms=5_000, tags=("welcome", "user:42")),
         ],
         max_backlog=100,
         window_ms=86_400_000,
+        status_ttl_ms=1_000,
+        now_ms=2_000,
     )
     assert call.source == scripts.ENQUEUE
     assert call.keys == [
@@ -40,14 +42,21 @@ def test_enqueue_lays_out_each_task_with_its_key_or_a_placeholder() -> None:
         "{q}:delayed",
         "{q}:delayed:entries",
         "{q}:idem:k",
+        "{q}:status:t1",
         "{q}:idem:-",
+        "{q}:status:t2",
     ]
+    # Per task: id, due, has a key, status expiry (the later of now and due, plus the TTL),
+    # tags, then the entry's fields.
     assert call.args == [
         100,
         86_400_000,
+        2_000,
         "t1",
         0,
         1,
+        3_000,
+        "",
         4,
         "v",
         b"1",
@@ -56,10 +65,32 @@ def test_enqueue_lays_out_each_task_with_its_key_or_a_placeholder() -> None:
         "t2",
         5_000,
         0,
+        6_000,
+        "welcome user:42",
         2,
         "v",
         b"1",
     ]
+
+
+def test_enqueue_without_status_records_asks_for_none() -> None:
+    call = scripts.enqueue(
+        KEYS, [scripts.NewTask("t1", {"v": b"1"})], max_backlog=0, window_ms=1, now_ms=2_000
+    )
+    assert call.args[3:8] == ["t1", 0, 0, 0, ""]
+
+
+@pytest.mark.parametrize(
+    ("ttl_ms", "now_ms", "due_ms", "expiry"),
+    [
+        (1_000, 5_000, 0, 6_000),
+        (1_000, 5_000, 4_000, 6_000),  # due already: counted from now
+        (1_000, 5_000, 9_000, 10_000),  # scheduled beyond the TTL: kept until due, plus the TTL
+        (0, 5_000, 9_000, 0),  # no records
+    ],
+)
+def test_status_expiry(ttl_ms: int, now_ms: int, due_ms: int, expiry: int) -> None:
+    assert scripts.status_expiry(ttl_ms, now_ms=now_ms, due_ms=due_ms) == expiry
 
 
 @pytest.mark.parametrize(
@@ -74,25 +105,40 @@ def test_enqueue_reply(reply: list[Any], expected: scripts.EnqueueReply) -> None
     assert scripts.enqueue_reply(reply) == expected
 
 
+_NO_NOTE = ["", 0, 7, 0, ""]  # status, its expiry, now, attempts, text: nothing noted
+
+
 @pytest.mark.parametrize(
     ("write", "args"),
     [
         # Acknowledge only.
-        (scripts.SettleWrite("1-0", "t"), ["workers", "1-0", "t", 0, 0, 0]),
+        (scripts.SettleWrite("1-0", "t"), ["workers", "1-0", "t", 0, 0, *_NO_NOTE, 0]),
         # Sent: a sent record is kept for a week.
         (
             scripts.SettleWrite("1-0", "t", sent_record=True),
-            ["workers", "1-0", "t", scripts.SENT_RECORD_TTL_MS, 0, 0],
+            ["workers", "1-0", "t", scripts.SENT_RECORD_TTL_MS, 0, *_NO_NOTE, 0],
         ),
-        # A sent record needs a task id: an undecodable entry gets none.
-        (scripts.SettleWrite("1-0", "", sent_record=True), ["workers", "1-0", "-", 0, 0, 0]),
-        # A retry copy, then a dead-letter record.
+        # A sent record needs a task id: an undecodable entry gets none, nor a status.
+        (
+            scripts.SettleWrite(
+                "1-0", "", sent_record=True, status=scripts.StatusNote("dead", text="bad")
+            ),
+            ["workers", "1-0", "-", 0, 0, *_NO_NOTE, 0],
+        ),
+        # Sent, noted in the status record for the TTL (100 ms here) from now.
+        (
+            scripts.SettleWrite("1-0", "t", sent_record=True, status=scripts.StatusNote("sent")),
+            ["workers", "1-0", "t", scripts.SENT_RECORD_TTL_MS, 0, "sent", 107, 7, 0, "", 0],
+        ),
+        # A retry copy, then a dead-letter record; the status (retrying) lasts until the retry
+        # is due, plus the TTL.
         (
             scripts.SettleWrite(
                 "1-0",
                 "t",
                 retry=scripts.RetryCopy(9_000, {b"v": b"1", b"tries": b"1"}),
                 dead={b"dead_reason": b"550"},
+                status=scripts.StatusNote("retrying", attempts=1, text="SMTP 451 later"),
             ),
             [
                 "workers",
@@ -100,6 +146,11 @@ def test_enqueue_reply(reply: list[Any], expected: scripts.EnqueueReply) -> None
                 "t",
                 0,
                 9_000,
+                "retrying",
+                9_100,
+                7,
+                1,
+                "SMTP 451 later",
                 4,
                 b"v",
                 b"1",
@@ -112,11 +163,23 @@ def test_enqueue_reply(reply: list[Any], expected: scripts.EnqueueReply) -> None
     ],
 )
 def test_settle_lays_out_its_writes(write: scripts.SettleWrite, args: list[Any]) -> None:
-    call = scripts.settle(KEYS, write)
+    call = scripts.settle(KEYS, write, status_ttl_ms=100, now_ms=7)
     assert call.source == scripts.SETTLE
-    sent = f"{{q}}:sent:{write.task_id or '-'}"
-    assert call.keys == ["{q}:stream", "{q}:delayed", "{q}:delayed:entries", "{q}:dead", sent]
+    task = write.task_id or "-"
+    assert call.keys == [
+        "{q}:stream",
+        "{q}:delayed",
+        "{q}:delayed:entries",
+        "{q}:dead",
+        f"{{q}}:sent:{task}",
+        f"{{q}}:status:{task}",
+    ]
     assert call.args == args
+
+
+def test_settle_notes_no_status_without_a_ttl() -> None:
+    write = scripts.SettleWrite("1-0", "t", status=scripts.StatusNote("sent"))
+    assert scripts.settle(KEYS, write, status_ttl_ms=0, now_ms=7).args[5:10] == _NO_NOTE
 
 
 @pytest.mark.parametrize(
