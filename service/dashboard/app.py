@@ -28,6 +28,7 @@ from ..admin.queue import QueueAdmin
 from ..connection import connect_redis
 from ..keys import QueueKeys
 from ..settings import DashboardSettings
+from ..status import is_task_id
 from ..store import QueueStore
 from . import pages, security
 from .filters import DeadFilter
@@ -40,6 +41,11 @@ _NOTICES: Final = {
     "requeued": "Requeued {n} dead letter(s).",
     "purged": "Purged {n} dead letter(s).",
     "gone": "That dead letter no longer exists.",
+    "cancelled": "Cancelled: that email will not be sent.",
+    **{
+        f"not_cancelled_{state}": f"Not cancelled: the task is {state}."
+        for state in ("sending", "sent", "dead", "cancelled", "unknown")
+    },
 }
 
 
@@ -56,6 +62,7 @@ def create_app(settings: DashboardSettings) -> Starlette:
         Route("/dead/{dead_id}/requeue", dashboard.dead_requeue, methods=["POST"]),
         Route("/dead/{dead_id}/purge", dashboard.dead_purge, methods=["POST"]),
         Route("/scheduled", dashboard.scheduled),
+        Route("/tasks/{task_id}/cancel", dashboard.cancel, methods=["POST"]),
         Route("/find", dashboard.find),
         Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
     ]
@@ -77,6 +84,7 @@ class _Dashboard:
         self._read_only = settings.dashboard_read_only
         self._keys = QueueKeys(settings.email_queue)
         self._url = settings.redis_url
+        self._status_ttl = settings.task_status_ttl  # what a cancel's status record keeps
         self._templates = Jinja2Templates(env=environment(_HERE / "templates"))
         self._store: QueueStore | None = None
         self._admin: QueueAdmin | None = None
@@ -88,7 +96,7 @@ class _Dashboard:
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         """One Redis client for the app's life."""
         redis = connect_redis(self._url.get_secret_value())
-        self._store = QueueStore(redis, self._keys)
+        self._store = QueueStore(redis, self._keys, status_ttl=self._status_ttl)
         self._admin = QueueAdmin(self._store)
         try:
             yield
@@ -255,6 +263,18 @@ class _Dashboard:
         await self._checked_form(request)
         purged = await self.admin.purge([_stream_id(request.path_params["dead_id"])])
         return _redirect("/dead", notice="purged" if purged else "gone", n=purged)
+
+    async def cancel(self, request: Request) -> Response:
+        """Cancel a task that is queued, scheduled or waiting for a retry."""
+        fields = await self._checked_form(request)
+        task_id = request.path_params["task_id"]
+        if not is_task_id(task_id):
+            raise HTTPException(400, "not a task id")
+        result = await self.store.cancel(task_id)
+        notice = "cancelled" if result.cancelled else f"not_cancelled_{result.was}"
+        if fields.get("back") == "find":
+            return _redirect("/find", q=task_id, notice=notice)
+        return _redirect("/scheduled", notice=notice)
 
     async def dead_bulk(self, request: Request) -> Response:
         """Requeue or purge the letters a confirmation counted (those up to its `until`)."""

@@ -7,12 +7,12 @@ filtered list of dead letters looks at no more than `SCAN_LIMIT` letters per req
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from typing import Final
 
 from ..admin.queue import DeadLetter, QueueAdmin, QueueStats, WorkerBeat
+from ..status import TaskStatus, is_task_id
 from ..store import ConsumerInfo, QueueStore
 from ..store.history import MinuteCounts
 from ..store.reads import Scheduled
@@ -38,7 +38,6 @@ PAGE_SIZE: Final = 50
 SCAN_LIMIT: Final = 2_000
 _SCAN_BATCH: Final = 200
 _HISTORY_MINUTES: Final = 60
-_TASK_ID: Final = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,16 +148,18 @@ class Found:
     """What "Find a task" found for a task id or a tag."""
 
     query: str
+    status: TaskStatus | None  # for a task id: where the task is now (the status ledger)
     scheduled: Scheduled | None
     dead: list[DeadLetter]
     dead_scanned: int
 
 
 async def find(admin: QueueAdmin, store: QueueStore, query: str) -> Found:
-    """The delayed copy of task id `query`, and the newest dead letters (up to `SCAN_LIMIT`
-    read) of that task id or carrying that tag."""
+    """For a task id, its status and delayed copy; for a task id or a tag, the newest dead
+    letters (up to `SCAN_LIMIT` read) of that task or carrying that tag."""
     query = query.strip()[:200]
-    is_id = bool(_TASK_ID.fullmatch(query))
+    is_id = is_task_id(query)
+    status = await store.status(query) if is_id else None
     scheduled = await store.scheduled_one(query) if is_id else None
     tag = DeadFilter(tag=query)
     found: list[DeadLetter] = []
@@ -173,4 +174,4 @@ async def find(admin: QueueAdmin, store: QueueStore, query: str) -> Found:
         if len(batch) < _SCAN_BATCH:
             break
         cursor = "(" + batch[-1].dead_id
-    return Found(query, scheduled, found[:PAGE_SIZE], scanned)
+    return Found(query, status, scheduled, found[:PAGE_SIZE], scanned)

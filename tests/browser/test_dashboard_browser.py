@@ -141,6 +141,32 @@ def test_a_dead_letter_requeued_from_the_ui_is_delivered(
     assert db.xlen(DEAD) == 0
 
 
+def test_a_scheduled_email_cancelled_from_the_ui_is_never_sent(
+    *,
+    page: Page,
+    dashboard: str,
+    redis_server: RedisServer,
+    db: redis_sync.Redis,
+    smtp: SmtpServer,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    start_worker()
+    [soon, other] = [
+        enqueue(redis_server.url, [EmailTask(to="a@example.com", subject=s, text="t")],
+                delay=timedelta(seconds=4))[0]
+        for s in ("Cancel me", "Send me")
+    ]  # fmt: skip
+    page.goto(dashboard + "/scheduled")
+    row = page.locator("tr", has_text="Cancel me")
+    row.get_by_role("button", name="cancel").click()
+    assert "Cancelled: that email will not be sent." in page.inner_text(".notice")
+    wait_until(lambda: other in smtp.task_ids(), 15, "the other email")
+    time.sleep(1)
+    assert soon not in smtp.task_ids()
+    page.goto(f"{dashboard}/find?q={soon}")
+    assert page.inner_text("#state") == "cancelled"
+
+
 def test_bulk_purge_of_a_filter_from_the_ui(
     page: Page, dashboard: str, db: redis_sync.Redis
 ) -> None:

@@ -439,3 +439,50 @@ def test_an_unreachable_redis_is_a_503_that_names_no_secret() -> None:
     assert response.status_code == 503
     assert "Redis did not answer (ConnectionError)" in response.text
     assert "hunter2" not in response.text
+
+
+def test_cancel_a_scheduled_email(
+    client: TestClient, redis_server: RedisServer, db: redis_sync.Redis
+) -> None:
+    [later] = enqueue(
+        redis_server.url,
+        [EmailTask(to="a@example.com", subject="Reminder", text="t")],
+        delay=timedelta(hours=1),
+    )
+    page = client.get("/scheduled").text
+    assert f'action="/tasks/{later}/cancel"' in page
+    assert client.post(f"/tasks/{later}/cancel", data={"csrf": "0" * 64}).status_code == 403
+    assert db.zcard(DELAYED) == 1
+    done = client.post(f"/tasks/{later}/cancel", data={"csrf": csrf_of(page)})
+    assert "Cancelled: that email will not be sent." in done.text
+    assert db.zcard(DELAYED) == 0
+    again = client.post(f"/tasks/{later}/cancel", data={"csrf": csrf_of(page), "back": "find"})
+    assert "Not cancelled: the task is cancelled." in again.text
+    assert re.search(r'id="state">cancelled<', again.text)
+    assert client.post("/tasks/not-a-task/cancel", data={"csrf": csrf_of(page)}).status_code == 400
+
+
+def test_find_shows_a_tasks_status(
+    client: TestClient, redis_server: RedisServer, db: redis_sync.Redis
+) -> None:
+    [queued] = enqueue(redis_server.url, [EmailTask(to="a@example.com", subject="s", text="t")])
+    page = client.get(f"/find?q={queued}").text
+    assert re.search(r'id="state">queued<', page)
+    assert "Cancel this email" in page
+    unknown = client.get(f"/find?q={'0' * 32}").text
+    assert re.search(r'id="state">unknown<', unknown)
+    assert "Cancel this email" not in unknown
+
+
+def test_read_only_mode_offers_no_cancel(redis_server: RedisServer, db: redis_sync.Redis) -> None:
+    [later] = enqueue(
+        redis_server.url,
+        [EmailTask(to="a@example.com", subject="s", text="t")],
+        delay=timedelta(hours=1),
+    )
+    app = create_app(_settings(redis_server.url, dashboard_read_only=True))
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        assert "cancel" not in client.get("/scheduled").text.lower()
+        assert "Cancel this email" not in client.get(f"/find?q={later}").text
+        assert client.post(f"/tasks/{later}/cancel", data={"csrf": "x"}).status_code == 403
+    assert db.zcard(DELAYED) == 1
