@@ -28,6 +28,7 @@ _PAGES = (
     ("bulk-confirm", "/dead/bulk?action=requeue&domain=bounce.example"),
     ("scheduled", "/scheduled"),
     ("find", "/find?q=welcome"),
+    ("find-task", None),  # the status of the first scheduled task
 )
 
 
@@ -70,9 +71,13 @@ def _shoot(executable: str, url: str, out: Path) -> None:
         browser = launch(playwright, executable)
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         for name, path in _PAGES:
-            if path is None:
+            if name == "dead-letter":
                 page.goto(url + "/dead")
                 page.locator("table.letters a").first.click()
+            elif path is None:
+                page.goto(url + "/scheduled")
+                task_id = page.locator("tbody code").first.inner_text()
+                page.goto(f"{url}/find?q={task_id}")
             else:
                 page.goto(url + path)
             page.screenshot(path=str(out / f"{name}.png"), full_page=True)
