@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TO     ?= someone@example.com
 
-.PHONY: install run send test test-fast lint typecheck pytest bench bench-mix bench-profile bench-ledger chaos clean
+.PHONY: install run send dashboard dashboard-demo dashboard-screenshots bench-dashboard test test-fast lint typecheck pytest bench bench-mix bench-profile bench-ledger chaos clean
 
 install: $(STAMP)
 
@@ -26,6 +26,23 @@ run: $(STAMP)
 send: $(STAMP)
 	$(BIN)/python -m service.producer \
 		--to '$(TO)' --subject 'Hello from make send' --text 'It works: this email went through the queue.'
+
+# The web dashboard of the queue on $$REDIS_URL (or make run's Redis), on http://127.0.0.1:8025/.
+dashboard: $(STAMP)
+	$(BIN)/python -m service.dashboard
+
+# From a clean clone, the dashboard on a queue with traffic: a private Redis, a worker, an SMTP
+# sink (refusing one domain: dead letters) and a producer. Prints the URL; Ctrl-C stops it all.
+dashboard-demo: $(STAMP)
+	$(BIN)/python -m service.local.demo
+
+# What each dashboard page costs with 100,000 queued and 10,000 dead letters (docs/performance.md).
+bench-dashboard: $(STAMP)
+	$(BIN)/python -m bench.dashboard $(ARGS)
+
+# A screenshot of each dashboard page into docs/dashboard/ (the demo's stack, headless chromium).
+dashboard-screenshots: $(STAMP)
+	$(BIN)/python -m tests.browser.screenshots
 
 test: lint typecheck pytest
 

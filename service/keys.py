@@ -72,6 +72,12 @@ class QueueKeys:
         """List of the rolling quota's buckets ("bucket:count"), oldest first."""
         return f"{{{self.queue}}}:quota"
 
+    def minute(self, minute: int | str) -> str:
+        """Hash of what the workers did in one minute (`minute`: minutes since the epoch, or
+        "*" as a pattern): sent, failed and latency sums, for the dashboard's charts; expires
+        two hours after its minute (see `store.history`)."""
+        return f"{{{self.queue}}}:minute:{minute}"
+
     def sent(self, task_id: str) -> str:
         """Marks a task sent while another copy of it may still exist (see `scripts.SETTLE`)."""
         return f"{{{self.queue}}}:sent:{task_id}"

@@ -39,6 +39,7 @@ from .task import EmailAddress
 
 __all__ = [
     "DEFAULT_REDIS_URL",
+    "DashboardSettings",
     "QueueSettings",
     "WorkerSettings",
     "load_settings",
@@ -214,6 +215,41 @@ class WorkerSettings(QueueSettings):
     def smtp_port_or_default(self) -> int:
         """`SMTP_PORT`, or the standard port of `SMTP_SECURITY` (25, 587 or 465)."""
         return self.smtp_port or _DEFAULT_PORTS[self.smtp_security]
+
+
+class DashboardSettings(QueueSettings):
+    """The web dashboard's (`python -m service.dashboard`): where it listens, who may use it."""
+
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = Field(default=8025, ge=1, le=65535)
+    # Bearer token, or the password of Basic auth (any user name); required off loopback.
+    dashboard_token: SecretStr | None = None
+    dashboard_read_only: bool = False
+
+    @field_validator("dashboard_host")
+    @classmethod
+    def _check_dashboard_host(cls, value: str) -> str:
+        if problem := host_problem(value, port_setting="DASHBOARD_PORT"):
+            raise ValueError(problem)
+        return value
+
+    @field_validator("dashboard_token")
+    @classmethod
+    def _check_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None  # DASHBOARD_TOKEN= (empty) means none, as unset does
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("is too short: use at least 16 characters (32 random ones, ideally)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_exposure(self) -> Self:
+        if self.dashboard_token is None and not is_loopback(self.dashboard_host):
+            raise ConfigError(
+                "DASHBOARD_TOKEN",
+                f"is required to listen on {self.dashboard_host}, which is not loopback",
+            )
+        return self
 
 
 def is_loopback(host: str) -> bool:

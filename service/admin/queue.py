@@ -26,6 +26,7 @@ __all__ = [
     "BulkResult",
     "ConsumerInfo",
     "DeadLetter",
+    "Matching",
     "Progress",
     "QueueAdmin",
     "QueueStats",
@@ -34,6 +35,8 @@ __all__ = [
 ]
 
 _SCAN_BATCH: Final = 100
+# Counting changes nothing, so it reads larger batches (fewer round trips).
+_COUNT_BATCH: Final = 1_000
 # A worker is live while its last heartbeat is younger than this many of its intervals.
 LIVE_WITHIN_BEATS: Final = 3
 
@@ -101,6 +104,8 @@ class BulkResult:
 # Called with (letters gone through so far, letters present at the start): first with 0, then
 # after each batch.
 Progress = Callable[[int, int], None]
+# Which dead letters a bulk action takes (None: all of them).
+Matching = Callable[["DeadLetter"], bool] | None
 
 
 def _no_progress(seen: int, present: int) -> None:
@@ -140,6 +145,17 @@ class DeadLetter:
         if isinstance(task, dict):
             return [str(a) for field in ("to", "cc", "bcc") for a in _as_list(task.get(field))]
         return []
+
+    @property
+    def task(self) -> dict[str, Any]:
+        """The task as the producer gave it (empty when the entry held none that reads)."""
+        task = _json(self.fields.get("task"))
+        return task if isinstance(task, dict) else {}
+
+    @property
+    def tags(self) -> list[str]:
+        """The task's tags."""
+        return [str(tag) for tag in _as_list(self.task.get("tags"))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +222,11 @@ class QueueAdmin:
         letters = await self._store.dead_letters(after=after, count=limit)
         return [_dead_letter(dead_id, fields) for dead_id, fields in letters]
 
+    async def dead_letters_before(self, *, limit: int, before: str = "+") -> list[DeadLetter]:
+        """Up to `limit` dead letters, newest first, from id `before` ("(id)": before it) back."""
+        letters = await self._store.dead_letters_before(before=before, count=limit)
+        return [_dead_letter(dead_id, fields) for dead_id, fields in letters]
+
     async def dead_letter(self, dead_id: str) -> DeadLetter | None:
         """The dead letter with this id, if there is one."""
         fields = await self._store.dead_letter(dead_id)
@@ -220,11 +241,18 @@ class QueueAdmin:
             requeued[dead_id] = await self._store.requeue_dead(dead_id, task_id)
         return requeued
 
-    async def requeue_all(self, progress: Progress = _no_progress) -> BulkResult:
+    async def requeue_all(
+        self,
+        progress: Progress = _no_progress,
+        *,
+        matching: Matching = None,
+        until: str | None = None,
+    ) -> BulkResult:
         """Put every dead letter present now back on the stream, each at most once.
 
         Letters added meanwhile are left alone: under a live worker they are the requeued
-        copies failing again, and requeueing them too would never end.
+        copies failing again, and requeueing them too would never end. `matching` takes only
+        the letters it accepts; `until` ends the snapshot at that id (a count confirmed before).
         """
 
         async def requeue(letters: list[DeadLetter]) -> int:
@@ -234,19 +262,28 @@ class QueueAdmin:
                     done += 1
             return done
 
-        return await self._through_snapshot(requeue, progress)
+        return await self._through_snapshot(requeue, progress, matching, until)
 
     async def purge(self, dead_ids: Sequence[str]) -> int:
         """Delete these dead letters for good; return how many existed."""
         return await self._store.purge_dead(dead_ids)
 
-    async def purge_all(self, progress: Progress = _no_progress) -> BulkResult:
-        """Delete every dead letter present now for good; letters added meanwhile stay."""
+    async def purge_all(
+        self,
+        progress: Progress = _no_progress,
+        *,
+        matching: Matching = None,
+        until: str | None = None,
+    ) -> BulkResult:
+        """Delete every dead letter present now for good; letters added meanwhile stay.
+
+        `matching` and `until` as for `requeue_all`.
+        """
 
         async def purge(letters: list[DeadLetter]) -> int:
             return await self.purge([letter.dead_id for letter in letters])
 
-        return await self._through_snapshot(purge, progress)
+        return await self._through_snapshot(purge, progress, matching, until)
 
     async def task_status(self, task_id: str) -> TaskStatus:
         """Where task `task_id` is now (see `service.status`)."""
@@ -284,31 +321,59 @@ class QueueAdmin:
                 removed.append(consumer.name)
         return removed
 
+    async def count_matching(self, matching: Matching) -> tuple[int, str | None]:
+        """How many dead letters present now `matching` accepts, and the newest id then: what
+        a bulk action given the same filter and `until=` that id will go through."""
+        _, newest = await self._store.dead_tail()
+        count = 0
+        async for batch in self._batches_until(newest, size=_COUNT_BATCH):
+            count += sum(1 for letter in batch if matching is None or matching(letter))
+        return count, newest
+
     async def _through_snapshot(
-        self, act: Callable[[list[DeadLetter]], Awaitable[int]], progress: Progress
+        self,
+        act: Callable[[list[DeadLetter]], Awaitable[int]],
+        progress: Progress,
+        matching: Matching = None,
+        until: str | None = None,
     ) -> BulkResult:
         """Run `act` on batches of the dead letters present now, each letter once.
 
         Stream ids only grow, so the newest id now bounds the snapshot: every letter added
-        later has a higher id.
+        later has a higher id. With `matching`, "present" counts the letters it accepted.
         """
         present, newest = await self._store.dead_tail()
+        if until is not None and (newest is None or _id_key(until) < _id_key(newest)):
+            newest = until
+        if matching is not None:
+            present = 0
         progress(0, present)
         done = seen = 0
         async for batch in self._batches_until(newest):
-            done += await act(batch)
+            if matching is not None:
+                batch = [letter for letter in batch if matching(letter)]  # noqa: PLW2901
+                present += len(batch)
+            done += await act(batch) if batch else 0
             seen += len(batch)
             progress(seen, present)
         return BulkResult(done=done, present_at_start=present)
 
-    async def _batches_until(self, newest: str | None) -> AsyncIterator[list[DeadLetter]]:
+    async def _batches_until(
+        self, newest: str | None, size: int = _SCAN_BATCH
+    ) -> AsyncIterator[list[DeadLetter]]:
         after = "-"
         while newest is not None:
-            page = await self._store.dead_letters_until(after=after, last=newest, count=_SCAN_BATCH)
+            page = await self._store.dead_letters_until(after=after, last=newest, count=size)
             if not page:
                 return
             yield [_dead_letter(dead_id, fields) for dead_id, fields in page]
             after = "(" + page[-1][0]
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    """A stream id as a tuple that orders as Redis orders ids."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _dead_letter(dead_id: str, fields: Fields) -> DeadLetter:

@@ -14,9 +14,18 @@ __all__ = ["MailSink"]
 
 
 class _StoreHandler:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, refused_domain: str | None) -> None:
         self.directory = directory
+        self.refused = None if refused_domain is None else "@" + refused_domain.lower()
         self.count = 0
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        if self.refused is not None and address.lower().endswith(self.refused):
+            return "550 5.1.1 no such user here (the demo sink refuses this domain)"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.count += 1
@@ -33,15 +42,16 @@ class MailSink:
     """aiosmtpd on 127.0.0.1 (in a thread), writing what it receives to `directory`.
 
     It listens on `port` when that is free, else on any free port: `port` says which.
+    Recipients at `refused_domain` are refused with 550 (the dashboard demo's dead letters).
     """
 
-    def __init__(self, directory: Path, port: int) -> None:
+    def __init__(self, directory: Path, port: int, *, refused_domain: str | None = None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         # Checked first: aiosmtpd takes seconds to report a port in use, and then with a traceback.
         self.port = port if port_is_free(port) else free_port()
         self._controller = Controller(
-            _StoreHandler(directory), hostname="127.0.0.1", port=self.port
+            _StoreHandler(directory, refused_domain), hostname="127.0.0.1", port=self.port
         )
 
     def start(self) -> None:

@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from ..keys import CONSUMER_GROUP, QueueKeys
-from . import limiter, scripts
+from . import history, limiter, scripts
 from .replies import as_str
 
 __all__ = ["Access", "Command", "check_access", "denied", "worker_commands"]
@@ -88,6 +88,10 @@ def worker_commands(
         ("hdel", f"HDEL {entries} {_PROBE}"),
         ("hset", f"HSET {keys.workers} {_PROBE} v"),
         ("hdel", f"HDEL {keys.workers} {_PROBE}"),
+        ("hlen", f"HLEN {keys.minute('*')}"),
+        ("hincrby", f"HINCRBY {keys.minute('*')} sent 1"),
+        ("hset", f"HSET {keys.minute('*')} {_PROBE} v"),
+        ("pexpireat", f"PEXPIREAT {keys.minute('*')} 1"),
         ("exists", f"EXISTS {sent}"),
         ("set", f"SET {sent} v PX 1"),
         ("script|load", "SCRIPT LOAD return"),
@@ -126,6 +130,7 @@ def worker_commands(
         evalsha(scripts.SETTLE, stream, delayed, entries, dead, sent, keys.status("*")),
         evalsha(scripts.PROMOTE_DUE, stream, delayed, entries, dead),
         evalsha(scripts.FORGET_CONSUMER, stream),
+        evalsha(history.ADD_MINUTES, keys.minute("*")),
         *limited,
     )
 
@@ -133,7 +138,7 @@ def worker_commands(
 def _keys_of(commands: Iterable[Command], keys: QueueKeys) -> list[str]:
     every = {keys.stream, keys.delayed, keys.delayed_entries, keys.dead, keys.workers}
     every |= {keys.limiter, keys.quota}
-    every |= {keys.sent("*"), keys.status("*")}
+    every |= {keys.sent("*"), keys.status("*"), keys.minute("*")}
     used = {arg for command in commands for arg in command.args}
     return sorted(every & used)
 

@@ -4,7 +4,7 @@ CLI call these and build no script argument and parse no reply themselves."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
@@ -16,7 +16,8 @@ from redis.typing import EncodableT, FieldT
 from ..errors import QueueFull, QueueVanished, RedisFull
 from ..keys import CONSUMER_GROUP, QueueKeys
 from ..status import DEFAULT_STATUS_TTL, CancelResult, TaskState, TaskStatus, is_task_id
-from . import access, limiter, replies, scripts
+from . import access, history, limiter, reads, replies, scripts
+from .history import MinuteCounts
 from .limiter import Acquired, LimiterConfig, LimiterState, Throttled
 from .replies import ConsumerInfo, Entry, Fields, GroupInfo, as_str
 from .scripts import EnqueueReply, NewTask, ScriptCall, SettleReply, SettleWrite, status_ttl_ms
@@ -67,6 +68,9 @@ class QueueStore:
                 scripts.CANCEL,
                 limiter.ACQUIRE,
                 limiter.THROTTLE,
+                reads.SCHEDULED_PAGE,
+                reads.SCHEDULED_ONE,
+                history.ADD_MINUTES,
             )
         }
         self._settles = SettleBatcher(redis)
@@ -354,6 +358,12 @@ class QueueStore:
         reply: Any = await self._redis.xrange(self.keys.dead, min=after, count=count)
         return [(as_str(entry_id), fields) for entry_id, fields in reply]
 
+    async def dead_letters_before(self, *, before: str, count: int) -> list[tuple[str, Fields]]:
+        """Up to `count` dead letters, newest first, from id `before` back ("(id)": before it;
+        "+": the newest)."""
+        reply: Any = await self._redis.xrevrange(self.keys.dead, max=before, count=count)
+        return [(as_str(entry_id), fields) for entry_id, fields in reply]
+
     async def dead_letter(self, dead_id: str) -> Fields | None:
         """The fields of the dead letter `dead_id`, if there is one."""
         reply: Any = await self._redis.xrange(self.keys.dead, min=dead_id, max=dead_id)
@@ -374,6 +384,20 @@ class QueueStore:
     async def purge_dead(self, dead_ids: Sequence[str]) -> int:
         """Delete these dead letters for good; return how many existed."""
         return int(await self._redis.xdel(self.keys.dead, *dead_ids)) if dead_ids else 0
+
+    # --- scheduled sends (store/reads.py) -----------------------------------------------------
+
+    async def scheduled(self, *, from_ms: int, skip: int, count: int) -> list[reads.Scheduled]:
+        """Up to `count` delayed tasks in due order, from due time `from_ms` on, after skipping
+        the first `skip` of those (the ones already shown that were due at `from_ms`)."""
+        call = reads.scheduled_page(self.keys, from_ms=from_ms, skip=skip, count=count)
+        return reads.scheduled_reply(await self._run(call, "SCHEDULED_PAGE"))
+
+    async def scheduled_one(self, task_id: str) -> reads.Scheduled | None:
+        """The delayed task `task_id`, if it is in the delayed set."""
+        call = reads.scheduled_one(self.keys, task_id)
+        found = reads.scheduled_reply(await self._run(call, "SCHEDULED_ONE"))
+        return found[0] if found else None
 
     # --- status and cancel -------------------------------------------------------------------
 
@@ -411,6 +435,25 @@ class QueueStore:
         """Every heartbeat record, by consumer name."""
         records: Any = await self._redis.hgetall(self.keys.workers)
         return {as_str(name): record for name, record in records.items()}
+
+    # --- history (store/history.py) ----------------------------------------------------------
+
+    async def add_minutes(
+        self, consumer: str, counts: Mapping[int, MinuteCounts], peaks: Mapping[int, int]
+    ) -> None:
+        """Add a worker's counts to each minute's hash, and set its latency peak there, in one
+        atomic step (`history.ADD_MINUTES`); each hash expires `history.KEEP_MINUTES_S` after
+        its minute. `RedisFull` at maxmemory, when nothing was written."""
+        if counts or peaks:
+            await self._run(history.add_minutes(self.keys, consumer, counts, peaks), "ADD_MINUTES")
+
+    async def minutes(self, first: int, count: int) -> list[MinuteCounts]:
+        """The counts of `count` minutes from minute `first` on (minutes since the epoch), in
+        one pipelined round trip; a minute nobody wrote counts as nothing done."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for minute in range(first, first + count):
+                pipe.hgetall(self.keys.minute(minute))
+            return [history.minute_counts(reply) for reply in await pipe.execute()]
 
     # --- the server ---------------------------------------------------------------------------
 

@@ -224,8 +224,11 @@ class Delivery:
             if planned.dead_recipients:
                 details["dead_recipients"] = planned.dead_recipients
             details["dead_letters"] = settled.dead_letters
-        if planned.outcome == "sent" and queued is not None:
-            details["queued_ms"] = time.time_ns() // 1_000_000 - queued.dated_ms
+        latency_ms = None
+        if planned.outcome in ("sent", "partly_sent") and queued is not None:
+            latency_ms = time.time_ns() // 1_000_000 - queued.dated_ms
+        if planned.outcome == "sent":
+            details["queued_ms"] = latency_ms
         event, level = _EVENTS[planned.outcome]
         task_log.log(level, event, **details)
         self._metrics.record(
@@ -233,6 +236,7 @@ class Delivery:
             time.monotonic() - started,
             retried=planned.counted_retry,
             dead=planned.write.dead is not None,
+            latency_ms=latency_ms,
         )
 
 

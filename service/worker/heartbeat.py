@@ -9,6 +9,7 @@ killed worker's record stays, marked dead, until `consumers prune` clears it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -17,6 +18,7 @@ from collections.abc import Callable
 import orjson
 import structlog
 
+from ..errors import RedisFull
 from ..store import QueueStore
 from .backoff import retry_while_unavailable
 from .metrics import WorkerMetrics
@@ -73,6 +75,7 @@ class Heartbeat:
             "outcomes": dict(self._metrics.outcomes),
         }
         await self._store.write_heartbeat(self._consumer, orjson.dumps(record))
+        await self._write_minutes()
         if not self._metrics.serving:
             return  # the queue's gauges are for Prometheus only: no Redis reads for nothing
         sizes = await self._store.sizes()
@@ -85,6 +88,23 @@ class Heartbeat:
             paused=state == "paused",
         )
 
+    async def _write_minutes(self) -> None:
+        """Add what this worker did since the last beat to the queue's minute history."""
+        counts, peaks = self._metrics.minutes.take()
+        if not counts and not peaks:
+            return
+        try:
+            await self._store.add_minutes(self._consumer, counts, peaks)
+        except BaseException:
+            self._metrics.minutes.put_back(counts, peaks)
+            raise
+
     async def remove(self) -> None:
-        """Delete the record: this worker stopped on purpose."""
+        """Delete the record: this worker stopped on purpose.
+
+        Its last counts go first, if Redis takes them: at maxmemory they are dropped (a
+        chart's minute, not a task), and the record is removed all the same.
+        """
+        with contextlib.suppress(RedisFull):
+            await self._write_minutes()
         await self._store.remove_heartbeats(self._consumer)

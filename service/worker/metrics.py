@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import time
 from collections import Counter as Tally
 from typing import Final
 
@@ -18,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from ..errors import ConfigError
 from ..store import QueueSizes
+from .history import MinuteTally
 
 __all__ = ["WorkerMetrics", "listen_error"]
 
@@ -31,6 +33,7 @@ class WorkerMetrics:
     def __init__(self, queue: str) -> None:
         self.queue = queue
         self.outcomes: Tally[str] = Tally()
+        self.minutes = MinuteTally()  # the queue's minute history, written by the heartbeat
         self._registry: CollectorRegistry | None = None
 
     def serve(self, host: str, port: int) -> None:
@@ -115,14 +118,22 @@ class WorkerMetrics:
         return self._registry is not None
 
     def record(
-        self, outcome: str, duration_s: float, *, retried: bool = False, dead: bool = False
+        self,
+        outcome: str,
+        duration_s: float,
+        *,
+        retried: bool = False,
+        dead: bool = False,
+        latency_ms: int | None = None,
     ) -> None:
         """Count one settled attempt.
 
         `outcome` is the logs' word (sent, partly_sent, retry, requeued, dead_letter, skipped);
-        `retried` and `dead` say whether it scheduled a retry copy or wrote a dead letter.
+        `retried` and `dead` say whether it scheduled a retry copy or wrote a dead letter;
+        `latency_ms`: from enqueue (or due time) to the server's accept, for a sent email.
         """
         self.outcomes[outcome] += 1
+        self.minutes.record(outcome, at_s=time.time(), latency_ms=latency_ms)
         if self._registry is None:
             return
         queue = self.queue

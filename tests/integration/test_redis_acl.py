@@ -25,8 +25,8 @@ _LEAST = ["-@all", "+@stream", "+@hash", "+@sortedset", "+@string", "+@scripting
           "+@connection", "+info", "+exists", "+pexpireat"]  # fmt: skip
 
 
-_OTHER_KEYS = ("keys {emails}:dead, {emails}:delayed, {emails}:delayed:entries, {emails}:sent:*, "
-               "{emails}:status:*, {emails}:workers")  # fmt: skip
+_OTHER_KEYS = ("keys {emails}:dead, {emails}:delayed, {emails}:delayed:entries, {emails}:minute:*, "
+               "{emails}:sent:*, {emails}:status:*, {emails}:workers")  # fmt: skip
 
 
 def _events(worker: WorkerProcess, name: str) -> list[dict[str, object]]:

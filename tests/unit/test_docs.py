@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import QueueSettings, WorkerSettings
+from service.settings import DashboardSettings, QueueSettings, WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_ENV = ROOT / "config" / "example.env"
@@ -27,7 +27,7 @@ _VARIABLE = re.compile(r"`([A-Z][A-Z0-9_]*)`")
 def settings_variables() -> set[str]:
     """Every environment variable the settings objects read."""
     names: set[str] = set()
-    for cls in (QueueSettings, WorkerSettings):
+    for cls in (QueueSettings, WorkerSettings, DashboardSettings):
         prefix = cls.model_config.get("env_prefix", "")
         names |= {f"{prefix}{field}".upper() for field in cls.model_fields}
     return names
@@ -93,10 +93,25 @@ def test_example_env_shows_the_real_defaults(
     assert wrong == {}, "example.env shows (value, real default) for these"
     # A commented-out line stands for "unset": that field's default must be None.
     for name, _, commented in example_env_lines(EXAMPLE_ENV.read_text()):
-        if commented and name in settings_variables():
+        if commented and name.lower() in WorkerSettings.model_fields:
             assert getattr(defaults, name.lower()) is None, (
                 f"{name} is commented out, has a default"
             )
+
+
+def test_example_env_shows_the_dashboards_real_defaults(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in settings_variables():
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    shown = DashboardSettings(_env_file=EXAMPLE_ENV).model_dump()
+    real = DashboardSettings(_env_file=None).model_dump()
+    dashboard = [name for name in real if name.startswith("dashboard_")]
+    assert {name: shown[name] for name in dashboard} == {name: real[name] for name in dashboard}
+    for name, _, commented in example_env_lines(EXAMPLE_ENV.read_text()):
+        if commented and name.lower() in dashboard:
+            assert real[name.lower()] is None, f"{name} is commented out, has a default"
 
 
 @pytest.mark.parametrize(
