@@ -5,21 +5,24 @@ for the peer (which builds its own `EmailMessage` from them).
 - `html`: ASCII text with a ~2.3 KB HTML alternative whose lines are long, as templates write
   them: 30%;
 - `intl`: the same with non-ASCII display names, subject and bodies: 30%;
-- `attachment`: a small attachment, once the task model has attachments (`ATTACHMENT`: None
-  until then; the mix leaves it out and the table says so).
+- `attachment`: the html kind with a 20 KB PDF invoice attached, measured apart (the mix leaves
+  it out: most transactional email carries none).
 """
 
 from __future__ import annotations
 
+import base64
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 from service import EmailTask
+from service.task import Attachment
 
 from .workload import MAIL_FROM
 
-__all__ = ["ATTACHMENT", "KINDS", "MIX", "Email", "emails"]
+__all__ = ["KINDS", "MIX", "Email", "emails"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,20 +33,29 @@ class Email:
     subject: str
     text: str
     html: str | None = None
+    pdf: bytes | None = None  # an attached invoice, `invoice.pdf`
 
     def task(self) -> EmailTask:
         """The task our producer enqueues (the worker's default sender is `MAIL_FROM`)."""
-        return EmailTask(to=self.to, subject=self.subject, text=self.text, html=self.html)
+        files = [] if self.pdf is None else [_invoice(self.pdf)]
+        return EmailTask(
+            to=self.to, subject=self.subject, text=self.text, html=self.html, attachments=files
+        )
 
     def peer_fields(self) -> dict[str, str | None]:
-        """The peer task's arguments."""
+        """The peer task's arguments (JSON: the attachment as base64)."""
         return {
             "sender": MAIL_FROM,
             "to": self.to,
             "subject": self.subject,
             "text": self.text,
             "html": self.html,
+            "pdf": None if self.pdf is None else base64.b64encode(self.pdf).decode(),
         }
+
+
+def _invoice(pdf: bytes) -> Attachment:
+    return Attachment(filename="invoice.pdf", content=pdf, content_type="application/pdf")
 
 
 def _plain(i: int) -> Email:
@@ -125,10 +137,21 @@ def _intl(i: int) -> Email:
     )
 
 
-KINDS: Final[dict[str, Callable[[int], Email]]] = {"plain": _plain, "html": _rich, "intl": _intl}
-# Once tasks carry attachments: a kind with a small one (e.g. a 20 KB PDF invoice) goes here
-# and into KINDS, and the peer's task attaches the same bytes.
-ATTACHMENT: Final[Callable[[int], Email] | None] = None
+# A compressed PDF's bytes look random: base64 and line splitting get no shortcut.
+_PDF: Final = b"%PDF-1.4\n" + random.Random(20).randbytes(20 * 1024)  # noqa: S311 - not a secret
+
+
+def _attached(i: int) -> Email:
+    email = _rich(i)
+    return Email(email.to, email.subject, email.text, email.html, pdf=_PDF)
+
+
+KINDS: Final[dict[str, Callable[[int], Email]]] = {
+    "plain": _plain,
+    "html": _rich,
+    "intl": _intl,
+    "attachment": _attached,
+}
 # The realistic mix: out of every ten emails, four plain, three html, three intl.
 MIX: Final = ("plain", "html", "intl", "plain", "html", "intl", "plain", "html", "intl", "plain")
 

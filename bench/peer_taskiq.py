@@ -14,6 +14,7 @@ Settings come from the environment: PEER_REDIS_URL, PEER_QUEUE, PEER_SMTP_PORT.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import sys
@@ -36,7 +37,13 @@ _SMTP_PORT = int(os.environ.get("PEER_SMTP_PORT", "25"))
 # Named: the kicker runs this module as __main__, which would change the derived name.
 @broker.task(task_name="send_email")  # type: ignore[untyped-decorator]  # no taskiq for mypy
 async def send_email(
-    sender: str, to: str, subject: str, text: str, html: str | None = None
+    sender: str,
+    to: str,
+    subject: str,
+    text: str,
+    *,
+    html: str | None = None,
+    pdf: str | None = None,
 ) -> None:
     """One email, as a taskiq user would send it."""
     message = EmailMessage()
@@ -46,6 +53,10 @@ async def send_email(
     message.set_content(text)
     if html is not None:
         message.add_alternative(html, subtype="html")
+    if pdf is not None:
+        message.add_attachment(
+            base64.b64decode(pdf), maintype="application", subtype="pdf", filename="invoice.pdf"
+        )
     await aiosmtplib.send(message, hostname="127.0.0.1", port=_SMTP_PORT, start_tls=False)
 
 
