@@ -30,7 +30,7 @@ class TaskState(enum.StrEnum):
     SCHEDULED = "scheduled"  # waiting for its send time (`due_at`)
     SENDING = "sending"  # a worker holds it: an attempt is under way
     RETRYING = "retrying"  # an attempt failed; the next is due at `due_at`
-    SENT = "sent"  # the SMTP server accepted it (`reply`: what it answered, when known)
+    SENT = "sent"  # the SMTP server accepted it (`reply`: what it answered to the email)
     DEAD = "dead"  # given up on (`reason`); an operator may requeue it
     CANCELLED = "cancelled"  # cancelled before it was sent: it will never be sent
     UNKNOWN = "unknown"  # never seen, or its record expired
@@ -46,7 +46,7 @@ class TaskStatus:
     changed_at: datetime | None = None  # the last change of state (UTC)
     due_at: datetime | None = None  # scheduled and retrying: when it is (next) due
     attempts: int | None = None  # failed attempts so far (retrying, and later states)
-    reply: str = ""  # retrying: the last failure; sent: the server's reply, when recorded
+    reply: str = ""  # retrying: the last failure; sent: the server's reply to the email
     reason: str = ""  # dead: why it was given up
     tags: tuple[str, ...] = ()
 

@@ -218,6 +218,8 @@ class Delivery:
             details["settled_elsewhere"] = True
         if planned.reason:
             details["reason"] = planned.reason
+        if planned.answer:
+            details["smtp_reply"] = planned.answer
         if planned.retry_recipients:
             details.update(retry_recipients=planned.retry_recipients, retry_in_s=planned.retry_in_s)
         if planned.write.dead is not None:

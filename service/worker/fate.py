@@ -57,6 +57,7 @@ class Fate:
     retry_in_s: float = 0.0
     dead_recipients: int = 0
     counted_retry: bool = False  # a retry copy that used an attempt (not a pause's requeue)
+    answer: str = ""  # the server's reply to the message, when it took it
 
 
 def after_attempt(
@@ -119,6 +120,7 @@ def after_attempt(
         retry_in_s=round(retry_in, 1),
         dead_recipients=len(decision.dead),
         counted_retry=bool(decision.retry) and not uncounted,
+        answer=decision.answer,
     )
 
 
@@ -179,5 +181,5 @@ def status_after(decision: Decision, *, tries: int) -> StatusNote:
     if decision.retry:
         return StatusNote("retrying", attempts=decision.tries, text=decision.reason)
     if decision.accepted:
-        return StatusNote("sent", attempts=tries)
+        return StatusNote("sent", attempts=tries, text=decision.answer)
     return StatusNote("dead", attempts=decision.tries, text=decision.dead_reason)

@@ -76,6 +76,7 @@ class Decision:
     dead_reason: str = ""  # why the dead recipients were given up
     paused: bool = False  # the retry is due at once and used no attempt (SMTP unusable)
     throttled: bool = False  # the retry used no attempt: the server asked us to slow down
+    answer: str = ""  # the server's reply to the message, when it accepted a recipient
 
     @property
     def outcome(self) -> str:
@@ -137,8 +138,14 @@ def decide(
     """The decision of an attempt that ended with `result` (`adaptive`: see `classify_failure`)."""
     if isinstance(result, Answered):
         refused = {to: (reply.code, reply.text) for to, reply in result.refused.items()}
+        answer = str(result.reply) if result.reply is not None else ""
         return after_send(
-            recipients, refused, tries=tries, max_attempts=max_attempts, adaptive=adaptive
+            recipients,
+            refused,
+            tries=tries,
+            max_attempts=max_attempts,
+            adaptive=adaptive,
+            answer=answer,
         )
     return after_failure(
         classify_failure(result, adaptive=adaptive),
@@ -155,6 +162,7 @@ def after_send(
     tries: int,
     max_attempts: int,
     adaptive: bool = False,
+    answer: str = "",
 ) -> Decision:
     """The decision of an attempt the server answered recipient by recipient.
 
@@ -163,10 +171,13 @@ def after_send(
     others dead-lettered; once the attempts are used up, every refused recipient is. Each
     address counts once, however often `recipients` names it. With `adaptive`, when every
     refusal asks us to slow down, the refused recipients are retried without using an attempt.
+    `answer` is the server's reply to the message, kept when a recipient was accepted.
     """
     recipients = distinct_addresses(recipients)
     if not refused:
-        return Decision(accepted=len(recipients))
+        return Decision(accepted=len(recipients), answer=answer)
+    if len(refused) >= len(recipients):
+        answer = ""  # nothing was sent: no reply to a message
     if adaptive and all(is_slow_down(*reply) for reply in refused.values()):
         return Decision(
             accepted=len(recipients) - len(refused),
@@ -174,6 +185,7 @@ def after_send(
             tries=tries,
             reason=_refusals(list(refused), refused),
             throttled=True,
+            answer=answer,
         )
     failed_tries = tries + 1
     retry = [r for r in recipients if r in refused and not is_permanent_reply(*refused[r])]
@@ -190,6 +202,7 @@ def after_send(
         dead=tuple(dead),
         reason=_refusals(list(refused), refused),
         dead_reason=dead_reason if dead else "",
+        answer=answer,
     )
 
 

@@ -49,7 +49,7 @@ from .smtp_result import (
     read_failure,
     session_failure,
 )
-from .transaction import greet, transmit
+from .transaction import Transmitted, greet, transmit
 
 __all__ = ["SmtpPool"]
 
@@ -125,7 +125,7 @@ class SmtpPool:
                         connection = await self._checkout(deadline)
                     except Exception as exc:  # noqa: BLE001 - no session: the server is unusable
                         return SendFailure(FailureKind.UNAVAILABLE, self._describe(exc))
-                    refused = await _transmit(connection.client, outgoing)
+                    sent = await _transmit(connection.client, outgoing)
             except TimeoutError:
                 if connection is None:  # the deadline passed while the session was still opening
                     return SendFailure(FailureKind.UNAVAILABLE, self._describe(TimeoutError()))
@@ -144,7 +144,8 @@ class SmtpPool:
                     self._drop(connection)
                 raise
             self._checkin(connection)
-            return Answered({to: Reply(r.code, r.message) for to, r in refused.items()})
+            refused = {to: Reply(r.code, r.message) for to, r in sent.refused.items()}
+            return Answered(refused, Reply(sent.reply.code, sent.reply.message))
 
     async def probe(self) -> None:
         """Open one session as a send does, then QUIT; raise `SmtpUnavailableError` if it fails.
@@ -343,10 +344,8 @@ async def _quit(client: aiosmtplib.SMTP) -> None:
         client.close()
 
 
-async def _transmit(
-    client: aiosmtplib.SMTP, outgoing: Outgoing
-) -> dict[str, aiosmtplib.SMTPResponse]:
-    """One message over `client`; the recipients the server refused."""
+async def _transmit(client: aiosmtplib.SMTP, outgoing: Outgoing) -> Transmitted:
+    """One message over `client`; what the server answered."""
     eight_bit = client.supports_extension("8bitmime")
     options = [o for o, on in (("BODY=8BITMIME", eight_bit), ("SMTPUTF8", outgoing.smtputf8)) if on]
     return await transmit(

@@ -85,10 +85,12 @@ class SendFailure:
 class Answered:
     """The server answered recipient by recipient: every one not in `refused` was accepted.
 
-    When every recipient is refused, no message was sent.
+    When every recipient is refused, no message was sent and there is no `reply`; else `reply`
+    is the server's answer to the message (its queue id, usually).
     """
 
     refused: dict[str, Reply] = field(default_factory=dict)
+    reply: Reply | None = None
 
 
 SendResult = Answered | SendFailure

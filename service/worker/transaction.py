@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, NamedTuple
 
 import aiosmtplib
 from aiosmtplib import SMTPResponse
@@ -33,7 +33,7 @@ from aiosmtplib.typing import SMTPStatus
 
 from .pipelining import ReplyTap
 
-__all__ = ["dot_stuffed", "envelope_address", "greet", "transmit"]
+__all__ = ["Transmitted", "dot_stuffed", "envelope_address", "greet", "transmit"]
 
 # An address as it goes between angle brackets: a local part (a dot-atom-like run, or a quoted
 # string) and a domain (or an address literal), with nothing that could end the command or add
@@ -48,6 +48,14 @@ _RCPT_ACCEPTED: Final = frozenset({250, 251})
 _LEADING_DOT: Final = re.compile(rb"(?m)^\.")
 # A lone CR or LF: aiosmtplib turns each into CRLF before DATA, and so do we.
 _LONE_LINE_END: Final = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+
+class Transmitted(NamedTuple):
+    """A message the server took: the recipients it refused, and its reply to the message
+    (which usually names the server's queue id for it, e.g. `250 2.0.0 Ok: queued as 4Zx`)."""
+
+    refused: dict[str, SMTPResponse]
+    reply: SMTPResponse
 
 
 async def greet(client: aiosmtplib.SMTP) -> None:
@@ -80,8 +88,8 @@ async def transmit(
     data: bytes,
     *,
     mail_options: Sequence[str] = (),
-) -> dict[str, SMTPResponse]:
-    """Send `data` from `mail_from` to `recipients` over `client`; the refused recipients.
+) -> Transmitted:
+    """Send `data` from `mail_from` to `recipients` over `client`; what the server answered.
 
     `mail_options` are MAIL FROM parameters (`BODY=8BITMIME`, `SMTPUTF8`); SIZE is added where
     the server offers it, SMTPUTF8 where an address is not ASCII. Raises, sending nothing,
@@ -109,13 +117,13 @@ async def transmit(
                 client, mail, mail_from=mail_from, recipients=recipients, rcpts=rcpts, content=data
             )
         refused = await _one_by_one(client, mail, mail_from, recipients, rcpts)
-        await client.data(data, timeout=None)
+        reply = await client.data(data, timeout=None)
     except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
         # Reset the envelope for the connection's next message, as sendmail does.
         with contextlib.suppress(ConnectionError, aiosmtplib.SMTPResponseException):
             await client.rset(timeout=None)
         raise
-    return refused
+    return Transmitted(refused, reply)
 
 
 def _check_supported(client: aiosmtplib.SMTP, mail_options: Sequence[str], data: bytes) -> None:
@@ -156,7 +164,7 @@ async def _pipelined(
     recipients: Sequence[str],
     rcpts: list[bytes],
     content: bytes,
-) -> dict[str, SMTPResponse]:
+) -> Transmitted:
     """MAIL, every RCPT and DATA in one write; the message (if DATA was accepted) in another."""
     tap = ReplyTap.on(client)
     group = [mail, *rcpts, b"DATA\r\n"]
@@ -174,7 +182,7 @@ async def _pipelined(
     (reply,) = await tap.exchange(dot_stuffed(content), 1)
     if reply.code != SMTPStatus.completed:
         raise aiosmtplib.SMTPDataError(reply.code, reply.message)
-    return refused
+    return Transmitted(refused, reply)
 
 
 def _check_sender(reply: SMTPResponse, mail_from: str) -> None:

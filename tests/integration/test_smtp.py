@@ -32,6 +32,8 @@ CONTENT = (
     b"Message-ID: <0123@example.com>\r\nMIME-Version: 1.0\r\n\r\n"
     b"Hello.\r\n.a line that starts with a dot\r\n"
 )
+QUEUED = Reply(250, "OK queued")  # the test server's reply to a message
+SENT = Answered({}, QUEUED)
 
 
 @pytest.fixture(params=[False, True], ids=["one-by-one", "pipelined"])
@@ -54,10 +56,11 @@ async def test_the_transaction_sends_what_sendmail_sends(
 ) -> None:
     recipients = ["a@example.com", "b@example.com"]
 
-    await client.sendmail(SENDER, recipients, CONTENT, mail_options=["BODY=8BITMIME"])
-    refused = await transmit(client, SENDER, recipients, CONTENT, mail_options=["BODY=8BITMIME"])
+    _, answer = await client.sendmail(SENDER, recipients, CONTENT, mail_options=["BODY=8BITMIME"])
+    sent = await transmit(client, SENDER, recipients, CONTENT, mail_options=["BODY=8BITMIME"])
 
-    assert refused == {}
+    assert sent.refused == {}
+    assert (sent.reply.code, sent.reply.message) == (250, answer)  # the reply to the message
     by_sendmail, by_transmit = smtp.received
     for received in (by_sendmail, by_transmit):
         assert received.mail_from == SENDER
@@ -73,7 +76,7 @@ async def test_refused_recipients_are_returned_and_the_others_get_the_message(
 ) -> None:
     smtp.behaviour.rcpt_replies = {"gone@example.com": "550 5.1.1 no such user"}
 
-    refused = await transmit(client, SENDER, ["gone@example.com", "a@example.com"], CONTENT)
+    refused, _ = await transmit(client, SENDER, ["gone@example.com", "a@example.com"], CONTENT)
 
     assert {to: (r.code, r.message) for to, r in refused.items()} == {
         "gone@example.com": (550, "5.1.1 no such user")
@@ -174,7 +177,7 @@ async def test_the_pool_deadline_bounds_a_stalled_transaction_and_drops_its_conn
     assert time.monotonic() - started < 2.0
     assert pool.idle_connections == 0  # a session in an unknown state is never reused
     smtp.behaviour.data_delay = 0.0
-    assert await pool.send(outgoing) == Answered({})
+    assert await pool.send(outgoing) == SENT
     assert pool.idle_connections == 1
     await pool.close()
     assert len(smtp.received) == 1  # the stalled message is still held by the server
@@ -296,7 +299,7 @@ async def test_replies_without_text_are_read_as_their_codes(
     closing = await pool.send(Outgoing.prebuilt(CONTENT, SENDER, ["a@example.com"]))
     await pool.close()
 
-    assert partly == Answered({"gone@example.com": Reply(550, "")})
+    assert partly == Answered({"gone@example.com": Reply(550, "")}, QUEUED)
     assert refused == SendFailure(FailureKind.REFUSED, "SMTP 554", Reply(554, ""))
     # One by one, the 421 is MAIL's reply (as sendmail reports it); pipelined, it is the reply
     # that cut the group short. Either way a transient refusal, retried.
@@ -371,7 +374,7 @@ async def test_control_characters_in_a_body_reach_the_server_encoded_and_intact(
     result = await pool.send(render(QueuedTask("0" * 32, 0, task), default_sender=SENDER))
     await pool.close()
 
-    assert result == Answered({})
+    assert result == SENT
     (received,) = smtp.received
     assert re.search(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", received.content) is None
     plain, html = received.message.get_body(("plain",)), received.message.get_body(("html",))
@@ -398,7 +401,7 @@ async def test_every_address_goes_through_the_one_transaction(
     result = await pool.send(Outgoing.prebuilt(CONTENT, mail_from, recipients))
     await pool.close()
 
-    assert result == Answered({})
+    assert result == SENT
     (received,) = smtp.received
     assert (received.mail_from, received.rcpt_tos) == (mail_from, recipients)
     needs_utf8 = not all(address.isascii() for address in (mail_from, *recipients))
@@ -414,10 +417,10 @@ async def test_a_non_ascii_email_is_sent_8bit_where_offered_and_7bit_where_not(
     outgoing = render(QueuedTask("0" * 32, 0, task), default_sender=SENDER)
     pool = _pool(smtp)
 
-    assert await pool.send(outgoing) == Answered({})
+    assert await pool.send(outgoing) == SENT
     await pool.close()
     smtp.behaviour.eight_bit_mime = False
-    assert await pool.send(outgoing) == Answered({})
+    assert await pool.send(outgoing) == SENT
     await pool.close()
 
     eight_bit, seven_bit = smtp.received
@@ -466,7 +469,7 @@ async def test_connections_grow_while_sends_wait_and_close_once_idle(smtp: SmtpS
         *(pool.send(Outgoing.prebuilt(CONTENT, SENDER, [f"u{i}@example.com"])) for i in range(10))
     )
 
-    assert results == [Answered({})] * 10
+    assert results == [SENT] * 10
     assert (pool.open_connections, pool.idle_connections, pool.capacity) == (10, 10, 10)
     assert len({received.peer for received in smtp.received}) == 10
     smtp.behaviour.data_delay = 0.0
@@ -493,7 +496,7 @@ async def test_the_pool_holds_at_the_connections_the_server_takes_and_loses_noth
         *(pool.send(Outgoing.prebuilt(CONTENT, SENDER, [to])) for to in recipients)
     )
 
-    assert results == [Answered({})] * 40
+    assert results == [SENT] * 40
     assert sorted(to for received in smtp.received for to in received.rcpt_tos) == sorted(
         recipients
     )

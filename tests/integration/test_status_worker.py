@@ -52,6 +52,7 @@ def test_queued_sending_sent(
     assert sent.attempts == 0
     assert sent.changed_at is not None
     assert abs(sent.changed_at - datetime.now(UTC)) < timedelta(seconds=10)
+    assert sent.reply == "SMTP 250 OK queued"  # the server's answer to the message
     assert smtp.task_ids() == [task_id]
 
 

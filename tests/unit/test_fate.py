@@ -66,6 +66,21 @@ def _dead(reason: str, tries: int, recipients: list[str] | None) -> dict[bytes, 
             1.0,
             Fate(SettleWrite("1-0", TASK_ID, sent_record=True, status=SENT), "sent"),
         ),
+        # The server's reply to the message goes into the status and the log line.
+        (
+            Decision(accepted=2, answer="SMTP 250 2.0.0 Ok: queued as 4Zx"),
+            1.0,
+            Fate(
+                SettleWrite(
+                    "1-0",
+                    TASK_ID,
+                    sent_record=True,
+                    status=StatusNote("sent", 0, "SMTP 250 2.0.0 Ok: queued as 4Zx"),
+                ),
+                "sent",
+                answer="SMTP 250 2.0.0 Ok: queued as 4Zx",
+            ),
+        ),
         # A transient failure, second attempt: retried after the backoff (120 s at the top).
         (
             Decision(accepted=0, retry=(A, B), tries=2, reason="SMTP 451"),

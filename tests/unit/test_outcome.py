@@ -14,10 +14,11 @@ from service.worker.outcome import (
     after_failure,
     after_send,
     classify_failure,
+    decide,
     is_permanent_reply,
     is_poison,
 )
-from service.worker.smtp_result import read_failure
+from service.worker.smtp_result import Answered, FailureKind, Reply, SendFailure, read_failure
 
 RETRY, DEAD, PAUSE, THROTTLE = Verdict.RETRY, Verdict.DEAD, Verdict.PAUSE, Verdict.THROTTLE
 A, B, C = "a@example.com", "b@example.com", "c@example.com"
@@ -223,3 +224,25 @@ def test_after_send_with_a_shared_rate_limit(
 ) -> None:
     decision = after_send([A, B, C], refused, tries=2, max_attempts=5, adaptive=adaptive)
     assert (decision.retry, decision.tries, decision.dead, decision.throttled) == expected
+
+
+QUEUED_AS = Reply(250, "2.0.0 Ok: queued as 4Zx")
+
+
+@pytest.mark.parametrize(
+    ("result", "answer"),
+    [
+        (Answered({}, QUEUED_AS), "SMTP 250 2.0.0 Ok: queued as 4Zx"),  # everyone accepted
+        (Answered({"b@example.com": Reply(550)}, QUEUED_AS), "SMTP 250 2.0.0 Ok: queued as 4Zx"),
+        (Answered({"b@example.com": Reply(451)}, QUEUED_AS), "SMTP 250 2.0.0 Ok: queued as 4Zx"),
+        # Everyone refused: no message went, so there is no reply to one.
+        (Answered({"a@example.com": Reply(550), "b@example.com": Reply(550)}), ""),
+        (Answered({}), ""),  # a reply not known
+        (SendFailure(FailureKind.REFUSED, "SMTP 554", Reply(554)), ""),
+    ],
+)
+def test_decide_keeps_the_servers_reply_to_the_message(
+    result: Answered | SendFailure, answer: str
+) -> None:
+    recipients = ["a@example.com", "b@example.com"]
+    assert decide(result, recipients, tries=0, max_attempts=5).answer == answer
