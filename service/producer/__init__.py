@@ -15,11 +15,10 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Self
 
-from redis.asyncio import Redis
-
 from ..connection import (
     PRODUCER_CONNECT_TIMEOUT_SECONDS,
     PRODUCER_TIMEOUT_SECONDS,
+    AnyRedis,
     connect_redis_for_producer,
 )
 from ..keys import QueueKeys
@@ -55,7 +54,7 @@ class Producer:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: AnyRedis,
         *,
         queue: str = "emails",
         max_backlog: int | None = DEFAULT_MAX_BACKLOG,
@@ -140,7 +139,8 @@ class Producer:
         Tasks due now and without an idempotency key skip the script while this producer's
         view of the backlog says the limit is far off (see `backlog`).
         """
-        if is_plain(tasks) and self._backlog.allows_plain_add(time.monotonic(), len(tasks)):
+        plain = is_plain(tasks) and not self._store.waits_for_replicas
+        if plain and self._backlog.allows_plain_add(time.monotonic(), len(tasks)):
             await self._store.add_now([task.fields for task in tasks])
             self._backlog.add(len(tasks))
             return [task.task_id for task in tasks]

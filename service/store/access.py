@@ -19,9 +19,9 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, 
 from dataclasses import dataclass
 from typing import Any, Final
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from ..connection import AnyRedis, node_holding
 from ..keys import CONSUMER_GROUP, QueueKeys
 from . import limiter, scripts
 from .replies import as_str
@@ -128,14 +128,17 @@ def _keys_of(commands: Iterable[Command], keys: QueueKeys) -> list[str]:
     return sorted(every & used)
 
 
-async def check_access(redis: Redis, user: str, keys: QueueKeys, *, limits: bool = False) -> Access:
+async def check_access(
+    redis: AnyRedis, user: str, keys: QueueKeys, *, limits: bool = False
+) -> Access:
     """Whether `user` may run every command of `worker_commands(keys, limits=limits)`."""
     commands = worker_commands(keys, limits=limits)
+    node = await node_holding(redis, keys.stream)  # ACL commands name no key
     try:
-        verdicts = await _dry_run(redis, user, commands)
+        verdicts = await _dry_run(redis, user, commands, node)
     except ResponseError as dryrun_refused:
         try:
-            return await _from_rules(redis, user, commands, keys)
+            return await _from_rules(redis, user, commands, keys, node)
         except ResponseError as getuser_refused:
             return Access(
                 user,
@@ -155,12 +158,14 @@ async def check_access(redis: Redis, user: str, keys: QueueKeys, *, limits: bool
     return Access(user, checked=True, missing=_missing(missing, denied_keys), how="ACL DRYRUN")
 
 
-async def _dry_run(redis: Redis, user: str, commands: Sequence[Command]) -> list[str]:
+async def _dry_run(
+    redis: AnyRedis, user: str, commands: Sequence[Command], node: dict[str, Any]
+) -> list[str]:
     """ACL DRYRUN of each command, in one round trip; raises if DRYRUN itself is refused."""
-    first = await _command(redis, "ACL", "DRYRUN", user, *commands[0].args)
+    first = await _command(redis, "ACL", "DRYRUN", user, *commands[0].args, **node)
     async with redis.pipeline(transaction=False) as pipe:
         for command in commands[1:]:
-            pipe.execute_command("ACL", "DRYRUN", user, *command.args)
+            pipe.execute_command("ACL", "DRYRUN", user, *command.args, **node)
         rest: list[Any] = await pipe.execute(raise_on_error=False)
     verdicts = []
     for reply in (first, *rest):
@@ -171,10 +176,14 @@ async def _dry_run(redis: Redis, user: str, commands: Sequence[Command]) -> list
 
 
 async def _from_rules(
-    redis: Redis, user: str, commands: Sequence[Command], keys: QueueKeys
+    redis: AnyRedis,
+    user: str,
+    commands: Sequence[Command],
+    keys: QueueKeys,
+    node: dict[str, Any],
 ) -> Access:
     """The Redis 6.2 way: read the user's rules and evaluate them."""
-    reply: Any = await _command(redis, "ACL", "GETUSER", user)
+    reply: Any = await _command(redis, "ACL", "GETUSER", user, **node)
     if reply is None:
         return Access(user, checked=False, reason=f"ACL GETUSER: no user {user!r}")
     fields = {as_str(reply[i]): reply[i + 1] for i in range(0, len(reply), 2)}
@@ -186,7 +195,7 @@ async def _from_rules(
     categories: dict[str, frozenset[str]] = {}
     for rule in rules:
         if rule[1:2] == "@" and rule[2:] != "all" and rule[2:] not in categories:
-            members: Any = await _command(redis, "ACL", "CAT", rule[2:])
+            members: Any = await _command(redis, "ACL", "CAT", rule[2:], **node)
             categories[rule[2:]] = frozenset(as_str(member) for member in members)
     names = {command.name: None for command in commands}
     missing = dict.fromkeys(denied(rules, categories, names))
@@ -197,9 +206,9 @@ async def _from_rules(
     return Access(user, checked=True, missing=_missing(missing, denied_keys), how="ACL GETUSER")
 
 
-async def _command(redis: Redis, *args: str) -> Any:
+async def _command(redis: AnyRedis, *args: str, **node: Any) -> Any:
     run: Callable[..., Awaitable[Any]] = redis.execute_command  # untyped in redis-py
-    return await run(*args)
+    return await run(*args, **node)
 
 
 def _missing(commands: Mapping[str, None], keys: Mapping[str, None]) -> tuple[str, ...]:

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
-import redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.typing import EncodableT, FieldT
 
+from ..connection import AnySyncRedis, durability_of, sync_node_holding
 from ..errors import QueueFull
 from ..keys import QueueKeys
 from . import replies, scripts
@@ -25,15 +25,21 @@ __all__ = ["SyncQueueStore"]
 class SyncQueueStore:
     """Enqueueing on the queue `keys`, from threads (redis-py's sync client is thread-safe)."""
 
-    def __init__(self, redis_client: redis.Redis, keys: QueueKeys) -> None:
+    def __init__(self, redis_client: AnySyncRedis, keys: QueueKeys) -> None:
         self._redis = redis_client
         self.keys = keys
         self._enqueue = redis_client.register_script(scripts.ENQUEUE)
+        self._durability = durability_of(redis_client)
 
     @property
     def queue(self) -> str:
         """The queue's name."""
         return self.keys.queue
+
+    @property
+    def waits_for_replicas(self) -> bool:
+        """As `QueueStore.waits_for_replicas`."""
+        return self._durability.replicas > 0
 
     def enqueue(
         self, tasks: Sequence[NewTask], *, max_backlog: int, window_ms: int
@@ -41,12 +47,35 @@ class SyncQueueStore:
         """As `QueueStore.enqueue`."""
         call = scripts.enqueue(self.keys, tasks, max_backlog=max_backlog, window_ms=window_ms)
         try:
-            raw: Any = self._enqueue(keys=call.keys, args=call.args)
+            if self.waits_for_replicas:
+                raw: Any = self._run_replicated(call)
+            else:
+                raw = self._enqueue(keys=call.keys, args=call.args)
         except RedisError as exc:
             raise replies.enqueue_error(self.queue, exc) from exc
         reply = scripts.enqueue_reply(raw)
         if reply.full:
             raise QueueFull(self.queue, backlog=reply.backlog, limit=max_backlog)
+        return reply
+
+    def _run_replicated(self, call: scripts.ScriptCall) -> Any:
+        """As `QueueStore._run_replicated`."""
+        wanted, timeout_ms = self._durability.replicas, self._durability.timeout_ms
+        node = sync_node_holding(self._redis, self.keys.stream)
+        for _ in range(2):
+            with self._redis.pipeline(transaction=False) as pipe:
+                pipe.execute_command("EVALSHA", self._enqueue.sha, len(call.keys), *call.keys,
+                                     *call.args)  # fmt: skip
+                pipe.execute_command("WAIT", wanted, timeout_ms, **node)
+                reply, acked = pipe.execute(raise_on_error=False)
+            if not isinstance(reply, NoScriptError):
+                break
+            self._redis.script_load(call.source)
+        for result in (reply, acked):
+            if isinstance(result, ResponseError | RedisError):
+                raise result
+        if int(acked) < wanted:
+            raise replies.not_replicated(self.queue, int(acked), wanted, timeout_ms)
         return reply
 
     def add_now(self, entries: Sequence[Mapping[str, bytes]]) -> None:
