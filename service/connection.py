@@ -36,6 +36,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
+from .errors import ConfigError
 from .topology import Durability, Topology, parse_topology
 
 __all__ = [
@@ -81,9 +82,8 @@ def connect_redis_for_producer(url: str, *, timeout: float, connect_timeout: flo
     """An asyncio producer's client for `url`: `timeout` per command, one retry only on a
     connection closed before the command ran (see the module's docstring)."""
     retry = AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
-    return _connect(
-        check_redis_url(url), timeout=timeout, connect_timeout=connect_timeout, retry=retry
-    )
+    topology = _producer_topology(url, timeout)
+    return _connect(topology, timeout=timeout, connect_timeout=connect_timeout, retry=retry)
 
 
 def connect_sync_redis_for_producer(
@@ -92,7 +92,7 @@ def connect_sync_redis_for_producer(
     """A sync producer's client for `url`, as `connect_redis_for_producer`. Safe to share
     between threads; after a fork, the child opens connections of its own (redis-py's pool
     checks the process id)."""
-    topology = check_redis_url(url)
+    topology = _producer_topology(url, timeout)
     retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
     options: dict[str, Any] = {
         **_COMMON, "socket_timeout": timeout, "socket_connect_timeout": connect_timeout,
@@ -101,7 +101,8 @@ def connect_sync_redis_for_producer(
     if topology.kind == "cluster":
         client = redis.cluster.RedisCluster(
             startup_nodes=[redis.cluster.ClusterNode(host, port) for host, port in topology.nodes],  # type: ignore[no-untyped-call] # redis-py leaves it untyped
-            **_cluster_options(topology, {**options, "retry": retry}),
+            # No retry: see _connect.
+            **_cluster_options(topology, {**options, "retry": Retry(NoBackoff(), 0)}),
         )
     elif topology.kind == "sentinel":
         sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call] # untyped in redis-py
@@ -115,6 +116,16 @@ def connect_sync_redis_for_producer(
         client = redis.Redis.from_url(topology.node_url, retry=retry, **options)
     _DURABILITY[client] = topology.durability
     return client
+
+
+def _producer_topology(url: str, timeout: float) -> Topology:
+    """What `url` names, for a producer whose commands time out after `timeout` seconds."""
+    topology = check_redis_url(url)
+    if topology.durability.replicas and topology.durability.timeout_ms >= timeout * 1000:
+        # The WAIT after an enqueue would outlast the socket and fail every slow replica.
+        problem = f"option wait_timeout_ms must be below the producer's timeout ({timeout:g} s)"
+        raise ConfigError("REDIS_URL", problem)
+    return topology
 
 
 def login_of(client: AnyRedis) -> tuple[str | None, str | None]:
@@ -169,9 +180,13 @@ def _connect(
         options["retry"] = retry
     client: AnyRedis
     if topology.kind == "cluster":
-        # A failover takes a cluster seconds: the worker waits it out with its own backoff,
-        # where redis-py's default attempts would hold each command for as long.
-        cluster_retry = {"retry": retry or AsyncRetry(NoBackoff(), 1)}
+        # redis-py's cluster client runs a command again after any ConnectionError or
+        # TimeoutError, also when the command ran and its reply was lost: an ENQUEUE run twice
+        # is two tasks, each sent. A producer's cluster client never retries (the caller
+        # decides, with an idempotency key); the worker's retries once (a settle takes effect
+        # once; a read run twice leaves entries pending, reclaimed later) and otherwise waits
+        # a failover out with its own backoff.
+        cluster_retry = {"retry": AsyncRetry(NoBackoff(), 1 if retry is None else 0)}
         client = RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in topology.nodes],
             **_cluster_options(topology, {**options, **cluster_retry}),

@@ -47,6 +47,15 @@ class Node:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=10)
 
+    def pause(self) -> None:
+        """SIGSTOP: it stops reading (a replica falls behind its primary) until `resume`."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
@@ -98,6 +107,21 @@ class Cluster:
                         port = int(primary[1])
                         return next(each for each in self.nodes if each.port == port)
         raise RuntimeError("no node answers CLUSTER SLOTS")
+
+    def queue_primary(self) -> Node:
+        """The primary holding the queue `emails`."""
+        return self.primary_of("{emails}:stream")
+
+    def replica_of(self, primary: Node) -> Node:
+        """The node replicating `primary`."""
+        for node in self.nodes:
+            if node is primary or node.process is None or node.process.poll() is not None:
+                continue
+            with node.client() as client:
+                info = client.info("replication")
+            if info.get("role") == "slave" and int(info["master_port"]) == primary.port:
+                return node
+        raise RuntimeError("no replica")
 
     def wait_healthy(self, timeout: float = 30) -> None:
         """Until every live node says the cluster is ok and every slot is served."""
@@ -179,6 +203,25 @@ class SentinelSetup:
         """The service's URL for it."""
         hosts = ",".join(f"127.0.0.1:{node.port}" for node in self.sentinels)
         return f"redis+sentinel://{hosts}/{self.service}"
+
+    def queue_primary(self) -> Node:
+        """The primary (of every queue)."""
+        return self.current_primary()
+
+    def replica_of(self, primary: Node) -> Node:
+        """The node replicating `primary`."""
+        return self.replica if primary is self.primary else self.primary
+
+    def restart_as_replica(self, node: Node) -> None:
+        """Start `node` again, empty, replicating the current primary: what the sentinels
+        would tell it once they see it back (after up to their 10 s INFO period)."""
+        primary = self.current_primary()
+        args = node.args
+        if "--replicaof" in args:
+            at = args.index("--replicaof")
+            args = args[:at] + args[at + 3 :]
+        node.args = [*args, "--replicaof", "127.0.0.1", str(primary.port)]
+        node.start()
 
     def current_primary(self) -> Node:
         """The node the sentinels name as the primary now."""

@@ -19,7 +19,7 @@ from service.keys import QueueKeys
 from service.store import QueueStore
 from tests.conftest import WorkerProcess, wait_until
 from tests.smtp_server import SmtpServer
-from tests.topologies import Cluster, Node, SentinelSetup, redis_cluster, redis_sentinel
+from tests.topologies import Cluster, SentinelSetup, redis_cluster, redis_sentinel
 
 KEYS = QueueKeys("emails")
 Topology = Cluster | SentinelSetup
@@ -158,7 +158,7 @@ def test_durable_enqueues_wait_for_the_replica_and_fail_without_one(empty: Topol
     task_id = asyncio.run(run(f"{empty.url}?wait_replicas=1"))
     with SyncProducer.from_url(f"{empty.url}?wait_replicas=1") as producer:
         assert producer.enqueue_many([task, task])
-    replica = _replica_of(empty)
+    replica = empty.replica_of(empty.queue_primary())
     with replica.client() as client:
         if isinstance(empty, Cluster):
             client.execute_command("READONLY")  # a cluster's replica answers reads only then
@@ -175,17 +175,3 @@ def test_durable_enqueues_wait_for_the_replica_and_fail_without_one(empty: Topol
         SyncProducer.from_url(f"{empty.url}?wait_replicas=2&wait_timeout_ms=100") as producer,
     ):
         producer.enqueue(task)
-
-
-def _replica_of(topology: Topology) -> Node:
-    """The replica of the node holding the queue."""
-    if isinstance(topology, SentinelSetup):
-        primary = topology.current_primary()
-        return topology.replica if primary is topology.primary else topology.primary
-    primary = topology.primary_of(KEYS.stream)
-    for node in topology.nodes:
-        with node.client() as client:
-            info = client.info("replication")
-        if info.get("role") == "slave" and int(info["master_port"]) == primary.port:
-            return node
-    raise AssertionError("no replica")
