@@ -187,7 +187,7 @@ def _connect(
         # once; a read run twice leaves entries pending, reclaimed later) and otherwise waits
         # a failover out with its own backoff.
         cluster_retry = {"retry": AsyncRetry(NoBackoff(), 1 if retry is None else 0)}
-        client = RedisCluster(
+        client = _Cluster(
             startup_nodes=[ClusterNode(host, port) for host, port in topology.nodes],
             **_cluster_options(topology, {**options, **cluster_retry}),
         )
@@ -231,6 +231,19 @@ def _sentinel_options(topology: Topology, options: dict[str, Any]) -> dict[str, 
     if topology.sentinel_password:
         node["password"] = topology.sentinel_password
     return node
+
+
+class _Cluster(RedisCluster):
+    """redis-py's cluster client, whose aclose() closes every connection also after a failed
+    command: redis-py 8.1 marks the client for re-initialisation on a connection error or a
+    timeout, and its aclose() then closes nothing (the sockets leak)."""
+
+    async def aclose(self) -> None:
+        if self._initialize:
+            await self.nodes_manager.aclose()
+            await self.nodes_manager.aclose("startup_nodes")
+        else:
+            await super().aclose()
 
 
 class _SentinelRedis(Redis):

@@ -36,7 +36,8 @@ class Node:
         self.process = subprocess.Popen(
             [find_redis_server(), *self.args, "--bind", "127.0.0.1", "--port", str(self.port),
              "--dir", str(self.workdir.resolve()), "--logfile", "redis.log", "--save", "",
-             "--maxmemory-policy", "noeviction"],
+             "--maxmemory-policy", "noeviction",
+             "--enable-debug-command", "local"],  # DEBUG SLEEP stalls a node (Redis >= 7)
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         _wait_for_ping(self.port, self.process)
@@ -262,10 +263,21 @@ def redis_sentinel(workdir: Path) -> Iterator[SentinelSetup]:
             sentinels.append(node)
             node.start()
         _wait_sentinels_see_replica(setup)
+        _wait_linked(replica)
         yield setup
     finally:
         for node in (*sentinels, replica, primary):
             node.stop()
+
+
+def _wait_linked(replica: Node, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with replica.client() as client:
+            if client.info("replication").get("master_link_status") == "up":
+                return
+        time.sleep(0.05)
+    raise AssertionError("the replica did not link to its primary")
 
 
 def _wait_sentinels_see_replica(setup: SentinelSetup, timeout: float = 30) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from service.keys import QueueKeys
 from service.store import QueueStore
 from tests.conftest import WorkerProcess, wait_until
 from tests.smtp_server import SmtpServer
-from tests.topologies import Cluster, SentinelSetup, redis_cluster, redis_sentinel
+from tests.topologies import Cluster, Node, SentinelSetup, redis_cluster, redis_sentinel
 
 KEYS = QueueKeys("emails")
 Topology = Cluster | SentinelSetup
@@ -175,3 +177,41 @@ def test_durable_enqueues_wait_for_the_replica_and_fail_without_one(empty: Topol
         SyncProducer.from_url(f"{empty.url}?wait_replicas=2&wait_timeout_ms=100") as producer,
     ):
         producer.enqueue(task)
+
+
+def test_a_producer_does_not_run_an_enqueue_again_after_a_lost_reply(empty: Topology) -> None:
+    """A reply that times out may follow a command that ran: the producer says so and does not
+    send it again (redis-py's cluster client would, and the task would be sent twice)."""
+    primary = empty.queue_primary()
+    task = EmailTask(to="a@example.com", subject="s", text="x")
+    with SyncProducer.from_url(empty.url, timeout=0.3, connect_timeout=0.3) as producer:
+        producer.enqueue(task)  # connected, the slots mapped
+        staller = threading.Thread(target=_stall, args=(primary, 0.6))
+        staller.start()
+        time.sleep(0.1)  # the server sleeps: the enqueue runs once it wakes, its reply late
+        with pytest.raises(QueueUnavailable) as caught:
+            producer.enqueue(task)
+        staller.join()
+    assert caught.value.maybe_enqueued
+
+    async def enqueue_async() -> None:
+        async with Producer.from_url(empty.url, timeout=0.3, connect_timeout=0.3) as producer:
+            await producer.enqueue(task)
+            staller = threading.Thread(target=_stall, args=(primary, 0.6))
+            staller.start()
+            await asyncio.sleep(0.1)
+            with pytest.raises(QueueUnavailable) as caught:
+                await producer.enqueue(task)
+            await asyncio.to_thread(staller.join)
+        assert caught.value.maybe_enqueued
+
+    asyncio.run(enqueue_async())
+    with primary.client() as client:
+        wait_until(lambda: client.xlen(KEYS.stream) >= 4, 5, "the enqueues that ran late")
+        time.sleep(0.5)  # a retry, if there were one, would have landed by now
+        assert client.xlen(KEYS.stream) == 4
+
+
+def _stall(node: Node, seconds: float) -> None:
+    with node.client() as client:
+        client.execute_command("DEBUG", "SLEEP", str(seconds))
