@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from service.connection import READ_BLOCK_MS
+from service.connection import (
+    READ_BLOCK_MS,
+    connect_redis_for_producer,
+    connect_sync_redis_for_producer,
+    durability_of,
+)
 from service.errors import ConfigError
 from service.topology import Durability, Topology, parse_topology
 
@@ -106,3 +111,14 @@ def test_repr_keeps_secrets_out() -> None:
     )
     assert topology.sentinel_password == SECRET
     assert SECRET not in repr(topology)
+
+
+def test_a_producers_wait_must_end_before_its_socket_timeout() -> None:
+    url = "redis://h:1/0?wait_replicas=1&wait_timeout_ms=2000"
+    with pytest.raises(ConfigError, match="wait_timeout_ms must be below the producer's timeout"):
+        connect_sync_redis_for_producer(url, timeout=2.0, connect_timeout=1.0)
+    with pytest.raises(ConfigError, match=r"producer's timeout \(1.5 s\)"):
+        connect_redis_for_producer(url, timeout=1.5, connect_timeout=1.0)
+    client = connect_sync_redis_for_producer(url, timeout=2.5, connect_timeout=1.0)
+    assert durability_of(client) == Durability(1, 2000)
+    client.close()
