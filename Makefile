@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TO     ?= someone@example.com
 
-.PHONY: install run send test test-fast lint typecheck pytest bench bench-profile chaos failover clean
+.PHONY: install run send test test-fast lint typecheck pytest bench bench-profile bench-scaling chaos failover clean
 
 install: $(STAMP)
 
@@ -55,6 +55,11 @@ bench: $(STAMP)
 bench-profile: $(STAMP)
 	@test -x $(BIN)/py-spy || $(BIN)/python -m pip install --quiet py-spy
 	$(BIN)/python -m bench --profile $(ARGS)
+
+# 1, 2 and 4 worker processes draining one queue, on one Redis and on a 3-primary Redis Cluster
+# (bench/scaling.py; the figures and the sizing rule: docs/deploy.md). ARGS='--emails 5000 --runs 5'
+bench-scaling: $(STAMP)
+	$(BIN)/python -m bench.scaling $(ARGS)
 
 # Chaos runs (tests/chaos/): several workers, producers, a private Redis (AOF) and a counting SMTP
 # server under injected faults; prints a table per seed and exits 1 if any invariant broke (an
