@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from service.connection import (
     READ_BLOCK_MS,
+    connect_redis,
     connect_redis_for_producer,
     connect_sync_redis_for_producer,
     durability_of,
 )
 from service.errors import ConfigError
+from service.settings import redact_url
 from service.topology import Durability, Topology, parse_topology
+from tests.servers import make_certificates
 
 SECRET = "s3cr3t-pa55"  # noqa: S105 - in URLs below, checked for leaks
 
@@ -122,3 +130,47 @@ def test_a_producers_wait_must_end_before_its_socket_timeout() -> None:
     client = connect_sync_redis_for_producer(url, timeout=2.5, connect_timeout=1.0)
     assert durability_of(client) == Durability(1, 2000)
     client.close()
+
+
+def test_tls_and_logins_reach_every_connection_and_no_repr_shows_a_secret(
+    tmp_path: Path,
+) -> None:
+    """Built, not connected: TLS options and credentials go to the data nodes, the sentinels
+    get TLS and their own login, and neither the URL as logged nor a repr shows a password."""
+    ca = make_certificates(tmp_path).ca
+    tls = f"ssl_ca_certs={ca}&ssl_check_hostname=false"
+    sentinel_url = (
+        f"rediss+sentinel://u:{SECRET}@s1:26379,s2:26380/main?{tls}"
+        f"&sentinel_username=su&sentinel_password={SECRET}x"
+    )
+    cluster_url = f"rediss+cluster://u:{SECRET}@n1:7000,n2:7001?{tls}"
+
+    async def build() -> None:
+        sentinel_client = connect_redis(sentinel_url)
+        assert isinstance(sentinel_client, Redis)
+        data = sentinel_client.connection_pool.connection_kwargs
+        assert (data["username"], data["password"], data["ssl_ca_certs"]) == ("u", SECRET, str(ca))
+        assert sentinel_client.connection_pool.connection_class.__name__.endswith("SSLConnection")
+        sentinels = sentinel_client._sentinel_manager.sentinels  # type: ignore[attr-defined]
+        assert [s.connection_pool.connection_kwargs["port"] for s in sentinels] == [26379, 26380]
+        watcher = sentinels[0].connection_pool
+        assert watcher.connection_kwargs["username"] == "su"
+        assert watcher.connection_kwargs["password"] == f"{SECRET}x"
+        assert watcher.connection_class.__name__ == "SSLConnection"
+        cluster_client = connect_redis(cluster_url)
+        assert isinstance(cluster_client, RedisCluster)
+        nodes = cluster_client.nodes_manager
+        assert nodes.connection_kwargs["password"] == SECRET
+        assert nodes.connection_kwargs["connection_class"].__name__ == "SSLConnection"
+        assert [node.port for node in nodes.startup_nodes.values()] == [7000, 7001]
+        for shown in (repr(sentinel_client), repr(cluster_client), repr(sentinels[0])):
+            assert SECRET not in shown
+        await sentinel_client.aclose()
+        await cluster_client.aclose()
+
+    asyncio.run(build())
+    for url in (sentinel_url, cluster_url):
+        logged = redact_url(url)
+        assert SECRET not in logged
+        assert logged.startswith(("rediss+sentinel://u:***@s1:26379,s2:26380/main",
+                                  "rediss+cluster://u:***@n1:7000,n2:7001"))  # fmt: skip
