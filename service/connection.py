@@ -15,7 +15,6 @@ client built here closes everything it opened (the sentinels' connections too).
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable
 from typing import Any, Final, TypeAlias
 
 import redis
@@ -23,19 +22,14 @@ import redis.cluster
 import redis.sentinel
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import (
-    AbstractConnection,
-    Connection,
-    SSLConnection,
-    UnixDomainSocketConnection,
-    parse_url,
-)
+from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
+from .clients import Cluster, SentinelRedis, SyncSentinelRedis, closed_write_safe
 from .errors import ConfigError
 from .topology import Durability, Topology, parse_topology
 
@@ -110,7 +104,7 @@ def connect_sync_redis_for_producer(
             sentinel_kwargs=_sentinel_options(topology, options),
             **_node_options(topology, options),
         )
-        sync_primary = _SyncSentinelRedis.following(sentinel, topology.service or "", retry)
+        sync_primary = SyncSentinelRedis.following(sentinel, topology.service or "", retry)
         client = sync_primary
     else:
         client = redis.Redis.from_url(topology.node_url, retry=retry, **options)
@@ -187,7 +181,7 @@ def _connect(
         # once; a read run twice leaves entries pending, reclaimed later) and otherwise waits
         # a failover out with its own backoff.
         cluster_retry = {"retry": AsyncRetry(NoBackoff(), 1 if retry is None else 0)}
-        client = _Cluster(
+        client = Cluster(
             startup_nodes=[ClusterNode(host, port) for host, port in topology.nodes],
             **_cluster_options(topology, {**options, **cluster_retry}),
         )
@@ -197,9 +191,9 @@ def _connect(
             sentinel_kwargs=_sentinel_options(topology, options),
             **_node_options(topology, options),
         )
-        client = _SentinelRedis.following(sentinel, topology.service or "")
+        client = SentinelRedis.following(sentinel, topology.service or "")
     else:
-        client = _closed_write_safe(Redis.from_url(topology.node_url, **options))
+        client = closed_write_safe(Redis.from_url(topology.node_url, **options))
     _DURABILITY[client] = topology.durability
     return client
 
@@ -233,68 +227,6 @@ def _sentinel_options(topology: Topology, options: dict[str, Any]) -> dict[str, 
     return node
 
 
-class _Cluster(RedisCluster):
-    """redis-py's cluster client, whose aclose() closes every connection also after a failed
-    command: redis-py 8.1 marks the client for re-initialisation on a connection error or a
-    timeout, and its aclose() then closes nothing (the sockets leak)."""
-
-    async def aclose(self) -> None:
-        if self._initialize:
-            await self.nodes_manager.aclose()
-            await self.nodes_manager.aclose("startup_nodes")
-        else:
-            await super().aclose()
-
-
-class _SentinelRedis(Redis):
-    """A client of the primary the sentinels name, which closes its sentinel clients too."""
-
-    _sentinel_manager: Sentinel | None = None
-
-    @classmethod
-    def following(cls, sentinel: Sentinel, service: str) -> _SentinelRedis:
-        client: _SentinelRedis = sentinel.master_for(service, redis_class=cls)
-        client._sentinel_manager = sentinel
-        return client
-
-    async def aclose(self, close_connection_pool: bool | None = None) -> None:
-        await super().aclose(close_connection_pool)
-        if self._sentinel_manager is not None:
-            for client in self._sentinel_manager.sentinels:
-                await client.aclose()
-
-
-class _SyncSentinelRedis(redis.Redis):
-    """As `_SentinelRedis`, for the sync producer."""
-
-    _sentinel_manager: redis.sentinel.Sentinel | None = None
-
-    @classmethod
-    def following(
-        cls, sentinel: redis.sentinel.Sentinel, service: str, retry: Retry
-    ) -> _SyncSentinelRedis:
-        client: _SyncSentinelRedis = sentinel.master_for(service, redis_class=cls, retry=retry)  # type: ignore[no-untyped-call] # untyped in redis-py
-        client._sentinel_manager = sentinel
-        return client
-
-    def close(self) -> None:
-        super().close()
-        if self._sentinel_manager is not None:
-            for client in self._sentinel_manager.sentinels:
-                client.close()
-
-
-def _closed_write_safe(client: Redis) -> Redis:
-    """`client`, whose writes on a reset connection raise ConnectionError on uvloop too.
-
-    The URL picks redis-py's connection class (TCP, TLS or unix socket), and a class passed to
-    from_url would be overridden by it: ours is swapped in before the pool opens a connection.
-    """
-    pool = client.connection_pool
-    pool.connection_class = _CLOSED_WRITE_SAFE.get(pool.connection_class, pool.connection_class)
-    return client
-
-
 def check_redis_url(url: str) -> Topology:
     """What `url` names; raise `ConfigError` naming `REDIS_URL` for anything a client could
     not use.
@@ -303,42 +235,3 @@ def check_redis_url(url: str) -> Topology:
     and for TLS the files its options name. The message never repeats the URL.
     """
     return parse_topology(url, min_socket_timeout=READ_BLOCK_MS / 1000)
-
-
-class _ClosedWriteIsConnectionError(AbstractConnection):
-    """A write to a connection the peer reset raises redis-py's ConnectionError on any loop.
-
-    asyncio's loop reports such a write as an OSError, which redis-py turns into ConnectionError
-    (and the worker rides out); uvloop raises RuntimeError("... the handler is closed"), which
-    redis-py lets through as if it were a bug. redis-py has already dropped the connection when
-    the error reaches here, so the next command opens a new one.
-    """
-
-    async def send_packed_command(
-        self, command: bytes | str | Iterable[bytes], check_health: bool = True
-    ) -> None:
-        try:
-            await super().send_packed_command(command, check_health)
-        except RuntimeError as exc:
-            if "handler is closed" not in str(exc):
-                raise
-            raise RedisConnectionError("Error while writing to socket: connection closed") from exc
-
-
-class _TcpConnection(_ClosedWriteIsConnectionError, Connection):
-    pass
-
-
-class _TlsConnection(_ClosedWriteIsConnectionError, SSLConnection):
-    pass
-
-
-class _UnixConnection(_ClosedWriteIsConnectionError, UnixDomainSocketConnection):
-    pass
-
-
-_CLOSED_WRITE_SAFE: Final[dict[type[AbstractConnection], type[AbstractConnection]]] = {
-    Connection: _TcpConnection,
-    SSLConnection: _TlsConnection,
-    UnixDomainSocketConnection: _UnixConnection,
-}

@@ -80,5 +80,5 @@ def test_every_scheme_keeps_its_kind_of_connection(url: str, kind: str) -> None:
     assert isinstance(client, Redis)
     connection_class = client.connection_pool.connection_class
 
-    assert connection_class.__module__ == "service.connection"
+    assert connection_class.__module__ == "service.clients"
     assert connection_class.__bases__[-1].__name__ == kind
