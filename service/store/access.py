@@ -50,9 +50,12 @@ class Access:
     reason: str = ""  # why it could not be checked
 
 
-def worker_commands(keys: QueueKeys, *, limits: bool = False) -> tuple[Command, ...]:
+def worker_commands(
+    keys: QueueKeys, *, limits: bool = False, durable: bool = False
+) -> tuple[Command, ...]:
     """Every command a worker runs on the queue `keys` (its scripts' commands included);
-    `limits`: with the shared limiter's (SMTP_RATE_LIMIT or SMTP_DAILY_QUOTA set)."""
+    `limits`: with the shared limiter's (SMTP_RATE_LIMIT or SMTP_DAILY_QUOTA set); `durable`:
+    with the WAIT after its settles (`?wait_replicas=` on REDIS_URL)."""
     stream, delayed, entries, dead = keys.stream, keys.delayed, keys.delayed_entries, keys.dead
     sent, group = keys.sent("*"), CONSUMER_GROUP
 
@@ -111,6 +114,8 @@ def worker_commands(keys: QueueKeys, *, limits: bool = False) -> tuple[Command, 
             evalsha(limiter.ACQUIRE, rate, quota),
             evalsha(limiter.THROTTLE, rate),
         ]
+    if durable:
+        plain.append(("wait", "WAIT 1 0"))
     return (
         *(Command(name, tuple(line.split(" "))) for name, line in plain),
         evalsha(scripts.SETTLE, stream, delayed, entries, dead, sent),
@@ -129,10 +134,10 @@ def _keys_of(commands: Iterable[Command], keys: QueueKeys) -> list[str]:
 
 
 async def check_access(
-    redis: AnyRedis, user: str, keys: QueueKeys, *, limits: bool = False
+    redis: AnyRedis, user: str, keys: QueueKeys, *, limits: bool = False, durable: bool = False
 ) -> Access:
-    """Whether `user` may run every command of `worker_commands(keys, limits=limits)`."""
-    commands = worker_commands(keys, limits=limits)
+    """Whether `user` may run every command of `worker_commands(keys, ...)`."""
+    commands = worker_commands(keys, limits=limits, durable=durable)
     node = await node_holding(redis, keys.stream)  # ACL commands name no key
     try:
         verdicts = await _dry_run(redis, user, commands, node)

@@ -382,7 +382,9 @@ class QueueStore:
         """Whether the Redis user this client logs in as may run every command a worker runs
         (`limits`: the shared limiter's too)."""
         user = login_of(self._redis)[0] or "default"
-        return await access.check_access(self._redis, user, self.keys, limits=limits)
+        return await access.check_access(
+            self._redis, user, self.keys, limits=limits, durable=self.waits_for_replicas
+        )
 
     async def _on_queue_node(self) -> dict[str, Any]:
         """For a command naming no key: the queue's server, on a cluster."""
