@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError
 from redis.typing import EncodableT, FieldT
 
 from ..connection import AnySyncRedis, durability_of, sync_node_holding
@@ -72,7 +72,7 @@ class SyncQueueStore:
                 break
             self._redis.script_load(call.source)
         for result in (reply, acked):
-            if isinstance(result, ResponseError | RedisError):
+            if isinstance(result, Exception):
                 raise result
         if int(acked) < wanted:
             raise replies.not_replicated(self.queue, int(acked), wanted, timeout_ms)
