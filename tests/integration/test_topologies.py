@@ -5,9 +5,10 @@ reach them from the documented URLs, and every flow works as on one Redis."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -186,23 +187,16 @@ def test_a_producer_does_not_run_an_enqueue_again_after_a_lost_reply(empty: Topo
     task = EmailTask(to="a@example.com", subject="s", text="x")
     with SyncProducer.from_url(empty.url, timeout=0.3, connect_timeout=0.3) as producer:
         producer.enqueue(task)  # connected, the slots mapped
-        staller = threading.Thread(target=_stall, args=(primary, 0.6))
-        staller.start()
-        time.sleep(0.1)  # the server sleeps: the enqueue runs once it wakes, its reply late
-        with pytest.raises(QueueUnavailable) as caught:
+        # The enqueue runs once the server wakes, its reply too late.
+        with _stalled(primary), pytest.raises(QueueUnavailable) as caught:
             producer.enqueue(task)
-        staller.join()
     assert caught.value.maybe_enqueued
 
     async def enqueue_async() -> None:
         async with Producer.from_url(empty.url, timeout=0.3, connect_timeout=0.3) as producer:
             await producer.enqueue(task)
-            staller = threading.Thread(target=_stall, args=(primary, 0.6))
-            staller.start()
-            await asyncio.sleep(0.1)
-            with pytest.raises(QueueUnavailable) as caught:
+            with _stalled(primary), pytest.raises(QueueUnavailable) as caught:
                 await producer.enqueue(task)
-            await asyncio.to_thread(staller.join)
         assert caught.value.maybe_enqueued
 
     asyncio.run(enqueue_async())
@@ -212,6 +206,15 @@ def test_a_producer_does_not_run_an_enqueue_again_after_a_lost_reply(empty: Topo
         assert client.xlen(KEYS.stream) == 4
 
 
-def _stall(node: Node, seconds: float) -> None:
-    with node.client() as client:
-        client.execute_command("DEBUG", "SLEEP", str(seconds))
+@contextlib.contextmanager
+def _stalled(node: Node, seconds: float = 0.6) -> Iterator[None]:
+    """`node` asleep (DEBUG SLEEP) for `seconds` from a moment after the block begins: what it
+    is sent meanwhile runs when it wakes. The block waits for it to wake before it ends."""
+    with socket.create_connection(("127.0.0.1", node.port)) as connection:
+        connection.sendall(b"DEBUG SLEEP %.1f\r\n" % seconds)
+        # An idle server reads it at once. It wakes before a retry would come (the timeout is
+        # 0.3 s): a retried command would then run, or succeed.
+        time.sleep(0.1)
+        yield
+        connection.settimeout(seconds + 5)
+        assert connection.recv(16).startswith(b"+OK")
