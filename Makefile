@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TO     ?= someone@example.com
 
-.PHONY: install run send dashboard dashboard-demo dashboard-screenshots bench-dashboard test test-fast lint typecheck pytest bench bench-mix bench-profile bench-ledger chaos clean
+.PHONY: install run send dashboard dashboard-demo dashboard-screenshots bench-dashboard test test-fast lint typecheck pytest bench bench-mix bench-profile bench-ledger bench-scaling chaos failover clean
 
 install: $(STAMP)
 
@@ -84,6 +84,11 @@ bench-profile: $(STAMP)
 bench-ledger: $(STAMP)
 	$(BIN)/python -m bench.ledger $(ARGS)
 
+# 1, 2 and 4 worker processes draining one queue, on one Redis and on a 3-primary Redis Cluster
+# (bench/scaling.py; the figures and the sizing rule: docs/deploy.md). ARGS='--emails 5000 --runs 5'
+bench-scaling: $(STAMP)
+	$(BIN)/python -m bench.scaling $(ARGS)
+
 # Chaos runs (tests/chaos/): several workers, producers, a private Redis (AOF) and a counting SMTP
 # server under injected faults; prints a table per seed and exits 1 if any invariant broke (an
 # email lost, a duplicate outside the documented windows...). A short run is part of `make test`.
@@ -93,6 +98,16 @@ DURATION ?= 60
 EMAILS   ?= 5000
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos --seeds $(SEEDS) --duration $(DURATION) --emails $(EMAILS) $(ARGS)
+
+# Redis failovers under load (tests/chaos/test_failover.py): a 3+3 Redis Cluster and a Sentinel
+# setup on free ports, the queue's primary killed, with and without ?wait_replicas=1 (two of the
+# four cases also run in `make test`, the other two are marked `failover`); prints the
+# figures (lost, duplicates, time to resume), then what ?wait_replicas=1 costs (enqueue latency,
+# a worker's drain rate). About 5 minutes; FAILOVER_SECONDS=20 runs longer after each kill.
+FAILOVER_SECONDS ?= 6
+failover: $(STAMP)
+	FAILOVER_SECONDS=$(FAILOVER_SECONDS) $(BIN)/pytest -m '' tests/chaos/test_failover.py -s -q
+	$(BIN)/python -m tests.chaos.durability_cost
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache *.egg-info

@@ -49,6 +49,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
     """A client on an empty database."""
     client = connect_redis(redis_server.url)
+    assert isinstance(client, Redis)  # a redis:// URL
     await client.flushall()
     yield client
     await client.aclose()

@@ -15,12 +15,12 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Self
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ..connection import (
     PRODUCER_CONNECT_TIMEOUT_SECONDS,
     PRODUCER_TIMEOUT_SECONDS,
+    AnyRedis,
     connect_redis_for_producer,
 )
 from ..keys import QueueKeys
@@ -67,7 +67,7 @@ class Producer:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: AnyRedis,
         *,
         queue: str = "emails",
         max_backlog: int | None = DEFAULT_MAX_BACKLOG,
@@ -171,7 +171,8 @@ class Producer:
         Tasks due now and without an idempotency key skip the script while this producer's
         view of the backlog says the limit is far off (see `backlog`).
         """
-        if is_plain(tasks) and self._backlog.allows_plain_add(time.monotonic(), len(tasks)):
+        plain = is_plain(tasks) and not self._store.waits_for_replicas
+        if plain and self._backlog.allows_plain_add(time.monotonic(), len(tasks)):
             await self._store.add_now(tasks)
             self._backlog.add(len(tasks))
             return [task.task_id for task in tasks]

@@ -18,12 +18,12 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Self
 
-import redis
 from redis.exceptions import RedisError
 
 from ..connection import (
     PRODUCER_CONNECT_TIMEOUT_SECONDS,
     PRODUCER_TIMEOUT_SECONDS,
+    AnySyncRedis,
     connect_sync_redis_for_producer,
 )
 from ..keys import QueueKeys
@@ -55,7 +55,7 @@ class SyncProducer:
 
     def __init__(
         self,
-        redis_client: redis.Redis,
+        redis_client: AnySyncRedis,
         *,
         queue: str = "emails",
         max_backlog: int | None = DEFAULT_MAX_BACKLOG,
@@ -141,7 +141,7 @@ class SyncProducer:
     def _add(self, tasks: list[NewTask]) -> list[str]:
         """As `Producer._add`; the backlog estimate is shared by this process's threads."""
         estimate, lock = self._estimate()
-        if is_plain(tasks):
+        if is_plain(tasks) and not self._store.waits_for_replicas:
             with lock:
                 plain = estimate.allows_plain_add(time.monotonic(), len(tasks))
                 if plain:  # counted now: other threads deciding meanwhile see these tasks

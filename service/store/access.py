@@ -19,9 +19,9 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, 
 from dataclasses import dataclass
 from typing import Any, Final
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from ..connection import AnyRedis, node_holding
 from ..keys import CONSUMER_GROUP, QueueKeys
 from . import history, limiter, scripts
 from .replies import as_str
@@ -51,11 +51,12 @@ class Access:
 
 
 def worker_commands(
-    keys: QueueKeys, *, limits: bool = False, status: bool = False
+    keys: QueueKeys, *, limits: bool = False, status: bool = False, durable: bool = False
 ) -> tuple[Command, ...]:
     """Every command a worker runs on the queue `keys` (its scripts' commands included);
     `limits`: with the shared limiter's (SMTP_RATE_LIMIT or SMTP_DAILY_QUOTA set); `status`:
-    with the status ledger's (TASK_STATUS_TTL_SECONDS above 0)."""
+    with the status ledger's (TASK_STATUS_TTL_SECONDS above 0); `durable`: with the WAIT after
+    its settles (`?wait_replicas=` on REDIS_URL)."""
     stream, delayed, entries, dead = keys.stream, keys.delayed, keys.delayed_entries, keys.dead
     sent, group = keys.sent("*"), CONSUMER_GROUP
 
@@ -125,6 +126,8 @@ def worker_commands(
             evalsha(limiter.ACQUIRE, rate, quota),
             evalsha(limiter.THROTTLE, rate),
         ]
+    if durable:
+        plain.append(("wait", "WAIT 1 0"))
     return (
         *(Command(name, tuple(line.split(" "))) for name, line in plain),
         evalsha(scripts.SETTLE, stream, delayed, entries, dead, sent, keys.status("*")),
@@ -144,15 +147,22 @@ def _keys_of(commands: Iterable[Command], keys: QueueKeys) -> list[str]:
 
 
 async def check_access(
-    redis: Redis, user: str, keys: QueueKeys, *, limits: bool = False, status: bool = False
+    redis: AnyRedis,
+    user: str,
+    keys: QueueKeys,
+    *,
+    limits: bool = False,
+    status: bool = False,
+    durable: bool = False,
 ) -> Access:
     """Whether `user` may run every command of `worker_commands(keys, ...)`."""
-    commands = worker_commands(keys, limits=limits, status=status)
+    commands = worker_commands(keys, limits=limits, status=status, durable=durable)
+    node = await node_holding(redis, keys.stream)  # ACL commands name no key
     try:
-        verdicts = await _dry_run(redis, user, commands)
+        verdicts = await _dry_run(redis, user, commands, node)
     except ResponseError as dryrun_refused:
         try:
-            return await _from_rules(redis, user, commands, keys)
+            return await _from_rules(redis, user, commands, keys, node)
         except ResponseError as getuser_refused:
             return Access(
                 user,
@@ -172,12 +182,14 @@ async def check_access(
     return Access(user, checked=True, missing=_missing(missing, denied_keys), how="ACL DRYRUN")
 
 
-async def _dry_run(redis: Redis, user: str, commands: Sequence[Command]) -> list[str]:
+async def _dry_run(
+    redis: AnyRedis, user: str, commands: Sequence[Command], node: dict[str, Any]
+) -> list[str]:
     """ACL DRYRUN of each command, in one round trip; raises if DRYRUN itself is refused."""
-    first = await _command(redis, "ACL", "DRYRUN", user, *commands[0].args)
+    first = await _command(redis, "ACL", "DRYRUN", user, *commands[0].args, **node)
     async with redis.pipeline(transaction=False) as pipe:
         for command in commands[1:]:
-            pipe.execute_command("ACL", "DRYRUN", user, *command.args)
+            pipe.execute_command("ACL", "DRYRUN", user, *command.args, **node)
         rest: list[Any] = await pipe.execute(raise_on_error=False)
     verdicts = []
     for reply in (first, *rest):
@@ -188,10 +200,14 @@ async def _dry_run(redis: Redis, user: str, commands: Sequence[Command]) -> list
 
 
 async def _from_rules(
-    redis: Redis, user: str, commands: Sequence[Command], keys: QueueKeys
+    redis: AnyRedis,
+    user: str,
+    commands: Sequence[Command],
+    keys: QueueKeys,
+    node: dict[str, Any],
 ) -> Access:
     """The Redis 6.2 way: read the user's rules and evaluate them."""
-    reply: Any = await _command(redis, "ACL", "GETUSER", user)
+    reply: Any = await _command(redis, "ACL", "GETUSER", user, **node)
     if reply is None:
         return Access(user, checked=False, reason=f"ACL GETUSER: no user {user!r}")
     fields = {as_str(reply[i]): reply[i + 1] for i in range(0, len(reply), 2)}
@@ -203,7 +219,7 @@ async def _from_rules(
     categories: dict[str, frozenset[str]] = {}
     for rule in rules:
         if rule[1:2] == "@" and rule[2:] != "all" and rule[2:] not in categories:
-            members: Any = await _command(redis, "ACL", "CAT", rule[2:])
+            members: Any = await _command(redis, "ACL", "CAT", rule[2:], **node)
             categories[rule[2:]] = frozenset(as_str(member) for member in members)
     names = {command.name: None for command in commands}
     missing = dict.fromkeys(denied(rules, categories, names))
@@ -214,9 +230,9 @@ async def _from_rules(
     return Access(user, checked=True, missing=_missing(missing, denied_keys), how="ACL GETUSER")
 
 
-async def _command(redis: Redis, *args: str) -> Any:
+async def _command(redis: AnyRedis, *args: str, **node: Any) -> Any:
     run: Callable[..., Awaitable[Any]] = redis.execute_command  # untyped in redis-py
-    return await run(*args)
+    return await run(*args, **node)
 
 
 def _missing(commands: Mapping[str, None], keys: Mapping[str, None]) -> tuple[str, ...]:

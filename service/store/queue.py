@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.typing import EncodableT, FieldT
 
+from ..connection import AnyRedis, durability_of, login_of, node_holding
 from ..errors import QueueFull, QueueVanished, RedisFull
 from ..keys import CONSUMER_GROUP, QueueKeys
 from ..status import DEFAULT_STATUS_TTL, CancelResult, TaskState, TaskStatus, is_task_id
@@ -52,7 +52,7 @@ class QueueStore:
     """
 
     def __init__(
-        self, redis: Redis, keys: QueueKeys, *, status_ttl: timedelta = DEFAULT_STATUS_TTL
+        self, redis: AnyRedis, keys: QueueKeys, *, status_ttl: timedelta = DEFAULT_STATUS_TTL
     ) -> None:
         self._redis = redis
         self.keys = keys
@@ -73,12 +73,20 @@ class QueueStore:
                 history.ADD_MINUTES,
             )
         }
-        self._settles = SettleBatcher(redis)
+        # The URL's ?wait_replicas=: each enqueue and settle then waits for the replicas.
+        self._durability = durability_of(redis)
+        self._settles = SettleBatcher(redis, self._durability, self.keys.stream)
 
     @property
     def queue(self) -> str:
         """The queue's name."""
         return self.keys.queue
+
+    @property
+    def waits_for_replicas(self) -> bool:
+        """Whether writes wait for replicas (the URL's `?wait_replicas=`): every enqueue then
+        goes through the ENQUEUE script, followed by WAIT on its connection."""
+        return self._durability.replicas > 0
 
     # --- enqueueing -------------------------------------------------------------------------
 
@@ -100,7 +108,11 @@ class QueueStore:
             now_ms=_now_ms(),
         )
         try:
-            reply = scripts.enqueue_reply(await self._run(call, "ENQUEUE"))
+            if self.waits_for_replicas:
+                raw = await self._run_replicated(call, "ENQUEUE")
+            else:
+                raw = await self._run(call, "ENQUEUE")
+            reply = scripts.enqueue_reply(raw)
         except RedisFull:
             raise QueueFull(self.queue, backlog=None, limit=None) from None
         except RedisError as exc:
@@ -297,11 +309,14 @@ class QueueStore:
 
     async def limiter_state(self) -> LimiterState:
         """The limits the workers apply, the effective rate and the quota used, read now."""
+        # TIME names no key: a cluster runs it apart, on the node of the limiter's slot.
+        seconds, micros = await self._redis.time(**await self._on_queue_node())
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(self.keys.limiter)
+            # Not hgetall(): in a cluster's MULTI, redis-py hands its reply parser a `keys`
+            # argument the parser does not take (redis-py 8.1).
+            pipe.execute_command("HGETALL", self.keys.limiter)
             pipe.lrange(self.keys.quota, 0, -1)
-            pipe.time()
-            fields, buckets, (seconds, micros) = await pipe.execute()
+            fields, buckets = await pipe.execute()
         return limiter.limiter_state(fields, buckets, seconds * 1_000_000 + micros)
 
     # --- looking ----------------------------------------------------------------------------
@@ -460,15 +475,24 @@ class QueueStore:
     async def access(self, *, limits: bool = False) -> access.Access:
         """Whether the Redis user this client logs in as may run every command a worker runs
         (`limits`: the shared limiter's too; the status ledger's when it keeps records)."""
-        user = self._redis.connection_pool.connection_kwargs.get("username") or "default"
+        user = login_of(self._redis)[0] or "default"
         return await access.check_access(
-            self._redis, user, self.keys, limits=limits, status=self.status_ttl_ms > 0
+            self._redis,
+            user,
+            self.keys,
+            limits=limits,
+            status=self.status_ttl_ms > 0,
+            durable=self.waits_for_replicas,
         )
+
+    async def _on_queue_node(self) -> dict[str, Any]:
+        """For a command naming no key: the queue's server, on a cluster."""
+        return await node_holding(self._redis, self.keys.stream)
 
     async def memory(self) -> tuple[int | None, int | None, str | None]:
         """Redis's (used_memory, maxmemory, maxmemory_policy); None for what it will not say."""
         try:
-            info: Any = await self._redis.info("memory")
+            info: Any = await self._redis.info("memory", **await self._on_queue_node())
         except ResponseError:  # INFO refused (an ACL, a managed service): no figures
             return None, None, None
         return replies.memory_figures(info)
@@ -476,7 +500,7 @@ class QueueStore:
     async def uptime_seconds(self) -> int | None:
         """How long the Redis server has been running; None if it will not say."""
         try:
-            info: Any = await self._redis.info("server")
+            info: Any = await self._redis.info("server", **await self._on_queue_node())
         except ResponseError:
             return None
         uptime = info.get("uptime_in_seconds")
@@ -487,6 +511,30 @@ class QueueStore:
             return await self._scripts[call.source](keys=call.keys, args=call.args)
         except ResponseError as exc:
             raise await self._full(operation, exc) from None
+
+    async def _run_replicated(self, call: ScriptCall, operation: str) -> Any:
+        """Run `call`, then WAIT for the replicas on the same connection, in one round trip
+        (WAIT counts the writes of its own connection); `QueueUnavailable` if too few
+        confirmed in time."""
+        wanted, timeout_ms = self._durability.replicas, self._durability.timeout_ms
+        sha = self._scripts[call.source].sha
+        node = await self._on_queue_node()
+        for _ in range(2):  # a Redis that lost its scripts (a restart, a new primary) loads it
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.execute_command("EVALSHA", sha, len(call.keys), *call.keys, *call.args)
+                pipe.execute_command("WAIT", wanted, timeout_ms, **node)
+                reply, acked = await pipe.execute(raise_on_error=False)
+            if not isinstance(reply, NoScriptError):
+                break
+            await self._redis.script_load(call.source)
+        if isinstance(reply, ResponseError):
+            raise await self._full(operation, reply)
+        for result in (reply, acked):
+            if isinstance(result, Exception):
+                raise result
+        if int(acked) < wanted:
+            raise replies.not_replicated(self.queue, int(acked), wanted, timeout_ms)
+        return reply
 
     async def _full(self, operation: str, exc: ResponseError) -> Exception:
         """`RedisFull` with Redis's memory figures if `exc` is an OOM refusal, else `exc`."""

@@ -172,6 +172,13 @@ def unavailable(queue: str, exc: RedisError, *, action: str, writes: bool) -> Qu
     return QueueUnavailable(queue, reason=reason, maybe_enqueued=maybe, action=action)
 
 
+def not_replicated(queue: str, acked: int, wanted: int, timeout_ms: int) -> QueueUnavailable:
+    """An enqueue written on the primary that fewer than `wanted` replicas confirmed within
+    `timeout_ms` (Redis's WAIT): a failover now would lose it, so the caller is told."""
+    reason = f"{acked} of {wanted} replicas confirmed the enqueue within {timeout_ms} ms"
+    return QueueUnavailable(queue, reason=reason, maybe_enqueued=True)
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """OOM: Redis is at `maxmemory` and refused a command that adds data.
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from ..connection import AnyRedis, node_holding
+from ..topology import Durability
 from .scripts import SETTLE, ScriptCall
 
 __all__ = ["SettleBatcher"]
@@ -21,8 +22,10 @@ __all__ = ["SettleBatcher"]
 class SettleBatcher:
     """Runs SETTLE calls, many per round trip; each caller gets its own reply or error."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: AnyRedis, durability: Durability, stream: str) -> None:
         self._redis = redis
+        self._durability = durability
+        self._stream = stream
         self._sha = redis.register_script(SETTLE).sha
         # Calls waiting for the next pipeline: (EVALSHA arguments, who waits for the reply).
         self._due: list[tuple[list[Any], asyncio.Future[Any]]] = []
@@ -71,9 +74,19 @@ class SettleBatcher:
                     reply.set_result(result)
 
     async def _pipeline(self, calls: list[list[Any]]) -> list[Any]:
-        """One EVALSHA per call in one round trip; replies (or errors) in order."""
+        """One EVALSHA per call in one round trip; replies (or errors) in order.
+
+        With `?wait_replicas=`, a WAIT on the same connection follows: the settles return once
+        the replicas hold them or the wait timed out. Either way they stand: a settle a
+        failover loses means the email is sent again, never that it is lost.
+        """
+        wanted = self._durability.replicas
+        node = await node_holding(self._redis, self._stream) if wanted else {}
         async with self._redis.pipeline(transaction=False) as pipe:
             for call in calls:
-                pipe.evalsha(self._sha, *call)
+                # As a plain command: a cluster's pipeline refuses evalsha(), not EVALSHA.
+                pipe.execute_command("EVALSHA", self._sha, *call)
+            if wanted:
+                pipe.execute_command("WAIT", wanted, self._durability.timeout_ms, **node)
             replies: list[Any] = await pipe.execute(raise_on_error=False)
-        return replies
+        return replies[: len(calls)]

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, cast
 
-import redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.typing import EncodableT, FieldT
 
+from ..connection import AnySyncRedis, durability_of, sync_node_holding
 from ..errors import QueueFull
 from ..keys import QueueKeys
 from ..status import DEFAULT_STATUS_TTL, CancelResult, TaskState, TaskStatus, is_task_id
@@ -31,7 +31,7 @@ class SyncQueueStore:
 
     def __init__(
         self,
-        redis_client: redis.Redis,
+        redis_client: AnySyncRedis,
         keys: QueueKeys,
         *,
         status_ttl: timedelta = DEFAULT_STATUS_TTL,
@@ -43,11 +43,17 @@ class SyncQueueStore:
             source: redis_client.register_script(source)
             for source in (scripts.ENQUEUE, scripts.TASK_STATUS, scripts.CANCEL)
         }
+        self._durability = durability_of(redis_client)
 
     @property
     def queue(self) -> str:
         """The queue's name."""
         return self.keys.queue
+
+    @property
+    def waits_for_replicas(self) -> bool:
+        """As `QueueStore.waits_for_replicas`."""
+        return self._durability.replicas > 0
 
     def enqueue(
         self, tasks: Sequence[NewTask], *, max_backlog: int, window_ms: int
@@ -62,12 +68,35 @@ class SyncQueueStore:
             now_ms=_now_ms(),
         )
         try:
-            raw = self._run(call)
+            if self.waits_for_replicas:
+                raw: Any = self._run_replicated(call)
+            else:
+                raw = self._run(call)
         except RedisError as exc:
             raise replies.enqueue_error(self.queue, exc) from exc
         reply = scripts.enqueue_reply(raw)
         if reply.full:
             raise QueueFull(self.queue, backlog=reply.backlog, limit=max_backlog)
+        return reply
+
+    def _run_replicated(self, call: scripts.ScriptCall) -> Any:
+        """As `QueueStore._run_replicated`."""
+        wanted, timeout_ms = self._durability.replicas, self._durability.timeout_ms
+        node = sync_node_holding(self._redis, self.keys.stream)
+        sha = self._scripts[scripts.ENQUEUE].sha
+        for _ in range(2):
+            with self._redis.pipeline(transaction=False) as pipe:
+                pipe.execute_command("EVALSHA", sha, len(call.keys), *call.keys, *call.args)
+                pipe.execute_command("WAIT", wanted, timeout_ms, **node)
+                reply, acked = pipe.execute(raise_on_error=False)
+            if not isinstance(reply, NoScriptError):
+                break
+            self._redis.script_load(call.source)
+        for result in (reply, acked):
+            if isinstance(result, Exception):
+                raise result
+        if int(acked) < wanted:
+            raise replies.not_replicated(self.queue, int(acked), wanted, timeout_ms)
         return reply
 
     def add_now(self, tasks: Sequence[NewTask]) -> None:

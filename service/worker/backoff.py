@@ -15,7 +15,14 @@ from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar
 
 import structlog
-from redis.exceptions import AuthenticationError, AuthorizationError, ReadOnlyError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    ClusterDownError,
+    ReadOnlyError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -35,8 +42,17 @@ T = TypeVar("T")
 log = structlog.get_logger("service.worker")
 
 # Failures worth waiting out: Redis restarting, failing over (a replica answers READONLY until
-# it is promoted) or briefly unreachable.
-TRANSIENT_REDIS_ERRORS: Final = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+# it is promoted; a cluster answers CLUSTERDOWN, TRYAGAIN or has no node for a slot until a
+# replica took over) or briefly unreachable.
+TRANSIENT_REDIS_ERRORS: Final = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ReadOnlyError,
+    ClusterDownError,
+    TryAgainError,
+    SlotNotCoveredError,
+    OSError,
+)
 _REDIS_FIRST_DELAY_SECONDS: Final = 0.5
 _REDIS_MAX_DELAY_SECONDS: Final = 15.0
 # A write refused at maxmemory is tried again soon: memory frees as soon as settles go through,

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 import structlog
-from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from ..connection import AnyRedis, node_holding
 from ..store import QueueStore
 from .backoff import retry_while_unavailable
 
@@ -87,15 +87,16 @@ def assess_redis_config(config: Mapping[str, str]) -> list[Finding]:
     return findings
 
 
-async def check_redis_config(redis: Redis) -> list[Finding]:
-    """Read the settings that matter, log each finding, and return them.
+async def check_redis_config(redis: AnyRedis, key: str = "") -> list[Finding]:
+    """Read the settings that matter (of the server holding `key`, on a cluster), log each
+    finding, and return them.
 
     Never raises for a refused CONFIG (disabled, renamed, or not allowed by an ACL).
     """
     config: dict[str, str] = {}
     try:
         for name in _SETTINGS:  # one at a time: Redis < 7 takes one pattern per CONFIG GET
-            reply = await redis.config_get(name)
+            reply = await redis.config_get(name, **await node_holding(redis, key))
             config.update({str(key): str(value) for key, value in reply.items()})
     except ResponseError as exc:
         # The server's own words ("unknown command 'CONFIG'", "NOPERM ..."): no secret in them.

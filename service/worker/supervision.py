@@ -19,9 +19,9 @@ from types import TracebackType
 from typing import Final
 
 import structlog
-from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 
+from ..connection import AnyRedis, login_of
 from ..store import QueueStore
 from .backoff import redis_retry_delay
 from .notify import Notifier, watchdog_interval
@@ -40,7 +40,7 @@ class Supervision:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: AnyRedis,
         store: QueueStore,
         shutdown: Shutdown,
         *,
@@ -92,7 +92,7 @@ class Supervision:
         """Whether the worker may start."""
         self._notifier.status("connecting to Redis")
         await self._wait_for_redis()
-        await check_redis_config(self._redis)
+        await check_redis_config(self._redis, self._store.keys.stream)
         if not await check_redis_access(self._store, limits=self._limits):
             return False
         if not self._shutdown.requested.is_set():  # READY after STOPPING would confuse systemd
@@ -127,7 +127,7 @@ class Supervision:
     def _describe(self, exc: BaseException) -> str:
         """`exc` as one line, with the Redis password cut out should a message ever echo it."""
         reason = f"{type(exc).__name__}: {exc}"[:_REASON_MAX_CHARS]
-        password = self._redis.connection_pool.connection_kwargs.get("password")
+        _, password = login_of(self._redis)
         if isinstance(password, str) and password:
             reason = reason.replace(password, "***")
         return reason

@@ -88,6 +88,7 @@ async def run(config: RunConfig, workdir: Path) -> RunFacts:
     redis = ChaosRedis(workdir / "redis")
     await asyncio.to_thread(redis.start)
     admin = connect_redis(redis.url)
+    assert isinstance(admin, Redis)  # a redis:// URL
     mail = MailServer(random.Random(f"{config.seed}:mail"))
     fleet = WorkerFleet(workdir, redis.port, mail, worker_env(config), config.worker_module)
     injector = Injector(redis, admin, fleet, mail)

@@ -11,7 +11,7 @@ import redis.exceptions
 import uvloop
 from redis.asyncio import Redis
 
-from service.connection import connect_redis
+from service.connection import AnyRedis, connect_redis
 from service.local.redis_server import RedisServer
 from tests.chaos.proxy import FaultProxy
 
@@ -19,7 +19,7 @@ Runner = Callable[[Coroutine[Any, Any, Any]], Any]
 LOOPS: dict[str, Runner] = {"asyncio": asyncio.run, "uvloop": uvloop.run}
 
 
-async def _write_after_reset(redis_port: int, client_for: Callable[[str], Redis]) -> Any:
+async def _write_after_reset(redis_port: int, client_for: Callable[[str], AnyRedis]) -> Any:
     """A pipeline written on a connection the peer reset: what it raises; then a PING."""
     proxy = FaultProxy(redis_port, "redis")
     await proxy.start()
@@ -76,7 +76,9 @@ def test_plain_redis_py_on_uvloop_raises_runtime_error(redis_server: RedisServer
     ],
 )
 def test_every_scheme_keeps_its_kind_of_connection(url: str, kind: str) -> None:
-    connection_class = connect_redis(url).connection_pool.connection_class
+    client = connect_redis(url)
+    assert isinstance(client, Redis)
+    connection_class = client.connection_pool.connection_class
 
-    assert connection_class.__module__ == "service.connection"
+    assert connection_class.__module__ == "service.clients"
     assert connection_class.__bases__[-1].__name__ == kind

@@ -81,6 +81,12 @@ def test_every_command_of_the_worker_s_scripts_is_checked(
             assert name in names, (name, source[:40])
 
 
+def test_the_durability_mode_checks_wait() -> None:
+    keys = QueueKeys("emails")
+    assert "wait" not in {command.name for command in worker_commands(keys)}
+    assert "wait" in {command.name for command in worker_commands(keys, durable=True)}
+
+
 def test_every_checked_command_names_only_this_queue_s_keys() -> None:
     keys = QueueKeys("emails")
     for command in worker_commands(keys, limits=True, status=True):

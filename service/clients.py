@@ -1,0 +1,128 @@
+"""redis-py's client classes, as this service needs them.
+
+- Connections whose write on a reset socket raises redis-py's ConnectionError on uvloop too.
+- A cluster client whose aclose() closes every connection also after a failed command.
+- A Sentinel-following client that closes its sentinels' connections when it is closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final
+
+import redis
+import redis.sentinel
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import (
+    AbstractConnection,
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
+from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
+
+__all__ = ["Cluster", "SentinelRedis", "SyncSentinelRedis", "closed_write_safe"]
+
+
+class Cluster(RedisCluster):
+    """redis-py's cluster client, whose aclose() closes every connection also after a failed
+    command: redis-py 8.1 marks the client for re-initialisation on a connection error or a
+    timeout, and its aclose() then closes nothing (the sockets leak)."""
+
+    async def aclose(self) -> None:
+        if self._initialize:
+            await self.nodes_manager.aclose()
+            await self.nodes_manager.aclose("startup_nodes")
+        else:
+            await super().aclose()
+
+
+class SentinelRedis(Redis):
+    """A client of the primary the sentinels name, which closes its sentinel clients too."""
+
+    _sentinel_manager: Sentinel | None = None
+
+    @classmethod
+    def following(cls, sentinel: Sentinel, service: str) -> SentinelRedis:
+        client: SentinelRedis = sentinel.master_for(service, redis_class=cls)
+        client._sentinel_manager = sentinel
+        return client
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self._sentinel_manager is not None:
+            for client in self._sentinel_manager.sentinels:
+                await client.aclose()
+
+
+class SyncSentinelRedis(redis.Redis):
+    """As `SentinelRedis`, for the sync producer."""
+
+    _sentinel_manager: redis.sentinel.Sentinel | None = None
+
+    @classmethod
+    def following(
+        cls, sentinel: redis.sentinel.Sentinel, service: str, retry: Retry
+    ) -> SyncSentinelRedis:
+        client: SyncSentinelRedis = sentinel.master_for(service, redis_class=cls, retry=retry)  # type: ignore[no-untyped-call] # untyped in redis-py
+        client._sentinel_manager = sentinel
+        return client
+
+    def close(self) -> None:
+        super().close()
+        if self._sentinel_manager is not None:
+            for client in self._sentinel_manager.sentinels:
+                client.close()
+
+
+def closed_write_safe(client: Redis) -> Redis:
+    """`client`, whose writes on a reset connection raise ConnectionError on uvloop too.
+
+    The URL picks redis-py's connection class (TCP, TLS or unix socket), and a class passed to
+    from_url would be overridden by it: ours is swapped in before the pool opens a connection.
+    """
+    pool = client.connection_pool
+    pool.connection_class = _CLOSED_WRITE_SAFE.get(pool.connection_class, pool.connection_class)
+    return client
+
+
+class _ClosedWriteIsConnectionError(AbstractConnection):
+    """A write to a connection the peer reset raises redis-py's ConnectionError on any loop.
+
+    asyncio's loop reports such a write as an OSError, which redis-py turns into ConnectionError
+    (and the worker rides out); uvloop raises RuntimeError("... the handler is closed"), which
+    redis-py lets through as if it were a bug. redis-py has already dropped the connection when
+    the error reaches here, so the next command opens a new one.
+    """
+
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        try:
+            await super().send_packed_command(command, check_health)
+        except RuntimeError as exc:
+            if "handler is closed" not in str(exc):
+                raise
+            raise RedisConnectionError("Error while writing to socket: connection closed") from exc
+
+
+class _TcpConnection(_ClosedWriteIsConnectionError, Connection):
+    pass
+
+
+class _TlsConnection(_ClosedWriteIsConnectionError, SSLConnection):
+    pass
+
+
+class _UnixConnection(_ClosedWriteIsConnectionError, UnixDomainSocketConnection):
+    pass
+
+
+_CLOSED_WRITE_SAFE: Final[dict[type[AbstractConnection], type[AbstractConnection]]] = {
+    Connection: _TcpConnection,
+    SSLConnection: _TlsConnection,
+    UnixDomainSocketConnection: _UnixConnection,
+}
