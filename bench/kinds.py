@@ -24,7 +24,7 @@ from service import EmailTask, Producer
 from service.local.redis_server import RedisServer
 
 from .children import Children
-from .render import KINDS
+from .render import KINDS, print_kinds
 from .sinks import SinkKind, available_sinks, start_sink
 from .workers import WorkerConfig, start_worker, stop_worker
 
@@ -97,14 +97,8 @@ def main() -> None:
     args = parser.parse_args()
     sink_kind = available_sinks()[-1]  # smtp-sink where Postfix is installed
     results = asyncio.run(_measure(args.emails, sink_kind))
-    plain = results["plain"] or 1.0
     print(f"worker CPU per email, {args.emails:,} emails per kind, sink {sink_kind}")
-    print(f"{'kind':<26}{'µs/email':>10}{'vs plain':>9}")
-    for name, micros in results.items():
-        if micros is None:
-            print(f"{name:<26}{'n/a':>10}")
-        else:
-            print(f"{name:<26}{micros:>10.1f}{micros / plain:>9.2f}")
+    print_kinds(results)
 
 
 if __name__ == "__main__":

@@ -114,6 +114,11 @@ def main() -> None:
     for name, kind in KINDS.items():
         entries = _entries(kind, args.emails)
         results[name] = None if entries is None else measure(entries, args.rounds)
+    print_kinds(results)
+
+
+def print_kinds(results: Mapping[str, float | None]) -> None:
+    """µs per email for each kind, and as a multiple of the plain kind's ("n/a": not run)."""
     plain = results["plain"] or 1.0
     print(f"{'kind':<26}{'µs/email':>10}{'vs plain':>9}")
     for name, micros in results.items():

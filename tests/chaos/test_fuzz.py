@@ -257,7 +257,12 @@ def _outcomes(worker: WorkerProcess) -> dict[str, list[str]]:
     complete = worker.output().rpartition("\n")[0]  # the last line may be half written
     for line in complete.splitlines():
         if '"outcome"' in line:
-            event = orjson.loads(line)
+            try:
+                event = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                # A read racing the worker's write (seen once on a loaded machine); a line that
+                # stays broken leaves its entry without an outcome, and the test fails on that.
+                continue
             outcomes.setdefault(event["entry_id"], []).append(event["outcome"])
     return outcomes
 
