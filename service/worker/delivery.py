@@ -11,6 +11,7 @@ another worker) takes it over.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import random
@@ -31,8 +32,8 @@ from .breaker import SmtpBreaker
 from .metrics import WorkerMetrics
 from .outcome import decide, is_poison
 from .pacing import Admission, Pacer
+from .relays import RelaySet, decision_via, write_via
 from .render import Outgoing, render
-from .smtp import SmtpPool
 
 __all__ = ["Delivery"]
 
@@ -60,7 +61,7 @@ class Delivery:
         store: QueueStore,
         *,
         consumer: str,
-        smtp: SmtpPool,
+        smtp: RelaySet,
         breaker: SmtpBreaker,
         metrics: WorkerMetrics,
         pacer: Pacer,
@@ -138,19 +139,24 @@ class Delivery:
             held = await self._wait_for_slot(entry, queued, admission)
             if held is not None:
                 return held
-        result = await self._smtp.send(outgoing)
+        routed = await self._smtp.send(outgoing)
+        relay = routed.relay if self._smtp.several else None
+        if routed.relay is not None:  # this delivery's task only: its log lines name the relay
+            structlog.contextvars.bind_contextvars(relay=routed.relay)
         decision = decide(
-            result,
+            routed.result,
             outgoing.recipients,
             tries=queued.tries,
             max_attempts=self._policy.max_attempts,
             adaptive=self._pacer.adaptive,
         )
+        if relay is not None:
+            decision = decision_via(decision, relay)
         if decision.paused:
             self._breaker.pause(decision.reason)
         if decision.throttled:
             await self._pacer.slow_down(decision.reason)
-        return fate.after_attempt(
+        planned = fate.after_attempt(
             entry,
             queued,
             decision,
@@ -159,6 +165,9 @@ class Delivery:
             now_ms=time.time_ns() // 1_000_000,
             jitter=random.random(),  # noqa: S311 - spreading retries, not a secret
         )
+        if relay is None:
+            return planned
+        return dataclasses.replace(planned, write=write_via(planned.write, relay))
 
     async def _wait_for_slot(
         self, entry: Entry, queued: QueuedTask, admission: Admission
