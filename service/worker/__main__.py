@@ -100,6 +100,7 @@ async def serve(settings: WorkerSettings, shutdown: Shutdown) -> int:
         interval=settings.worker_heartbeat_seconds,
         state=lambda: worker.state,
         smtp_connections=lambda: {"busy": worker.in_flight, "idle": smtp.idle_connections},
+        relays=smtp.states,
     )
     log.info(
         "worker_starting",

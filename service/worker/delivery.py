@@ -30,7 +30,7 @@ from . import fate
 from .backoff import retry_while_unavailable
 from .breaker import SmtpBreaker
 from .metrics import WorkerMetrics
-from .outcome import decide, is_poison
+from .outcome import Decision, decide, is_poison
 from .pacing import Admission, Pacer
 from .relays import RelaySet, decision_via, write_via
 from .render import Outgoing, render
@@ -150,6 +150,8 @@ class Delivery:
             max_attempts=self._policy.max_attempts,
             adaptive=self._pacer.adaptive,
         )
+        if routed.relay is not None:
+            self._metrics.record_relay(routed.relay, _relay_result(decision))
         if relay is not None:
             decision = decision_via(decision, relay)
         if decision.paused:
@@ -247,6 +249,13 @@ class Delivery:
             dead=planned.write.dead is not None,
             latency_ms=latency_ms,
         )
+
+
+def _relay_result(decision: Decision) -> str:
+    """What a send did on its relay, for the relay's counts."""
+    if decision.accepted:
+        return "sent"
+    return "unavailable" if decision.paused else "failed"
 
 
 def _elapsed(started: float) -> dict[str, float]:

@@ -21,6 +21,8 @@ import redis as redis_sync
 from service import EmailTask, SyncProducer, TaskState
 from service.local.redis_server import RedisServer, free_port
 from tests.conftest import WorkerProcess, dead_letters, enqueue, pending_count, wait_until
+from tests.integration.test_admin import admin_json
+from tests.integration.test_operate import scrape
 from tests.integration.test_worker import StartWorker
 from tests.smtp_server import SmtpServer
 
@@ -47,12 +49,12 @@ def _relay(name: str, server: SmtpServer, **extra: object) -> str:
 
 
 def _start(
-    start_worker: StartWorker, worker_env: dict[str, str], relays_file: str
+    start_worker: StartWorker, worker_env: dict[str, str], relays_file: str, **overrides: str
 ) -> WorkerProcess:
     """A worker with the relays file instead of the one relay of SMTP_HOST and SMTP_PORT."""
     for variable in ("SMTP_HOST", "SMTP_PORT"):  # start_worker reads this same dict
         worker_env.pop(variable, None)
-    return start_worker(SMTP_RELAYS_FILE=relays_file)
+    return start_worker(SMTP_RELAYS_FILE=relays_file, **overrides)
 
 
 def _tasks(count: int, sender: str | None = None) -> list[EmailTask]:
@@ -77,7 +79,7 @@ def test_the_primary_killed_under_load_fails_over_to_the_backup_and_back(
 ) -> None:
     smtp.behaviour.data_delay = 0.01  # a steady load: sends in flight when the primary dies
     relays = _relays_file(tmp_path, "failover", _relay("primary", smtp), _relay("backup", backup))
-    worker = _start(start_worker, worker_env, relays)
+    worker = _start(start_worker, worker_env, relays, WORKER_HEARTBEAT_SECONDS="0.2")
     ids = enqueue(redis_server.url, _tasks(600))
     wait_until(lambda: len(smtp.received) >= 100, 30, "the primary carrying the load")
     assert backup.received == []  # failover mode: the backup waits while the primary works
@@ -101,6 +103,13 @@ def test_the_primary_killed_under_load_fails_over_to_the_backup_and_back(
     assert down["relay"] == "primary"
     assert _events(output, "smtp_unavailable") == []  # the worker never paused
     print(f"\nfailover: {failover_s:.3f} s; duplicates: {duplicates}; primary {len(smtp.received)}")
+    # `admin stats` names the relays as the worker sees them, with its sends over each.
+    time.sleep(0.5)  # two heartbeats
+    stats = admin_json(redis_server.url, "stats")
+    assert isinstance(stats, dict)
+    rows = {row["name"]: row for row in stats["relays"]}
+    assert (rows["primary"]["down"], rows["backup"]["up"]) == (1, 1)
+    assert rows["backup"]["sent"] == len(backup.received)
 
     # The primary comes back on its port: the probe finds it and mail returns to it.
     primary = SmtpServer(port=smtp.port)
@@ -158,7 +167,8 @@ def test_mail_is_routed_by_sender_domain(
         _relay("general", backup, from_domains=["example.com"]),
     )
     backup.behaviour.rcpt_replies = {"gone@example.net": "550 5.1.1 no such user"}
-    _start(start_worker, worker_env, relays)
+    metrics_port = free_port()
+    _start(start_worker, worker_env, relays, METRICS_PORT=str(metrics_port))
     corp = enqueue(redis_server.url, _tasks(20, sender="boss@corp.example"))
     general = enqueue(redis_server.url, _tasks(20))  # the default sender, MAIL_FROM
     stray = enqueue(redis_server.url, _tasks(1, sender="x@other.org"))
@@ -175,6 +185,11 @@ def test_mail_is_routed_by_sender_domain(
         status = producer.status(corp[0])
         assert (status.state, status.reply) == (TaskState.SENT, "relay corp")
         assert producer.status(refused[0]).reason.endswith("(relay general)")
+    samples = scrape(metrics_port)
+    sends = 'email_worker_relay_sends_total{queue="emails",relay="%s",result="%s"}'
+    assert samples[sends % ("corp", "sent")] == 20
+    assert samples[sends % ("general", "sent")] == 20
+    assert samples[sends % ("general", "failed")] == 1
 
 
 @pytest.mark.parametrize(
