@@ -223,3 +223,33 @@ def test_a_bad_relays_file_stops_the_start_up_naming_the_field(
     assert printed.startswith("error: invalid setting SMTP_RELAYS_FILE: ")
     assert line in printed
     assert "pw-never-shown" not in printed
+
+
+def test_a_relay_refusing_sessions_is_skipped_and_used_again_once_it_takes_them(
+    *,
+    redis_server: RedisServer,
+    smtp: SmtpServer,
+    backup: SmtpServer,
+    worker_env: dict[str, str],
+    start_worker: StartWorker,
+    tmp_path: Path,
+) -> None:
+    password = "pw-in-the-file-0042"  # noqa: S105 - a test value, looked for in the logs
+    smtp.behaviour.credentials = ("user", "another-password")  # AUTH fails: 535
+    primary = _relay("primary", smtp, username="user", password=password)
+    relays = _relays_file(tmp_path, "failover", primary, _relay("backup", backup))
+    worker = _start(start_worker, worker_env, relays)
+    first = enqueue(redis_server.url, _tasks(20))
+    wait_until(lambda: sorted(backup.task_ids()) == sorted(first), 15, "the backup carrying it")
+    assert smtp.received == []
+    (down,) = _events(worker.output(), "relay_unavailable")
+    assert down["relay"] == "primary"
+    assert "authentication failed (SMTP 535)" in str(down["reason"])
+
+    smtp.behaviour.credentials = ("user", password)  # the provider fixed the account
+    worker.wait_for_log("relay_available", timeout=20)
+    second = enqueue(redis_server.url, _tasks(20))
+    wait_until(lambda: sorted(smtp.task_ids()) == sorted(second), 15, "mail back on the primary")
+    output = worker.output()
+    assert _events(output, "smtp_unavailable") == []  # the worker itself never paused
+    assert password not in output
