@@ -105,11 +105,11 @@ def pool_capacity(mode: str, capacities: Sequence[int | None]) -> int:
     """How many sends the relays can carry at once (`capacities`: each relay's, None if down).
 
     In failover mode the first usable relay carries everything; weighted relays add up. With
-    every relay down the first one's: its sends then fail at once and the breaker pauses.
+    every relay down, 1: that send finds no relay at once and the worker's breaker pauses.
     """
     usable = [c for c in capacities if c is not None]
     if not usable:
-        return max(1, next((c for c in capacities if c), 1))
+        return 1
     return usable[0] if mode != "weighted" else sum(usable)
 
 
