@@ -95,10 +95,6 @@ class RelayConfig(BaseModel):
         """host:port, for logs."""
         return f"{self.host}:{self.port_or_default}"
 
-    def accepts(self, domain: str) -> bool:
-        """Whether this relay takes mail from senders of `domain` (lower case)."""
-        return not self.from_domains or domain in self.from_domains
-
 
 class RelaysFile(BaseModel):
     """The whole file: how the relays share the mail, and the relays in order of preference."""

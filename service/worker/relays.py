@@ -153,11 +153,9 @@ class RelaySet:
         *,
         local_hostname: str,
         pick: Callable[[], float] = random.random,
-        first_probe_seconds: float = _FIRST_PROBE_SECONDS,
     ) -> None:
         self._mode = settings.relay_mode
-        self._pick = pick
-        self._first_probe_seconds = first_probe_seconds
+        self._pick = pick  # where a weighted draw falls: 0 to 1
         self._relays = [
             _Relay(config, _pool(settings, config, local_hostname)) for config in settings.relays
         ]
@@ -229,7 +227,7 @@ class RelaySet:
         await asyncio.gather(*(relay.pool.close() for relay in self._relays))
 
     def _no_relay(self, domain: str) -> SendFailure:
-        accepting = [r for r in self._relays if r.config.accepts(domain)]
+        accepting = [r for r in self._relays if r.view().accepts(domain)]
         if not accepting:  # no relay will ever take this sender: the email cannot go out
             return SendFailure(FailureKind.UNSUPPORTED, f"no relay accepts senders of {domain!r}")
         reasons = "; ".join(self._named(r, r.down_reason or "down") for r in accepting)
@@ -262,7 +260,7 @@ class RelaySet:
         """Probe a down relay with growing delays until a session opens."""
         while relay.down_reason is not None:
             delay = backoff_delay(
-                relay.failures + 1, first=self._first_probe_seconds, cap=_MAX_PROBE_SECONDS
+                relay.failures + 1, first=_FIRST_PROBE_SECONDS, cap=_MAX_PROBE_SECONDS
             )
             await asyncio.sleep(delay)
             try:
