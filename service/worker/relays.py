@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -45,6 +46,7 @@ __all__ = [
     "RelayView",
     "Routed",
     "decision_via",
+    "may_try_next",
     "pool_capacity",
     "sender_domain",
     "try_order",
@@ -113,6 +115,18 @@ def pool_capacity(mode: str, capacities: Sequence[int | None]) -> int:
     return usable[0] if mode != "weighted" else sum(usable)
 
 
+def may_try_next(elapsed_s: float, *, timeout_s: float, reclaim_s: float) -> bool:
+    """Whether a send that found relays unusable for `elapsed_s` tries the next one now.
+
+    Only if a whole send there (`timeout_s`) still ends before another worker may take the
+    entry over (`reclaim_s`): else it could be sent twice. A refused connection costs
+    milliseconds; a relay that hangs costs the whole timeout, and the email then goes back
+    without using an attempt (the worker pauses until its probe, which passes at once while
+    another relay is up) and tries the next relay on its next delivery.
+    """
+    return elapsed_s + timeout_s < reclaim_s
+
+
 def decision_via(decision: Decision, relay: str) -> Decision:
     """`decision` with its reasons naming the relay (they go to the status and dead letters)."""
     return dataclasses.replace(
@@ -156,6 +170,8 @@ class RelaySet:
     ) -> None:
         self._mode = settings.relay_mode
         self._pick = pick  # where a weighted draw falls: 0 to 1
+        self._timeout_s = settings.smtp_timeout_seconds
+        self._reclaim_s = settings.worker_reclaim_idle_seconds
         self._relays = [
             _Relay(config, _pool(settings, config, local_hostname)) for config in settings.relays
         ]
@@ -189,10 +205,16 @@ class RelaySet:
         if not order:
             return Routed(self._no_relay(domain), None)
         last: Routed | None = None
+        started = time.monotonic()
         for index in order:
             relay = self._relays[index]
             if relay.down_reason is not None:  # went down while an earlier relay was tried
                 continue
+            elapsed = time.monotonic() - started
+            if last is not None and not may_try_next(
+                elapsed, timeout_s=self._timeout_s, reclaim_s=self._reclaim_s
+            ):
+                return last
             result = await relay.pool.send(outgoing)
             last = Routed(result, relay.config.name)
             if not (isinstance(result, SendFailure) and result.kind is FailureKind.UNAVAILABLE):

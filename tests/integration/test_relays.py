@@ -7,6 +7,7 @@ real SMTP servers (aiosmtpd), stopped for real to play a relay outage.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -253,3 +254,38 @@ def test_a_relay_refusing_sessions_is_skipped_and_used_again_once_it_takes_them(
     output = worker.output()
     assert _events(output, "smtp_unavailable") == []  # the worker itself never paused
     assert password not in output
+
+
+def test_a_hanging_relay_is_skipped_without_risking_a_reclaimed_duplicate(
+    *,
+    redis_server: RedisServer,
+    db: redis_sync.Redis,
+    backup: SmtpServer,
+    worker_env: dict[str, str],
+    start_worker: StartWorker,
+    tmp_path: Path,
+) -> None:
+    # A primary that takes connections and never greets: each session times out after
+    # SMTP_TIMEOUT_SECONDS (2 s). A slow backup (1.5 s a message) right after would pass the
+    # reclaim delay (3 s), and another worker could send the email again: those emails go back
+    # unsent, uncounted, and reach the backup on their next delivery.
+    backup.behaviour.data_delay = 1.5
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as silent:
+        port = silent.getsockname()[1]
+        primary = (
+            f'[[relay]]\nname = "primary"\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\n'
+        )
+        relays = _relays_file(tmp_path, "failover", primary, _relay("backup", backup))
+        workers = [_start(start_worker, worker_env, relays) for _ in range(2)]
+        ids = enqueue(redis_server.url, _tasks(30))
+        wait_until(lambda: pending_count(db) == 0 and len(backup.received) >= 30, 30, "all sent")
+    assert sorted(backup.task_ids()) == sorted(ids)  # each once
+    output = "".join(worker.output() for worker in workers)
+    assert dead_letters(db) == []
+    assert _events(output, "entry_reclaimed") == []
+    assert _events(output, "task_retry_scheduled") == []  # no attempt used
+    down = _events(output, "relay_unavailable")
+    assert {event["relay"] for event in down} == {"primary"}
+    assert all("timed out" in str(event["reason"]) for event in down)
+    with SyncProducer.from_url(redis_server.url) as producer:
+        assert {producer.status(task_id).attempts for task_id in ids} == {0}

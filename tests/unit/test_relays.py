@@ -9,6 +9,7 @@ from service.worker.outcome import Decision
 from service.worker.relays import (
     RelayView,
     decision_via,
+    may_try_next,
     pool_capacity,
     sender_domain,
     try_order,
@@ -106,3 +107,17 @@ def test_reasons_name_the_relay() -> None:
 )
 def test_a_sent_status_names_the_relay(status: StatusNote | None, noted: StatusNote | None) -> None:
     assert write_via(SettleWrite("1-0", task_id="t", status=status), "b").status == noted
+
+
+@pytest.mark.parametrize(
+    ("elapsed_s", "timeout_s", "reclaim_s", "tries"),
+    [
+        (0.01, 30, 60, True),  # the first relay refused the connection: the next one at once
+        (29.9, 30, 60, True),
+        (30.0, 30, 60, False),  # it hung for the whole timeout: a send now could be reclaimed
+        (2.0, 2, 3, False),
+        (0.5, 2, 3, True),
+    ],
+)
+def test_may_try_next(elapsed_s: float, timeout_s: float, reclaim_s: float, tries: bool) -> None:
+    assert may_try_next(elapsed_s, timeout_s=timeout_s, reclaim_s=reclaim_s) is tries
