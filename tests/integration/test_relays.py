@@ -103,6 +103,9 @@ def test_the_primary_killed_under_load_fails_over_to_the_backup_and_back(
     (down,) = _events(output, "relay_unavailable")
     assert down["relay"] == "primary"
     assert _events(output, "smtp_unavailable") == []  # the worker never paused
+    via = Counter(str(event.get("relay")) for event in _events(output, "task_sent"))
+    assert via["primary"] + via["backup"] == len(_events(output, "task_sent"))
+    assert via["backup"] == len(backup.received)  # each delivery's log line names its relay
     print(f"\nfailover: {failover_s:.3f} s; duplicates: {duplicates}; primary {len(smtp.received)}")
     # `admin stats` names the relays as the worker sees them, with its sends over each.
     time.sleep(0.5)  # two heartbeats
