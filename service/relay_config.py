@@ -15,6 +15,7 @@ Any mistake in the file stops the start-up with one line naming the field, e.g.
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal, Self
@@ -55,10 +56,26 @@ class RelayConfig(BaseModel):
     security: Literal["none", "starttls", "tls"] = "starttls"
     username: str | None = Field(default=None, min_length=1)
     password: SecretStr | None = None
+    # The name of an environment variable holding the password, to keep it out of the file.
+    password_env: str | None = None
     weight: int = Field(default=1, ge=1, le=1000)
     # None: WORKER_CONCURRENCY. Many providers cap the connections of one account.
     max_connections: int | None = Field(default=None, ge=1, le=500)
     from_domains: tuple[Domain, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_from_environment(cls, data: object) -> object:
+        # Read once, while the settings are built at start-up, like every other setting.
+        if not isinstance(data, dict) or "password_env" not in data:
+            return data
+        if "password" in data:
+            raise ValueError("password and password_env: set one of them")
+        variable = data["password_env"]
+        value = os.environ.get(variable) if isinstance(variable, str) else None
+        if value is None:
+            raise ValueError(f"password_env: {variable} is not set")
+        return {**data, "password": value}
 
     @field_validator("host")
     @classmethod

@@ -29,7 +29,8 @@ def _write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_the_example_file_loads() -> None:
+def test_the_example_file_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POSTMARK_TOKEN", SECRET)
     relays = load_relays(EXAMPLE)
     assert relays.mode == "failover"
     assert [r.name for r in relays.relay] == ["ses", "postmark", "corporate"]
@@ -121,3 +122,29 @@ def test_smtp_settings_beside_the_file_are_refused(
         load_settings(WorkerSettings)
     assert caught.value.variable == variable
     assert "SMTP_RELAYS_FILE" in caught.value.reason
+
+
+def test_a_password_may_come_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RELAY_A_PASSWORD", SECRET)
+    text = '[[relay]]\nname="a"\nhost="h"\nusername="u"\npassword_env="RELAY_A_PASSWORD"\n'
+    (relay,) = load_relays(_write(tmp_path, text)).relay
+    assert relay.password is not None
+    assert relay.password.get_secret_value() == SECRET
+    assert SECRET not in repr(relay)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ('password_env="RELAY_UNSET_0042"', "relay[1]: password_env: RELAY_UNSET_0042 is not set"),
+        (f'password="{SECRET}"\npassword_env="HOME"', "password and password_env: set one"),
+    ],
+)
+def test_a_bad_password_env_is_refused(tmp_path: Path, fields: str, message: str) -> None:
+    text = f'[[relay]]\nname="a"\nhost="h"\nusername="u"\n{fields}\n'
+    with pytest.raises(ConfigError) as caught:
+        load_relays(_write(tmp_path, text))
+    assert message in caught.value.reason
+    assert SECRET not in str(caught.value)
