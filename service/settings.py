@@ -12,15 +12,16 @@ directory (its state file, `var/local/stack.json`), else `DEFAULT_REDIS_URL`.
 from __future__ import annotations
 
 import importlib.util
-import ipaddress
 import os
 import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -35,6 +36,7 @@ from .errors import ConfigError
 from .keys import validate_queue_name
 from .local.stack_file import STACK_FILE, running_stack
 from .rates import Rate, parse_rate
+from .relay_config import DEFAULT_PORTS, RelayConfig, RelaysFile, is_loopback, load_relays
 from .task import EmailAddress
 
 __all__ = [
@@ -42,14 +44,13 @@ __all__ = [
     "DashboardSettings",
     "QueueSettings",
     "WorkerSettings",
+    "is_loopback",
     "load_settings",
     "redact_url",
 ]
 
 S = TypeVar("S", bound="QueueSettings")
 T = TypeVar("T", str, SecretStr, None)
-
-_DEFAULT_PORTS = {"none": 25, "starttls": 587, "tls": 465}
 
 # The Redis every tool shares when nothing is configured. The tests point it at a server of
 # their own (TEST_DEFAULT_REDIS_URL), so that no test can reach a Redis that is not theirs.
@@ -149,6 +150,9 @@ class WorkerSettings(QueueSettings):
     smtp_rate_cost: Literal["message", "recipient"] = "message"
     smtp_daily_quota: int | None = Field(default=None, ge=1, le=1_000_000_000)
     smtp_daily_quota_window_seconds: float = Field(default=86_400.0, ge=1, le=7 * 86_400)
+    # Several relays (service/relay_config.py); None: the one relay of the SMTP_* settings.
+    smtp_relays_file: Path | None = None
+    _relays_file: RelaysFile | None = PrivateAttr(default=None)
 
     @field_validator("smtp_host", "metrics_host")
     @classmethod
@@ -181,8 +185,15 @@ class WorkerSettings(QueueSettings):
         parse_rate(value)
         return value
 
+    @field_validator("smtp_relays_file", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @model_validator(mode="after")
     def _check_consistency(self) -> Self:
+        if self.smtp_relays_file is not None:
+            self._relays_file = self._load_relays_file(self.smtp_relays_file)
         if (self.smtp_username is None) != (self.smtp_password is None):
             raise ConfigError("SMTP_USERNAME", "SMTP_USERNAME and SMTP_PASSWORD go together")
         if self.smtp_username and self.smtp_security == "none" and not is_loopback(self.smtp_host):
@@ -206,6 +217,40 @@ class WorkerSettings(QueueSettings):
             )
         return self
 
+    def _load_relays_file(self, path: Path) -> RelaysFile:
+        # One place describes the relays: SMTP_* beside the file would be silently ignored.
+        mixed = [
+            name
+            for name in ("smtp_host", "smtp_port", "smtp_username", "smtp_password")
+            if name in self.model_fields_set
+        ]
+        if mixed:
+            raise ConfigError(
+                mixed[0].upper(),
+                "is set together with SMTP_RELAYS_FILE: describe every relay in the file",
+            )
+        return load_relays(path)
+
+    @property
+    def relays(self) -> tuple[RelayConfig, ...]:
+        """The relays in order of preference: the file's, or the one of the SMTP_* settings."""
+        if self._relays_file is not None:
+            return self._relays_file.relay
+        single = RelayConfig(
+            name="smtp",
+            host=self.smtp_host,
+            port=self.smtp_port,
+            security=self.smtp_security,
+            username=self.smtp_username,
+            password=self.smtp_password,
+        )
+        return (single,)
+
+    @property
+    def relay_mode(self) -> str:
+        """How the relays share the mail: failover (also with one relay) or weighted."""
+        return "failover" if self._relays_file is None else self._relays_file.mode
+
     @property
     def rate_limit(self) -> Rate | None:
         """`SMTP_RATE_LIMIT`, parsed; None when unset."""
@@ -214,7 +259,7 @@ class WorkerSettings(QueueSettings):
     @property
     def smtp_port_or_default(self) -> int:
         """`SMTP_PORT`, or the standard port of `SMTP_SECURITY` (25, 587 or 465)."""
-        return self.smtp_port or _DEFAULT_PORTS[self.smtp_security]
+        return self.smtp_port or DEFAULT_PORTS[self.smtp_security]
 
 
 class DashboardSettings(QueueSettings):
@@ -250,16 +295,6 @@ class DashboardSettings(QueueSettings):
                 f"is required to listen on {self.dashboard_host}, which is not loopback",
             )
         return self
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` names this machine (credentials may then travel without TLS)."""
-    if host.lower() in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def redact_url(url: str) -> str:

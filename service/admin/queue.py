@@ -30,6 +30,7 @@ __all__ = [
     "Progress",
     "QueueAdmin",
     "QueueStats",
+    "RelayRow",
     "SendLimits",
     "WorkerBeat",
 ]
@@ -91,6 +92,38 @@ class QueueStats:
     dead: int
     consumers: tuple[ConsumerInfo, ...]
     limits: SendLimits | None  # None: no worker has applied a rate limit or a quota
+    relays: tuple[RelayRow, ...] = ()  # as the live workers' heartbeats report them
+
+
+@dataclass(frozen=True, slots=True)
+class RelayRow:
+    """One SMTP relay as the live workers see it: in how many it is up or down, and their sends
+    over it by result (since each worker started)."""
+
+    name: str
+    up: int
+    down: int
+    sent: int
+    failed: int
+    unavailable: int
+
+    @staticmethod
+    def from_beats(beats: Sequence[WorkerBeat]) -> tuple[RelayRow, ...]:
+        """The relays of the live workers' heartbeats, in the order they list them."""
+        rows: dict[str, dict[str, int]] = {}
+        for beat in beats:
+            if not beat.live:
+                continue
+            for name, report in beat.relays.items():
+                row = rows.setdefault(name, dict.fromkeys(("up", "down", *_RELAY_RESULTS), 0))
+                if report.get("state") in ("up", "down"):
+                    row[str(report["state"])] += 1
+                for result in _RELAY_RESULTS:
+                    row[result] += int(report.get(result, 0))
+        return tuple(RelayRow(name, **counts) for name, counts in rows.items())
+
+
+_RELAY_RESULTS: Final = ("sent", "failed", "unavailable")
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +203,7 @@ class WorkerBeat:
     host: str
     pid: int
     outcomes: dict[str, int]
+    relays: dict[str, dict[str, Any]]  # each relay's state (up, down) and sends by result
 
     @staticmethod
     def from_record(record: dict[str, Any], now: float) -> WorkerBeat:
@@ -184,6 +218,7 @@ class WorkerBeat:
             host=str(record["host"]),
             pid=int(record["pid"]),
             outcomes={str(k): int(v) for k, v in record.get("outcomes", {}).items()},
+            relays=dict(record.get("relays", {})),
         )
 
 
@@ -215,6 +250,7 @@ class QueueAdmin:
             limits=SendLimits.from_state(state, sizes.stream)
             if state.per_second or state.quota
             else None,
+            relays=RelayRow.from_beats(await self.workers()),
         )
 
     async def dead_letters(self, *, limit: int, after: str = "-") -> list[DeadLetter]:

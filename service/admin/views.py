@@ -28,7 +28,7 @@ _BODY_PREVIEW_CHARS: Final = 500
 
 def stats_text(stats: dict[str, Any]) -> str:
     """`stats`: the queue's places, then its consumers."""
-    s = QueueStats(**{**stats, "consumers": (), "limits": None})
+    s = QueueStats(**{**stats, "consumers": (), "limits": None, "relays": ()})
     rows: list[tuple[str, object]] = [
         ("stream (waiting or being sent)", s.stream),
         ("  handed to a worker, unsettled", s.pending),
@@ -44,8 +44,20 @@ def stats_text(stats: dict[str, Any]) -> str:
         + table(["", "count"], rows)
         + "\n"
         + _limits_text(stats.get("limits"))
+        + _relays_text(stats.get("relays", []))
         + table(["consumer", "pending", "idle (s)"], consumers)
     )
+
+
+def _relays_text(relays: list[dict[str, Any]]) -> str:
+    """The SMTP relays' rows, as the live workers report them (nothing when none does)."""
+    if not relays:
+        return ""
+    rows = [
+        (r["name"], r["up"], r["down"], r["sent"], r["failed"], r["unavailable"]) for r in relays
+    ]
+    headers = ["relay", "up in", "down in", "sent", "failed", "unavailable"]
+    return table(headers, rows) + "\n"
 
 
 def _limits_text(limits: dict[str, Any] | None) -> str:

@@ -25,8 +25,8 @@ from .delivery import Delivery
 from .heartbeat import Heartbeat
 from .metrics import WorkerMetrics
 from .pacing import Pacer
+from .relays import RelaySet
 from .shutdown import Shutdown, cancel_and_wait
-from .smtp import SmtpPool
 from .supervision import Supervision
 from .worker import Worker
 
@@ -66,7 +66,7 @@ async def serve(settings: WorkerSettings, shutdown: Shutdown) -> int:
     redis = connect_redis(redis_url)
     # Looked up once, off the event loop: getfqdn() can block on DNS.
     local_hostname = await asyncio.to_thread(socket.getfqdn)
-    smtp = SmtpPool(settings, size=settings.worker_concurrency, local_hostname=local_hostname)
+    smtp = RelaySet(settings, local_hostname=local_hostname)
     store = QueueStore(redis, QueueKeys(settings.email_queue), status_ttl=settings.task_status_ttl)
     consumer = consumer_name(settings)
     breaker = SmtpBreaker(smtp.probe)
@@ -100,12 +100,16 @@ async def serve(settings: WorkerSettings, shutdown: Shutdown) -> int:
         interval=settings.worker_heartbeat_seconds,
         state=lambda: worker.state,
         smtp_connections=lambda: {"busy": worker.in_flight, "idle": smtp.idle_connections},
+        relays=smtp.states,
     )
     log.info(
         "worker_starting",
         redis=redact_url(redis_url),
-        smtp=f"{settings.smtp_host}:{settings.smtp_port_or_default}",
-        smtp_security=settings.smtp_security,
+        smtp=[f"{relay.name}={relay.address}" for relay in settings.relays]
+        if settings.smtp_relays_file
+        else f"{settings.smtp_host}:{settings.smtp_port_or_default}",
+        smtp_security=settings.smtp_security if not settings.smtp_relays_file else None,
+        relay_mode=settings.relay_mode if settings.smtp_relays_file else None,
         rate_limit=settings.smtp_rate_limit,
         daily_quota=settings.smtp_daily_quota,
         event_loop=eventloop.loop_name(settings.worker_event_loop),

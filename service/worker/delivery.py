@@ -11,6 +11,7 @@ another worker) takes it over.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import random
@@ -29,10 +30,10 @@ from . import fate
 from .backoff import retry_while_unavailable
 from .breaker import SmtpBreaker
 from .metrics import WorkerMetrics
-from .outcome import decide, is_poison
+from .outcome import Decision, decide, is_poison
 from .pacing import Admission, Pacer
+from .relays import RelaySet, decision_via, write_via
 from .render import Outgoing, render
-from .smtp import SmtpPool
 
 __all__ = ["Delivery"]
 
@@ -60,7 +61,7 @@ class Delivery:
         store: QueueStore,
         *,
         consumer: str,
-        smtp: SmtpPool,
+        smtp: RelaySet,
         breaker: SmtpBreaker,
         metrics: WorkerMetrics,
         pacer: Pacer,
@@ -138,19 +139,26 @@ class Delivery:
             held = await self._wait_for_slot(entry, queued, admission)
             if held is not None:
                 return held
-        result = await self._smtp.send(outgoing)
+        routed = await self._smtp.send(outgoing)
+        relay = routed.relay if self._smtp.several else None
+        if routed.relay is not None:  # this delivery's task only: its log lines name the relay
+            structlog.contextvars.bind_contextvars(relay=routed.relay)
         decision = decide(
-            result,
+            routed.result,
             outgoing.recipients,
             tries=queued.tries,
             max_attempts=self._policy.max_attempts,
             adaptive=self._pacer.adaptive,
         )
+        if routed.relay is not None:
+            self._metrics.record_relay(routed.relay, _relay_result(decision))
+        if relay is not None:
+            decision = decision_via(decision, relay)
         if decision.paused:
             self._breaker.pause(decision.reason)
         if decision.throttled:
             await self._pacer.slow_down(decision.reason)
-        return fate.after_attempt(
+        planned = fate.after_attempt(
             entry,
             queued,
             decision,
@@ -159,6 +167,9 @@ class Delivery:
             now_ms=time.time_ns() // 1_000_000,
             jitter=random.random(),  # noqa: S311 - spreading retries, not a secret
         )
+        if relay is None:
+            return planned
+        return dataclasses.replace(planned, write=write_via(planned.write, relay))
 
     async def _wait_for_slot(
         self, entry: Entry, queued: QueuedTask, admission: Admission
@@ -240,6 +251,13 @@ class Delivery:
             dead=planned.write.dead is not None,
             latency_ms=latency_ms,
         )
+
+
+def _relay_result(decision: Decision) -> str:
+    """What a send did on its relay, for the relay's counts."""
+    if decision.accepted:
+        return "sent"
+    return "unavailable" if decision.paused else "failed"
 
 
 def _elapsed(started: float) -> dict[str, float]:

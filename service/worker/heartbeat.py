@@ -40,6 +40,7 @@ class Heartbeat:
         interval: float,
         state: Callable[[], str],
         smtp_connections: Callable[[], dict[str, int]],
+        relays: Callable[[], dict[str, str]],
     ) -> None:
         self._store = store
         self._consumer = consumer
@@ -47,6 +48,8 @@ class Heartbeat:
         self._interval = interval
         self._state = state
         self._smtp_connections = smtp_connections
+        # Each relay's name and state (up or down); its counts come from the metrics.
+        self._relays = relays
         self._started_at = time.time()
         self._last_state = ""
         self._state_since = self._started_at
@@ -63,6 +66,7 @@ class Heartbeat:
         state = self._state()
         if state != self._last_state:
             self._last_state, self._state_since = state, now
+        relays = self._metrics.relay_report(self._relays())
         record = {
             "consumer": self._consumer,
             "host": socket.gethostname(),
@@ -73,6 +77,7 @@ class Heartbeat:
             "beat_at": round(now, 3),
             "interval_s": self._interval,
             "outcomes": dict(self._metrics.outcomes),
+            "relays": relays,
         }
         await self._store.write_heartbeat(self._consumer, orjson.dumps(record))
         await self._write_minutes()
@@ -86,6 +91,7 @@ class Heartbeat:
             lag=group.lag if group else None,
             smtp=self._smtp_connections(),
             paused=state == "paused",
+            relays=relays,
         )
 
     async def _write_minutes(self) -> None:

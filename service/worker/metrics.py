@@ -13,7 +13,7 @@ import errno
 import socket
 import time
 from collections import Counter as Tally
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -34,6 +34,8 @@ class WorkerMetrics:
         self.queue = queue
         self.outcomes: Tally[str] = Tally()
         self.minutes = MinuteTally()  # the queue's minute history, written by the heartbeat
+        # Sends by relay and result (sent, failed, unavailable).
+        self.relay_sends: Tally[tuple[str, str]] = Tally()
         self._registry: CollectorRegistry | None = None
 
     def serve(self, host: str, port: int) -> None:
@@ -100,6 +102,19 @@ class WorkerMetrics:
             [*labels, "kind"],
             registry=registry,
         )
+        self._relay_sends = Counter(
+            "email_worker_relay_sends",
+            "Sends by SMTP relay and result: sent (some or all recipients accepted), failed, "
+            "unavailable (no session; the next relay was tried).",
+            [*labels, "relay", "result"],
+            registry=registry,
+        )
+        self._relay_up = Gauge(
+            "email_worker_relay_up",
+            "1 while the relay is usable, 0 while it is skipped and probed.",
+            [*labels, "relay"],
+            registry=registry,
+        )
         self._paused = Gauge(
             "email_worker_smtp_paused",
             "1 while the SMTP circuit breaker holds intake.",
@@ -147,6 +162,19 @@ class WorkerMetrics:
         if dead:
             self._dead.labels(queue).inc()
 
+    def record_relay(self, relay: str, result: str) -> None:
+        """Count one send over `relay` that ended `result` (sent, failed or unavailable)."""
+        self.relay_sends[relay, result] += 1
+        if self._registry is not None:
+            self._relay_sends.labels(self.queue, relay, result).inc()
+
+    def relay_report(self, states: dict[str, str]) -> dict[str, dict[str, Any]]:
+        """Each relay's state (`states`) and its sends by result, for the heartbeat."""
+        report: dict[str, dict[str, Any]] = {name: {"state": s} for name, s in states.items()}
+        for (relay, result), count in self.relay_sends.items():
+            report.setdefault(relay, {"state": "unknown"})[result] = count
+        return report
+
     def observe_rate(self, limit: float, effective: float) -> None:
         """The configured and effective shared rate (a no-op without Prometheus)."""
         if self._registry is not None:
@@ -167,6 +195,7 @@ class WorkerMetrics:
         lag: int | None,
         smtp: dict[str, int],
         paused: bool,
+        relays: dict[str, dict[str, Any]],
     ) -> None:
         """Refresh the gauges (a no-op without Prometheus)."""
         if self._registry is None:
@@ -184,6 +213,8 @@ class WorkerMetrics:
         for state, count in smtp.items():
             self._smtp.labels(self.queue, state).set(count)
         self._paused.labels(self.queue).set(1 if paused else 0)
+        for relay, report in relays.items():
+            self._relay_up.labels(self.queue, relay).set(1 if report["state"] == "up" else 0)
 
 
 def listen_error(error: OSError, host: str, port: int) -> ConfigError:
