@@ -137,11 +137,12 @@ def decision_via(decision: Decision, relay: str) -> Decision:
 
 
 def write_via(write: SettleWrite, relay: str) -> SettleWrite:
-    """`write` with a sent status that says which relay took the email."""
+    """`write` with a sent status that says which relay took the email (after its reply)."""
     status = write.status
-    if status is None or status.state != "sent" or status.text:
+    if status is None or status.state != "sent":
         return write
-    return dataclasses.replace(write, status=dataclasses.replace(status, text=f"relay {relay}"))
+    text = f"{status.text} (relay {relay})" if status.text else f"relay {relay}"
+    return dataclasses.replace(write, status=dataclasses.replace(status, text=text))
 
 
 class _Relay:

@@ -100,7 +100,7 @@ def test_reasons_name_the_relay() -> None:
     ("status", "noted"),
     [
         (StatusNote("sent", attempts=0), StatusNote("sent", attempts=0, text="relay b")),
-        (StatusNote("sent", text="250 ok"), StatusNote("sent", text="250 ok")),
+        (StatusNote("sent", text="SMTP 250 ok"), StatusNote("sent", text="SMTP 250 ok (relay b)")),
         (StatusNote("retrying", text="x (relay b)"), StatusNote("retrying", text="x (relay b)")),
         (None, None),
     ],
