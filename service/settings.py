@@ -34,7 +34,7 @@ from .connection import check_redis_url
 from .errors import ConfigError
 from .keys import validate_queue_name
 from .local.stack_file import STACK_FILE, running_stack
-from .rates import Rate, parse_rate
+from .rates import DomainLimit, Rate, parse_domain_limits, parse_rate
 from .task import EmailAddress
 
 __all__ = [
@@ -149,6 +149,8 @@ class WorkerSettings(QueueSettings):
     smtp_rate_cost: Literal["message", "recipient"] = "message"
     smtp_daily_quota: int | None = Field(default=None, ge=1, le=1_000_000_000)
     smtp_daily_quota_window_seconds: float = Field(default=86_400.0, ge=1, le=7 * 86_400)
+    # e.g. gmail.com=20/min,yahoo.com=5/s (service/store/domains.py); None: no domain limits
+    smtp_domain_limits: str | None = None
 
     @field_validator("smtp_host", "metrics_host")
     @classmethod
@@ -181,6 +183,13 @@ class WorkerSettings(QueueSettings):
         parse_rate(value)
         return value
 
+    @field_validator("smtp_domain_limits")
+    @classmethod
+    def _check_domain_limits(cls, value: str | None) -> str | None:
+        if value is None or not parse_domain_limits(value):
+            return None
+        return value
+
     @model_validator(mode="after")
     def _check_consistency(self) -> Self:
         if (self.smtp_username is None) != (self.smtp_password is None):
@@ -210,6 +219,11 @@ class WorkerSettings(QueueSettings):
     def rate_limit(self) -> Rate | None:
         """`SMTP_RATE_LIMIT`, parsed; None when unset."""
         return parse_rate(self.smtp_rate_limit) if self.smtp_rate_limit else None
+
+    @property
+    def domain_limits(self) -> tuple[DomainLimit, ...]:
+        """`SMTP_DOMAIN_LIMITS`, parsed; empty when unset."""
+        return parse_domain_limits(self.smtp_domain_limits or "")
 
     @property
     def smtp_port_or_default(self) -> int:

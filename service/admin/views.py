@@ -44,6 +44,7 @@ def stats_text(stats: dict[str, Any]) -> str:
         + table(["", "count"], rows)
         + "\n"
         + _limits_text(stats.get("limits"))
+        + _domain_limits_text(stats.get("domain_limits", []), stats.get("set_aside", 0))
         + table(["consumer", "pending", "idle (s)"], consumers)
     )
 
@@ -66,6 +67,15 @@ def _limits_text(limits: dict[str, Any] | None) -> str:
         ("stream drains in (s)", limit.drain_forecast_s),
     ]
     return table(["send limits", ""], rows) + "\n"
+
+
+def _domain_limits_text(domains: list[dict[str, Any]], set_aside: int) -> str:
+    """The per-domain limits' rows (nothing when none is configured)."""
+    if not domains:
+        return ""
+    rows = [(d["domain"], d["limit"], d["next_free_s"], d["set_aside"]) for d in domains]
+    headers = ["domain limits", "limit", "next free slot in (s)", "set aside"]
+    return table(headers, rows) + f"set aside until their domain's slot: {set_aside}\n\n"
 
 
 def health_text(result: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from ..keys import CONSUMER_GROUP, QueueKeys
+from . import domains as domains_store
 from . import history, limiter, scripts
 from .replies import as_str
 
@@ -51,11 +52,12 @@ class Access:
 
 
 def worker_commands(
-    keys: QueueKeys, *, limits: bool = False, status: bool = False
+    keys: QueueKeys, *, limits: bool = False, domains: bool = False, status: bool = False
 ) -> tuple[Command, ...]:
     """Every command a worker runs on the queue `keys` (its scripts' commands included);
-    `limits`: with the shared limiter's (SMTP_RATE_LIMIT or SMTP_DAILY_QUOTA set); `status`:
-    with the status ledger's (TASK_STATUS_TTL_SECONDS above 0)."""
+    `limits`: with the shared limiter's (SMTP_RATE_LIMIT or SMTP_DAILY_QUOTA set); `domains`:
+    with the per-domain limiter's (SMTP_DOMAIN_LIMITS set); `status`: with the status
+    ledger's (TASK_STATUS_TTL_SECONDS above 0)."""
     stream, delayed, entries, dead = keys.stream, keys.delayed, keys.delayed_entries, keys.dead
     sent, group = keys.sent("*"), CONSUMER_GROUP
 
@@ -125,6 +127,28 @@ def worker_commands(
             evalsha(limiter.ACQUIRE, rate, quota),
             evalsha(limiter.THROTTLE, rate),
         ]
+    if domains:
+        hashed, kept = keys.domain_limiter, keys.domain_kept("*")
+        domain_lines = [
+            ("time", "TIME"),
+            ("type", f"TYPE {hashed}"),
+            ("hmget", f"HMGET {hashed} f"),
+            ("hset", f"HSET {hashed} {_PROBE} v"),
+            ("hdel", f"HDEL {hashed} {_PROBE}"),
+            ("type", f"TYPE {kept}"),
+            ("zscore", f"ZSCORE {kept} {_PROBE}"),
+            ("zcard", f"ZCARD {kept}"),
+            ("zrange", f"ZRANGE {kept} 0 0"),
+            ("zrank", f"ZRANK {kept} {_PROBE}"),
+            ("zremrangebyscore", f"ZREMRANGEBYSCORE {kept} -inf 0"),
+            ("zrem", f"ZREM {kept} {_PROBE}"),
+            ("zadd", f"ZADD {kept} 0 {_PROBE}"),
+        ]
+        limited += [
+            *(Command(name, tuple(line.split(" "))) for name, line in domain_lines),
+            evalsha(domains_store.DOMAIN_PLAN, hashed, kept),
+            evalsha(domains_store.DOMAIN_COMMIT, hashed, kept),
+        ]
     return (
         *(Command(name, tuple(line.split(" "))) for name, line in plain),
         evalsha(scripts.SETTLE, stream, delayed, entries, dead, sent, keys.status("*")),
@@ -137,17 +161,23 @@ def worker_commands(
 
 def _keys_of(commands: Iterable[Command], keys: QueueKeys) -> list[str]:
     every = {keys.stream, keys.delayed, keys.delayed_entries, keys.dead, keys.workers}
-    every |= {keys.limiter, keys.quota}
+    every |= {keys.limiter, keys.quota, keys.domain_limiter, keys.domain_kept("*")}
     every |= {keys.sent("*"), keys.status("*"), keys.minute("*")}
     used = {arg for command in commands for arg in command.args}
     return sorted(every & used)
 
 
 async def check_access(
-    redis: Redis, user: str, keys: QueueKeys, *, limits: bool = False, status: bool = False
+    redis: Redis,
+    user: str,
+    keys: QueueKeys,
+    *,
+    limits: bool = False,
+    domains: bool = False,
+    status: bool = False,
 ) -> Access:
     """Whether `user` may run every command of `worker_commands(keys, ...)`."""
-    commands = worker_commands(keys, limits=limits, status=status)
+    commands = worker_commands(keys, limits=limits, domains=domains, status=status)
     try:
         verdicts = await _dry_run(redis, user, commands)
     except ResponseError as dryrun_refused:

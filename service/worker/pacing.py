@@ -7,12 +7,18 @@ Redis call and no CPU. When the limiter has nothing to give (the quota is used u
 are taken further ahead than the horizon), the reader sleeps for as long as the limiter says,
 asking again at least every `_RECHECK_SECONDS` without reading anything. A stop request ends
 every wait at once: a delivery still waiting for its slot puts its entry back (`fate.hold`).
+
+With SMTP_DOMAIN_LIMITS, an entry to a limited domain first takes its slot in that domain's
+line (`store/domains.py`) before the shared limiter is asked: one whose domain slot is further
+than the horizon is set aside (put back as a copy due just before its slot, using no attempt
+and no shared slot) while the entries to other domains go on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -21,13 +27,21 @@ import structlog
 from ..errors import WireFormatError
 from ..settings import WorkerSettings
 from ..store import Entry, QueueStore
+from ..store.domains import DomainSlot
 from ..store.limiter import Acquired, LimiterConfig
 from ..task import distinct_addresses
-from ..wire import decode_entry
+from ..wire import QueuedTask, decode_entry
 from .backoff import retry_while_unavailable
 from .metrics import WorkerMetrics
 
-__all__ = ["Admission", "Pacer", "entry_cost", "limiter_config"]
+__all__ = [
+    "SET_ASIDE_LEAD_SECONDS",
+    "Admission",
+    "Pacer",
+    "entry_cost",
+    "limited_domains",
+    "limiter_config",
+]
 
 log = structlog.get_logger("service.worker")
 
@@ -37,6 +51,9 @@ _HORIZON_SECONDS: Final = 0.1
 # While the limiter says wait longer than this, it is asked again this often (the effective
 # rate climbs back, the quota's window moves, another worker's settings may differ).
 _RECHECK_SECONDS: Final = 5.0
+# A set-aside entry's copy is due this long before its domain slot (within the horizon): read
+# again a little before its slot, it waits for it; later, it goes at once.
+SET_ASIDE_LEAD_SECONDS: Final = _HORIZON_SECONDS / 2
 
 
 def limiter_config(settings: WorkerSettings) -> LimiterConfig:
@@ -63,14 +80,24 @@ def entry_cost(entry: Entry, *, per_recipient: bool) -> int:
     return max(1, len(distinct_addresses(queued.envelope_recipients())))
 
 
+def limited_domains(queued: QueuedTask, limited: Sequence[str]) -> tuple[str, ...]:
+    """The domains of `limited` that the task's envelope recipients are at, in `limited`'s
+    order (exact match, lowercase)."""
+    at = {address.rpartition("@")[2].lower() for address in queued.envelope_recipients()}
+    return tuple(domain for domain in limited if domain in at)
+
+
 @dataclass(frozen=True, slots=True)
 class Admission:
     """When one entry may be sent: at `not_before` (monotonic), or not now (`refused`: the
-    quota has no room; it has in `reopen_s`)."""
+    quota has no room; it has in `reopen_s`; `set_aside`: its domain's slot is `reopen_s`
+    away, for `reason`)."""
 
     not_before: float
     refused: bool = False
     reopen_s: float = 0.0
+    set_aside: bool = False
+    reason: str = ""
 
 
 class Pacer:
@@ -85,6 +112,9 @@ class Pacer:
         stopping: asyncio.Event,
     ) -> None:
         self.config = limiter_config(settings)
+        self._domain_limits = settings.domain_limits
+        self._per_second = {d.domain: d.rate.per_second for d in self._domain_limits}
+        self._domain_names = list(self._per_second)
         self._store = store
         self._metrics = metrics
         self._stopping = stopping
@@ -92,11 +122,12 @@ class Pacer:
         self._ready: int | None = None  # what the last answer said the next read may take
         self._wait_until = 0.0  # monotonic: no read before this
         self._quota_full = False
+        self._announced = False  # the domain limits were written to Redis
 
     @property
     def active(self) -> bool:
         """Whether any limit is configured."""
-        return self.config.active
+        return self.config.active or bool(self._domain_limits)
 
     @property
     def adaptive(self) -> bool:
@@ -105,7 +136,7 @@ class Pacer:
 
     async def wait_to_read(self, free: int) -> int:
         """Sleep until the limiter lets an entry start soon; how many of `free` to read."""
-        if not self.active:
+        if not self.config.active:
             return free
         waited = False
         while (remaining := self._wait_until - time.monotonic()) > 0:
@@ -118,9 +149,102 @@ class Pacer:
         return min(free, 1 if waited else max(self._ready, 1))
 
     async def admit(self, entries: list[Entry]) -> list[Admission | None]:
-        """The slot of each entry, in order (None for all without limits)."""
+        """The slot of each entry, in order (None for all without limits).
+
+        With domain limits, an entry to a limited domain takes its place in the domain's line
+        first: one set aside takes no shared slot. The others take their shared slots, then
+        their domains' send slots from those on.
+        """
         if not self.active or not entries:
             return [None] * len(entries)
+        limited = [self._limited(entry) for entry in entries]
+        plan = await self._plan([(task_id, domains) for task_id, domains in limited if domains])
+        planned = [next(plan) if domains else None for _, domains in limited]
+        going = [i for i, slot in enumerate(planned) if slot is None or not slot.set_aside]
+        shared = dict(
+            zip(going, await self._shared_slots([entries[i] for i in going]), strict=True)
+        )
+        now = time.monotonic()
+        committing = [i for i in going if limited[i][1] and not shared[i].refused]
+        asked = [
+            (limited[i][0], max(0.0, shared[i].not_before - now), limited[i][1]) for i in committing
+        ]
+        commit = await self._commit(asked)
+        now = time.monotonic()
+        final = {i: next(commit) for i in committing}
+        admissions: list[Admission | None] = []
+        for i, (_, domains) in enumerate(limited):
+            slot = final.get(i, planned[i])
+            if slot is not None and slot.set_aside:
+                reason = f"waiting for the domain limit of {', '.join(domains)}"
+                admissions.append(
+                    Admission(now, set_aside=True, reopen_s=slot.delay_s, reason=reason)
+                )
+            elif i in final and slot is not None:
+                admissions.append(Admission(now + slot.delay_s))
+            else:
+                admissions.append(shared[i])
+        self._observe_domains(limited, [final.get(i, planned[i]) for i in range(len(entries))])
+        return admissions
+
+    def _limited(self, entry: Entry) -> tuple[str, tuple[str, ...]]:
+        """The entry's task id and limited domains (none for an undecodable entry: it is
+        dead-lettered unsent)."""
+        if not self._domain_limits:
+            return "", ()
+        try:
+            queued = decode_entry(entry.fields)
+        except WireFormatError:
+            return "", ()
+        return queued.task_id, limited_domains(queued, self._domain_names)
+
+    async def _plan(self, entries: list[tuple[str, tuple[str, ...]]]) -> Iterator[DomainSlot]:
+        """DOMAIN_PLAN for `entries` (task id, limited domains); asked once even without such
+        entries, so that `admin stats` shows the limits from the start."""
+        if not self._domain_limits or (not entries and self._announced):
+            return iter(())
+        self._announced = True
+        slots = await retry_while_unavailable(
+            "plan_domain_slots",
+            lambda: self._store.plan_domain_slots(
+                self._domain_limits, entries, horizon_s=_HORIZON_SECONDS
+            ),
+        )
+        return iter(slots)
+
+    async def _commit(
+        self, entries: list[tuple[str, float, tuple[str, ...]]]
+    ) -> Iterator[DomainSlot]:
+        """DOMAIN_COMMIT for `entries` (task id, seconds until its shared slot, domains)."""
+        if not entries:
+            return iter(())
+        slots = await retry_while_unavailable(
+            "commit_domain_slots",
+            lambda: self._store.commit_domain_slots(
+                self._domain_limits, entries, horizon_s=_HORIZON_SECONDS
+            ),
+        )
+        return iter(slots)
+
+    def _observe_domains(
+        self, limited: list[tuple[str, tuple[str, ...]]], slots: list[DomainSlot | None]
+    ) -> None:
+        """The metrics' next free slot of each domain, as this batch left it."""
+        next_free: dict[str, float] = {}
+        for (_, domains), slot in zip(limited, slots, strict=True):
+            for domain in domains:
+                after = (slot.delay_s if slot else 0.0) + 1 / self._per_second[domain]
+                next_free[domain] = max(next_free.get(domain, 0.0), after)
+        for domain, seconds in next_free.items():
+            self._metrics.observe_domain(domain, self._per_second[domain], seconds)
+
+    async def _shared_slots(self, entries: list[Entry]) -> list[Admission]:
+        """The shared limiter's slots of `entries` (now, without SMTP_RATE_LIMIT or a quota)."""
+        now = time.monotonic()
+        if not self.config.active:
+            return [Admission(now)] * len(entries)
+        if not entries:
+            return []
         acquired = await self._ask(
             [entry_cost(e, per_recipient=self._per_recipient) for e in entries]
         )

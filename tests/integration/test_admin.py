@@ -71,6 +71,8 @@ def test_stats_on_an_empty_queue(redis_server: RedisServer, db: redis_sync.Redis
         "dead": 0,
         "consumers": [],
         "limits": None,
+        "domain_limits": [],
+        "set_aside": 0,
     }
 
 

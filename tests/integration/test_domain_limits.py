@@ -1,0 +1,154 @@
+"""Per-recipient-domain limits end to end: worker subprocesses, a real Redis, a real SMTP server
+that timestamps what it accepts.
+
+The server's clock stamps an email when it accepts its DATA, a few milliseconds after the
+worker's slot (the SMTP exchange, a busy event loop): slots 500 ms apart may arrive a little
+closer. The windows below allow for that jitter (`_JITTER_S`) and the test prints the raw figure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import time
+from collections.abc import Callable
+
+import redis as redis_sync
+
+from service import EmailTask
+from service.local.redis_server import RedisServer
+from tests.conftest import WorkerProcess, dead_letters, enqueue, pending_count, wait_until
+from tests.integration.test_admin import admin, admin_json
+from tests.integration.test_limits import _most_in_any_window
+from tests.smtp_server import SmtpServer
+
+StartWorker = Callable[..., WorkerProcess]
+
+SLOW = "slow.example"
+# How much earlier than its slot the server may stamp an email (see the module's docstring).
+_JITTER_S = 0.05
+
+
+def _tasks(domain: str, count: int) -> list[EmailTask]:
+    return [EmailTask(to=f"u{i}@{domain}", subject=f"{domain} {i}", text="x") for i in range(count)]
+
+
+def _events(workers: list[WorkerProcess], event: str) -> list[dict[str, object]]:
+    lines = [line for w in workers for line in w.output().splitlines()]
+    return [json.loads(line) for line in lines if f'"event":"{event}"' in line]
+
+
+def _arrivals(smtp: SmtpServer, domain: str) -> list[float]:
+    with smtp.lock:
+        return sorted(r.at for r in smtp.received if r.rcpt_tos[0].endswith("@" + domain))
+
+
+def test_a_limited_domain_does_not_slow_the_others(
+    redis_server: RedisServer,
+    smtp: SmtpServer,
+    start_worker: StartWorker,
+    db: redis_sync.Redis,
+) -> None:
+    slow_count, fast_count, limit = 16, 250, 50
+    # The slow domain's emails first: they must not hold back the others queued behind them.
+    slow_ids = enqueue(redis_server.url, _tasks(SLOW, slow_count))
+    fast_ids = enqueue(redis_server.url, _tasks("fast.example", fast_count))
+    settings = {
+        "SMTP_RATE_LIMIT": f"{limit}/s",
+        "SMTP_RATE_BURST": "5",
+        "SMTP_DOMAIN_LIMITS": f"{SLOW}=2/s, other.example=1/min",
+    }
+    workers = [start_worker(**settings) for _ in range(2)]
+    wait_until(
+        lambda: len(smtp.received) >= slow_count + fast_count, timeout=60, what="every email"
+    )
+    assert sorted(smtp.task_ids()) == sorted(slow_ids + fast_ids)  # each once
+    slow, fast = _arrivals(smtp, SLOW), _arrivals(smtp, "fast.example")
+    fast_rate = (len(fast) - 1) / (fast[-1] - fast[0])
+    slow_rate = (len(slow) - 1) / (slow[-1] - slow[0])
+    print(
+        f"fast: {fast_rate:.2f}/s over {fast[-1] - fast[0]:.2f} s; slow: {slow_rate:.3f}/s over "
+        f"{slow[-1] - slow[0]:.2f} s, most in 1 s: {_most_in_any_window(slow, 1.0)}, "
+        f"in {1 - _JITTER_S:g} s: {_most_in_any_window(slow, 1 - _JITTER_S)}, closest two: "
+        f"{min(b - a for a, b in itertools.pairwise(slow)):.3f} s"
+    )
+    # The others drain at the shared rate, less the slow domain's share of it (2/s), and are
+    # done long before the slow domain (16 at 2/s: 7.5 s); together they keep the shared limit.
+    assert fast_rate >= 0.9 * (limit - 2)
+    assert _most_in_any_window(slow + fast, 1.0) <= limit + 5
+    assert fast[-1] < slow[-1] - 2
+    # The slow domain: its rate, never more than 2 in any second.
+    assert slow_rate <= 2.0 * 1.01
+    assert _most_in_any_window(slow, 1 - _JITTER_S) <= 2
+    # In its order, though its copies came back late, behind the 5 s backlog of the others.
+    assert [i for i in smtp.task_ids() if i in set(slow_ids)] == slow_ids
+    # Set aside without using an attempt: no retry, no dead letter, attempts 0 in its status.
+    assert len(_events(workers, "task_held")) >= slow_count // 2
+    assert _events(workers, "task_retry_scheduled") == []
+    assert dead_letters(db) == []
+    status = admin_json(redis_server.url, "task", slow_ids[-1])
+    assert isinstance(status, dict)
+    assert (status["state"], status["attempts"]) == ("sent", 0)
+
+
+def test_a_limited_domain_keeps_its_order(
+    redis_server: RedisServer, smtp: SmtpServer, start_worker: StartWorker
+) -> None:
+    slow_ids = enqueue(redis_server.url, _tasks(SLOW, 8))
+    fast_ids = enqueue(redis_server.url, _tasks("fast.example", 100))
+    start_worker(SMTP_DOMAIN_LIMITS=f"{SLOW}=4/s")
+    wait_until(lambda: len(smtp.received) >= 108, timeout=30, what="every email")
+    assert sorted(smtp.task_ids()) == sorted(slow_ids + fast_ids)
+    assert [i for i in smtp.task_ids() if i in set(slow_ids)] == slow_ids
+    slow = _arrivals(smtp, SLOW)
+    assert _most_in_any_window(slow, 0.5 - _JITTER_S) <= 2
+    assert _arrivals(smtp, "fast.example")[-1] < slow[2]  # the others did not wait
+
+
+def test_admin_stats_show_each_domains_limit_and_next_free_slot(
+    redis_server: RedisServer, smtp: SmtpServer, start_worker: StartWorker
+) -> None:
+    enqueue(redis_server.url, _tasks(SLOW, 6))
+    worker = start_worker(SMTP_DOMAIN_LIMITS=f"{SLOW}=6/min,other.example=1/s")
+    wait_until(lambda: len(smtp.received) == 1, timeout=10, what="the first email")
+    stats = admin_json(redis_server.url, "stats")
+    assert isinstance(stats, dict)
+    domains = {d["domain"]: d for d in stats["domain_limits"]}
+    assert [(d, v["limit"]) for d, v in domains.items()] == [
+        (SLOW, "6/min"),
+        ("other.example", "1/s"),
+    ]
+    # Six emails at one every 10 s: the line is taken up to 60 s after the first.
+    assert 45 < domains[SLOW]["next_free_s"] <= 60
+    assert domains["other.example"]["next_free_s"] == 0
+    assert stats["set_aside"] == 5
+    assert stats["delayed"] == 5
+    text = admin(redis_server.url, "stats").stdout
+    assert re.search(rf"{SLOW} +6/min +\d", text), text
+    assert "set aside until their domain's slot: 5" in text
+    worker.stop()
+
+
+def test_a_stop_while_entries_are_set_aside_loses_nothing(
+    redis_server: RedisServer,
+    smtp: SmtpServer,
+    start_worker: StartWorker,
+    db: redis_sync.Redis,
+) -> None:
+    ids = enqueue(redis_server.url, _tasks(SLOW, 10))
+    settings = {"SMTP_DOMAIN_LIMITS": f"{SLOW}=2/s"}
+    first = start_worker(**settings)
+    wait_until(lambda: len(smtp.received) >= 3, timeout=15, what="three emails")
+    assert first.stop() == 0
+    sent_before = len(smtp.received)
+    assert sent_before < len(ids)
+    assert pending_count(db) == 0  # every entry set aside or back in the stream, none held
+    second = start_worker(**settings)
+    wait_until(lambda: len(smtp.received) >= len(ids), timeout=30, what="every email")
+    time.sleep(1.0)  # nothing more comes
+    assert sorted(smtp.task_ids()) == sorted(ids)  # each once
+    assert _most_in_any_window(_arrivals(smtp, SLOW), 1 - _JITTER_S) <= 2
+    assert dead_letters(db) == []
+    assert _events([first, second], "task_retry_scheduled") == []
+    second.stop()
