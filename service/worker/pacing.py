@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -27,11 +26,11 @@ import structlog
 from ..errors import WireFormatError
 from ..settings import WorkerSettings
 from ..store import Entry, QueueStore
-from ..store.domains import DomainSlot
 from ..store.limiter import Acquired, LimiterConfig
 from ..task import distinct_addresses
-from ..wire import QueuedTask, decode_entry
+from ..wire import decode_entry
 from .backoff import retry_while_unavailable
+from .domains import DomainLines
 from .metrics import WorkerMetrics
 
 __all__ = [
@@ -39,7 +38,6 @@ __all__ = [
     "Admission",
     "Pacer",
     "entry_cost",
-    "limited_domains",
     "limiter_config",
 ]
 
@@ -80,13 +78,6 @@ def entry_cost(entry: Entry, *, per_recipient: bool) -> int:
     return max(1, len(distinct_addresses(queued.envelope_recipients())))
 
 
-def limited_domains(queued: QueuedTask, limited: Sequence[str]) -> tuple[str, ...]:
-    """The domains of `limited` that the task's envelope recipients are at, in `limited`'s
-    order (exact match, lowercase)."""
-    at = {address.rpartition("@")[2].lower() for address in queued.envelope_recipients()}
-    return tuple(domain for domain in limited if domain in at)
-
-
 @dataclass(frozen=True, slots=True)
 class Admission:
     """When one entry may be sent: at `not_before` (monotonic), or not now (`refused`: the
@@ -112,9 +103,7 @@ class Pacer:
         stopping: asyncio.Event,
     ) -> None:
         self.config = limiter_config(settings)
-        self._domain_limits = settings.domain_limits
-        self._per_second = {d.domain: d.rate.per_second for d in self._domain_limits}
-        self._domain_names = list(self._per_second)
+        self._domains = DomainLines(settings, store, metrics, horizon_s=_HORIZON_SECONDS)
         self._store = store
         self._metrics = metrics
         self._stopping = stopping
@@ -122,12 +111,11 @@ class Pacer:
         self._ready: int | None = None  # what the last answer said the next read may take
         self._wait_until = 0.0  # monotonic: no read before this
         self._quota_full = False
-        self._announced = False  # the domain limits were written to Redis
 
     @property
     def active(self) -> bool:
         """Whether any limit is configured."""
-        return self.config.active or bool(self._domain_limits)
+        return self.config.active or self._domains.active
 
     @property
     def adaptive(self) -> bool:
@@ -157,8 +145,8 @@ class Pacer:
         """
         if not self.active or not entries:
             return [None] * len(entries)
-        limited = [self._limited(entry) for entry in entries]
-        plan = await self._plan([(task_id, domains) for task_id, domains in limited if domains])
+        limited = [self._domains.limited(entry) for entry in entries]
+        plan = await self._domains.plan([(task, domains) for task, domains in limited if domains])
         planned = [next(plan) if domains else None for _, domains in limited]
         going = [i for i, slot in enumerate(planned) if slot is None or not slot.set_aside]
         shared = dict(
@@ -169,7 +157,7 @@ class Pacer:
         asked = [
             (limited[i][0], max(0.0, shared[i].not_before - now), limited[i][1]) for i in committing
         ]
-        commit = await self._commit(asked)
+        commit = await self._domains.commit(asked)
         now = time.monotonic()
         final = {i: next(commit) for i in committing}
         admissions: list[Admission | None] = []
@@ -184,59 +172,8 @@ class Pacer:
                 admissions.append(Admission(now + slot.delay_s))
             else:
                 admissions.append(shared[i])
-        self._observe_domains(limited, [final.get(i, planned[i]) for i in range(len(entries))])
+        self._domains.observe(limited, [final.get(i, planned[i]) for i in range(len(entries))])
         return admissions
-
-    def _limited(self, entry: Entry) -> tuple[str, tuple[str, ...]]:
-        """The entry's task id and limited domains (none for an undecodable entry: it is
-        dead-lettered unsent)."""
-        if not self._domain_limits:
-            return "", ()
-        try:
-            queued = decode_entry(entry.fields)
-        except WireFormatError:
-            return "", ()
-        return queued.task_id, limited_domains(queued, self._domain_names)
-
-    async def _plan(self, entries: list[tuple[str, tuple[str, ...]]]) -> Iterator[DomainSlot]:
-        """DOMAIN_PLAN for `entries` (task id, limited domains); asked once even without such
-        entries, so that `admin stats` shows the limits from the start."""
-        if not self._domain_limits or (not entries and self._announced):
-            return iter(())
-        self._announced = True
-        slots = await retry_while_unavailable(
-            "plan_domain_slots",
-            lambda: self._store.plan_domain_slots(
-                self._domain_limits, entries, horizon_s=_HORIZON_SECONDS
-            ),
-        )
-        return iter(slots)
-
-    async def _commit(
-        self, entries: list[tuple[str, float, tuple[str, ...]]]
-    ) -> Iterator[DomainSlot]:
-        """DOMAIN_COMMIT for `entries` (task id, seconds until its shared slot, domains)."""
-        if not entries:
-            return iter(())
-        slots = await retry_while_unavailable(
-            "commit_domain_slots",
-            lambda: self._store.commit_domain_slots(
-                self._domain_limits, entries, horizon_s=_HORIZON_SECONDS
-            ),
-        )
-        return iter(slots)
-
-    def _observe_domains(
-        self, limited: list[tuple[str, tuple[str, ...]]], slots: list[DomainSlot | None]
-    ) -> None:
-        """The metrics' next free slot of each domain, as this batch left it."""
-        next_free: dict[str, float] = {}
-        for (_, domains), slot in zip(limited, slots, strict=True):
-            for domain in domains:
-                after = (slot.delay_s if slot else 0.0) + 1 / self._per_second[domain]
-                next_free[domain] = max(next_free.get(domain, 0.0), after)
-        for domain, seconds in next_free.items():
-            self._metrics.observe_domain(domain, self._per_second[domain], seconds)
 
     async def _shared_slots(self, entries: list[Entry]) -> list[Admission]:
         """The shared limiter's slots of `entries` (now, without SMTP_RATE_LIMIT or a quota)."""

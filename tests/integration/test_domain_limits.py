@@ -13,14 +13,17 @@ import json
 import re
 import time
 from collections.abc import Callable
+from datetime import datetime
 
 import redis as redis_sync
 
 from service import EmailTask
+from service.local.ports import free_port
 from service.local.redis_server import RedisServer
 from tests.conftest import WorkerProcess, dead_letters, enqueue, pending_count, wait_until
 from tests.integration.test_admin import admin, admin_json
 from tests.integration.test_limits import _most_in_any_window
+from tests.integration.test_operate import scrape
 from tests.smtp_server import SmtpServer
 
 StartWorker = Callable[..., WorkerProcess]
@@ -71,12 +74,15 @@ def test_a_limited_domain_does_not_slow_the_others(
         f"fast: {fast_rate:.2f}/s over {fast[-1] - fast[0]:.2f} s; slow: {slow_rate:.3f}/s over "
         f"{slow[-1] - slow[0]:.2f} s, most in 1 s: {_most_in_any_window(slow, 1.0)}, "
         f"in {1 - _JITTER_S:g} s: {_most_in_any_window(slow, 1 - _JITTER_S)}, closest two: "
-        f"{min(b - a for a, b in itertools.pairwise(slow)):.3f} s"
+        f"{min(b - a for a, b in itertools.pairwise(slow)):.3f} s; all: most in 1 s: "
+        f"{_most_in_any_window(slow + fast, 1.0)}"
     )
     # The others drain at the shared rate, less the slow domain's share of it (2/s), and are
-    # done long before the slow domain (16 at 2/s: 7.5 s); together they keep the shared limit.
+    # done long before the slow domain (16 at 2/s: 7.5 s). Together they keep the shared limit
+    # (rate + burst in any second), give or take the slow domain's 2 a second: one may go up to
+    # 100 ms after its shared slot, to keep its domain's spacing (docs/operations.md).
     assert fast_rate >= 0.9 * (limit - 2)
-    assert _most_in_any_window(slow + fast, 1.0) <= limit + 5
+    assert _most_in_any_window(slow + fast, 1.0) <= limit + 5 + 2
     assert fast[-1] < slow[-1] - 2
     # The slow domain: its rate, never more than 2 in any second.
     assert slow_rate <= 2.0 * 1.01
@@ -106,27 +112,40 @@ def test_a_limited_domain_keeps_its_order(
     assert _arrivals(smtp, "fast.example")[-1] < slow[2]  # the others did not wait
 
 
-def test_admin_stats_show_each_domains_limit_and_next_free_slot(
+def test_admin_stats_status_and_metrics_show_the_domain_limits(
     redis_server: RedisServer, smtp: SmtpServer, start_worker: StartWorker
 ) -> None:
-    enqueue(redis_server.url, _tasks(SLOW, 6))
-    worker = start_worker(SMTP_DOMAIN_LIMITS=f"{SLOW}=6/min,other.example=1/s")
+    ids = enqueue(redis_server.url, _tasks(SLOW, 6))
+    port = free_port()
+    worker = start_worker(
+        SMTP_DOMAIN_LIMITS=f"{SLOW}=6/min,other.example=1/s", METRICS_PORT=str(port)
+    )
     wait_until(lambda: len(smtp.received) == 1, timeout=10, what="the first email")
     stats = admin_json(redis_server.url, "stats")
     assert isinstance(stats, dict)
     domains = {d["domain"]: d for d in stats["domain_limits"]}
-    assert [(d, v["limit"]) for d, v in domains.items()] == [
-        (SLOW, "6/min"),
-        ("other.example", "1/s"),
+    assert [(d, v["limit"], v["set_aside"]) for d, v in domains.items()] == [
+        (SLOW, "6/min", 5),
+        ("other.example", "1/s", 0),
     ]
     # Six emails at one every 10 s: the line is taken up to 60 s after the first.
     assert 45 < domains[SLOW]["next_free_s"] <= 60
     assert domains["other.example"]["next_free_s"] == 0
-    assert stats["set_aside"] == 5
-    assert stats["delayed"] == 5
+    assert (stats["set_aside"], stats["delayed"]) == (5, 5)
     text = admin(redis_server.url, "stats").stdout
-    assert re.search(rf"{SLOW} +6/min +\d", text), text
+    assert re.search(rf"{SLOW} +6/min +[\d.]+ +5\n", text), text
     assert "set aside until their domain's slot: 5" in text
+    # A set-aside task's status: retrying, no attempt used, due shortly before its slot.
+    status = admin_json(redis_server.url, "task", ids[-1])
+    assert isinstance(status, dict)
+    assert (status["state"], status["attempts"]) == ("retrying", 0)
+    assert status["reply"] == f"waiting for the domain limit of {SLOW}"
+    due = datetime.fromisoformat(status["due_at"]).timestamp()
+    assert 45 < due - smtp.received[0].at < 50
+    metrics = scrape(port)
+    labels = f'domain="{SLOW}",kind='
+    assert metrics[f'email_worker_domain_limit{{{labels}"per_second",queue="emails"}}'] == 0.1
+    assert metrics[f'email_worker_domain_limit{{{labels}"next_free_seconds",queue="emails"}}'] > 50
     worker.stop()
 
 
