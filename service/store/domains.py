@@ -16,8 +16,10 @@ shared limiter (`limiter.ACQUIRE`):
   behind a stream backlog, while the emails to other domains flow.
 - COMMIT: the entries that go, once the shared limiter has given each its slot, take their
   domains' send slots from then on: an entry sends at the later of the two, and the domain's
-  next send is one interval after that. One that the domain would now keep waiting past the
-  horizon (another worker went first) is set aside after all (its shared slot is left unused).
+  next send is one interval after that; a copy's kept slot is released then (until then it
+  holds its place against other workers). One that the domain would now keep waiting past the
+  horizon (another worker went first) is set aside after all (its shared slot is left unused),
+  a copy keeping its kept slot, first in line.
 
 A kept slot more than `KEEP_LATE_US` in the past is dropped: a copy that never comes back (it
 was cancelled) holds its domain's line that long at most.
@@ -147,7 +149,7 @@ local horizon = tonumber(ARGV[4])
 local going, gone, waiting = {}, {}, {}
 for d = 1, n do
   going[d] = sent[d]  -- the soonest the domain can take another send, given this batch so far
-  gone[d] = {}  -- kept slots taken in this call
+  gone[d] = {}  -- kept slots that go in this batch (COMMIT removes them)
   waiting[d] = redis.call('ZCARD', KEYS[1 + d])  -- kept slots not yet taken
 end
 -- Whether `task_id` holds the earliest kept slot still waiting in each of `ds`.
@@ -208,11 +210,6 @@ while i <= #ARGV do
   end
   i = i + 2 + k
 end
-for d = 1, n do
-  local ids = {}
-  for id in pairs(gone[d]) do ids[#ids + 1] = id end
-  if #ids > 0 then redis.call('ZREM', KEYS[1 + d], unpack(ids)) end
-end
 save({'limits', ARGV[5]})
 write_kept()
 return reply
@@ -230,21 +227,30 @@ DOMAIN_COMMIT: Final = (
     _PROLOGUE
     + """
 local horizon = tonumber(ARGV[4])
+local taken = {}  -- per domain, the kept slots taken now
+for d = 1, n do taken[d] = {} end
 local i = first + 1 + 2 * n
 while i <= #ARGV do
   local task_id, earliest, k = ARGV[i], now + tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local ds = domains_at(i + 3, k)
   local slot = latest(earliest, sent, ds)
+  local own = k > 0 and redis.call('ZSCORE', KEYS[1 + ds[1]], task_id)
   if slot - earliest <= horizon then
     for _, d in ipairs(ds) do
       sent[d] = slot + interval[d]
       tail[d] = math.max(tail[d], sent[d])
+      if own then taken[d][#taken[d] + 1] = task_id end
     end
     reply[#reply + 1] = math.floor(slot - now)
+  elseif own then
+    reply[#reply + 1] = -math.max(1, math.floor(slot - now))  -- keeps its place, first in line
   else
     set_aside(task_id, slot, ds)
   end
   i = i + 3 + k
+end
+for d = 1, n do
+  if #taken[d] > 0 then redis.call('ZREM', KEYS[1 + d], unpack(taken[d])) end
 end
 save({})
 write_kept()

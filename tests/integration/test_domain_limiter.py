@@ -210,3 +210,27 @@ async def test_the_domain_limiter_works_at_maxmemory(redis: Redis) -> None:
     finally:
         await redis.config_set("maxmemory", 0)
     assert [first[0].set_aside, sent[0].set_aside, again[0].set_aside] == [False, False, True]
+
+
+async def test_a_copy_holds_its_place_against_other_workers_until_it_commits(
+    redis: Redis,
+) -> None:
+    def plan(entries: list[tuple[str, list[str]]], at_ms: int) -> ScriptCall:
+        return plan_domains(KEYS, LIMITS, entries, horizon_s=0.1, now_us=T0 + at_ms * 1000)
+
+    def commit(entries: list[tuple[str, float, list[str]]], at_ms: int) -> ScriptCall:
+        return commit_domains(KEYS, LIMITS, entries, horizon_s=0.1, now_us=T0 + at_ms * 1000)
+
+    g = ["g.com"]
+    assert await _batches(redis, [(0, [("a", g), ("b", g), ("c", g)])]) == [[0, -500, -1000]]
+    # b and c come back late, read by two workers at once: b goes; c, planned before b's
+    # COMMIT, still finds b ahead of it and waits its turn (one interval after b).
+    assert await _run(redis, plan([("b", g)], 2000)) == [0]
+    assert await _run(redis, plan([("c", g)], 2001)) == [-500]
+    assert await _run(redis, commit([("b", 0.0, g)], 2002)) == [0]
+    # COMMIT finds c's domain slot taken too far past its shared slot (a third worker sent
+    # meanwhile): c is set aside again, keeping its place at the head of the line.
+    assert await _run(redis, plan([("c", g)], 2490)) == [12]
+    await redis.hset(KEYS.domain_limiter, "sent:g.com", str(T0 + 3_000_000))
+    assert await _run(redis, commit([("c", 0.0, g)], 2491)) == [-509]
+    assert await redis.zrange(KEYS.domain_kept("g.com"), 0, -1) == [b"c"]
