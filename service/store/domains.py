@@ -21,8 +21,10 @@ shared limiter (`limiter.ACQUIRE`):
   horizon (another worker went first) is set aside after all (its shared slot is left unused),
   a copy keeping its kept slot, first in line.
 
-A kept slot more than `KEEP_LATE_US` in the past is dropped: a copy that never comes back (it
-was cancelled) holds its domain's line that long at most.
+A kept slot ahead of a copy is dropped when its task's status says it is finished (cancelled
+while set aside, dead-lettered), and any kept slot more than `KEEP_LATE_US` in the past: a copy
+that never comes back (lost, or with the status ledger off) holds its domain's line that long
+at most.
 
 Every time is in microseconds of Redis's `TIME`; a caller may pass `now_us` instead (tests).
 """
@@ -137,28 +139,47 @@ end
 
 # Each entry's place in the lines of its limited domains, in order.
 # KEYS: domain limiter hash, then per domain its kept slots sorted set
-# ARGV: now us (0: Redis's TIME), 6, keep late us, horizon us, the configuration as written
-#       ("domain=rate,..."), n domains, per domain its name and its interval us, then per entry
-#       its task id, k, and the 1-based numbers of its k limited domains
+# ARGV: now us (0: Redis's TIME), 7, keep late us, horizon us, the configuration as written
+#       ("domain=rate,..."), the status records' key prefix (a kept slot whose task is finished
+#       is dropped; the records share the queue's hash tag), n domains, per domain its name and
+#       its interval us, then per entry its task id, k, and the 1-based numbers of its k
+#       limited domains
 # Returns per entry the us until its slot: >= 0, it may go (COMMIT gives its send slot); < 0,
 #         set aside, to be read again that many us from now
 DOMAIN_PLAN: Final = (
     _PROLOGUE
     + """
-local horizon = tonumber(ARGV[4])
-local going, gone, waiting = {}, {}, {}
+local horizon, status_prefix = tonumber(ARGV[4]), ARGV[6]
+local going, gone_count, waiting, dropped = {}, {}, {}, {}
 for d = 1, n do
   going[d] = sent[d]  -- the soonest the domain can take another send, given this batch so far
-  gone[d] = {}  -- kept slots that go in this batch (COMMIT removes them)
+  -- kept slots at the head of the line that go in this batch (COMMIT removes them) or are
+  -- dropped
+  gone_count[d] = 0
   waiting[d] = redis.call('ZCARD', KEYS[1 + d])  -- kept slots not yet taken
+  dropped[d] = {}
 end
--- Whether `task_id` holds the earliest kept slot still waiting in each of `ds`.
+local function mark_gone(d)
+  gone_count[d] = gone_count[d] + 1
+  waiting[d] = waiting[d] - 1
+end
+-- Whether `task_id` holds the earliest kept slot still waiting in each of `ds`. A slot ahead
+-- of it whose task is finished (cancelled while set aside, or dead-lettered) is dropped.
 local function is_next(task_id, ds)
   for _, d in ipairs(ds) do
-    local head = redis.call('ZRANGE', KEYS[1 + d], 0, #gone[d])
     local next_id
-    for _, id in ipairs(head) do
-      if not gone[d][id] then next_id = id break end
+    local checked = 0
+    while not next_id and checked < 10 do
+      local head = redis.call('ZRANGE', KEYS[1 + d], gone_count[d], gone_count[d])[1]
+      if not head or head == task_id then next_id = head break end
+      local state = redis.call('HGET', status_prefix .. head, 's')
+      if state == 'cancelled' or state == 'dead' or state == 'sent' then
+        dropped[d][#dropped[d] + 1] = head
+        mark_gone(d)
+        checked = checked + 1
+      else
+        next_id = head
+      end
     end
     if next_id ~= task_id then return false end
   end
@@ -175,8 +196,7 @@ while i <= #ARGV do
     if is_next(task_id, ds) and slot - now <= horizon then
       for _, d in ipairs(ds) do
         going[d] = slot + interval[d]
-        gone[d][task_id] = true
-        waiting[d] = waiting[d] - 1
+        mark_gone(d)
       end
       reply[#reply + 1] = math.floor(slot - now)
     else
@@ -184,9 +204,7 @@ while i <= #ARGV do
       -- interval on per copy still waiting ahead of it)
       local ahead = 0
       for _, d in ipairs(ds) do
-        local gone_here = 0
-        for _ in pairs(gone[d]) do gone_here = gone_here + 1 end
-        local rank = redis.call('ZRANK', KEYS[1 + d], task_id) - gone_here
+        local rank = redis.call('ZRANK', KEYS[1 + d], task_id) - gone_count[d]
         ahead = math.max(ahead, rank * interval[d])
       end
       local again = math.max(own, latest(now, going, ds) + ahead)
@@ -209,6 +227,9 @@ while i <= #ARGV do
     end
   end
   i = i + 2 + k
+end
+for d = 1, n do
+  if #dropped[d] > 0 then redis.call('ZREM', KEYS[1 + d], unpack(dropped[d])) end
 end
 save({'limits', ARGV[5]})
 write_kept()
@@ -290,10 +311,11 @@ def plan_domains(
     number = _numbers(limits)
     args: list[EncodableT] = [
         now_us,
-        6,
+        7,
         KEEP_LATE_US,
         int(horizon_s * 1_000_000),
         ",".join(f"{limit.domain}={limit.rate}" for limit in limits),
+        keys.status_prefix,
         *_domain_args(limits),
     ]
     for task_id, domains in entries:

@@ -26,6 +26,7 @@ import structlog
 from ..errors import WireFormatError
 from ..settings import WorkerSettings
 from ..store import Entry, QueueStore
+from ..store.domains import DomainSlot
 from ..store.limiter import Acquired, LimiterConfig
 from ..task import distinct_addresses
 from ..wire import decode_entry
@@ -147,6 +148,7 @@ class Pacer:
             return [None] * len(entries)
         limited = [self._domains.limited(entry) for entry in entries]
         plan = await self._domains.plan([(task, domains) for task, domains in limited if domains])
+        planned_at = time.monotonic()  # after the answer: its delays are counted from no later
         planned = [next(plan) if domains else None for _, domains in limited]
         going = [i for i, slot in enumerate(planned) if slot is None or not slot.set_aside]
         shared = dict(
@@ -154,8 +156,14 @@ class Pacer:
         )
         now = time.monotonic()
         committing = [i for i in going if limited[i][1] and not shared[i].refused]
+        # Each no earlier than its shared slot, nor than the place PLAN gave it.
         asked = [
-            (limited[i][0], max(0.0, shared[i].not_before - now), limited[i][1]) for i in committing
+            (
+                limited[i][0],
+                max(0.0, self._not_before(shared[i], planned[i], planned_at) - now),
+                limited[i][1],
+            )
+            for i in committing
         ]
         commit = await self._domains.commit(asked)
         now = time.monotonic()
@@ -174,6 +182,11 @@ class Pacer:
                 admissions.append(shared[i])
         self._domains.observe(limited, [final.get(i, planned[i]) for i in range(len(entries))])
         return admissions
+
+    @staticmethod
+    def _not_before(shared: Admission, planned: DomainSlot | None, planned_at: float) -> float:
+        """The later of an entry's shared slot and its planned place (monotonic)."""
+        return max(shared.not_before, planned_at + (planned.delay_s if planned else 0.0))
 
     async def _shared_slots(self, entries: list[Entry]) -> list[Admission]:
         """The shared limiter's slots of `entries` (now, without SMTP_RATE_LIMIT or a quota)."""

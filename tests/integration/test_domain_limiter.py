@@ -33,13 +33,15 @@ async def _run(redis: Redis, call: ScriptCall) -> list[int]:
 
 async def _batches(redis: Redis, batches: list[Batch], shared_ms: int = 0) -> list[list[int]]:
     """PLAN each batch, then COMMIT those that go as if the shared limiter gave each a slot
-    `shared_ms` away, as a worker does."""
+    `shared_ms` away, each no earlier than its planned place, as a worker does."""
     got = []
     for at_ms, entries in batches:
         now_us = T0 + at_ms * 1000
         plan = await _run(redis, plan_domains(KEYS, LIMITS, entries, horizon_s=0.1, now_us=now_us))
         going = [
-            (t, shared_ms / 1000, d) for (t, d), ms in zip(entries, plan, strict=True) if ms >= 0
+            (t, max(shared_ms, ms) / 1000, d)
+            for (t, d), ms in zip(entries, plan, strict=True)
+            if ms >= 0
         ]
         commit = iter(
             await _run(redis, commit_domains(KEYS, LIMITS, going, horizon_s=0.1, now_us=now_us))
@@ -234,3 +236,20 @@ async def test_a_copy_holds_its_place_against_other_workers_until_it_commits(
     await redis.hset(KEYS.domain_limiter, "sent:g.com", str(T0 + 3_000_000))
     assert await _run(redis, commit([("c", 0.0, g)], 2491)) == [-509]
     assert await redis.zrange(KEYS.domain_kept("g.com"), 0, -1) == [b"c"]
+
+
+async def test_copies_of_one_batch_go_one_after_the_other(redis: Redis) -> None:
+    y = ["y.com"]  # 10/s: two sends fit within the 100 ms horizon
+    got = await _batches(
+        redis, [(0, [("a", y), ("b", y), ("c", y), ("d", y)]), (350, [("c", y), ("d", y)])]
+    )
+    assert got == [[0, 100, -200, -300], [0, 100]]
+    assert await redis.zcard(KEYS.domain_kept("y.com")) == 0
+
+
+async def test_a_finished_task_s_kept_slot_does_not_hold_the_line(redis: Redis) -> None:
+    g = ["g.com"]
+    assert await _batches(redis, [(0, [("a", g), ("b", g), ("c", g)])]) == [[0, -500, -1000]]
+    await redis.hset(KEYS.status("b"), "s", "cancelled")  # b's copy was cancelled
+    assert await _batches(redis, [(900, [("c", g)])]) == [[100]]
+    assert await redis.zcard(KEYS.domain_kept("g.com")) == 0
