@@ -143,6 +143,7 @@ def worker_commands(
             ("zremrangebyscore", f"ZREMRANGEBYSCORE {kept} -inf 0"),
             ("zrem", f"ZREM {kept} {_PROBE}"),
             ("zadd", f"ZADD {kept} 0 {_PROBE}"),
+            ("hget", f"HGET {keys.status('*')} s"),  # is a kept slot's task finished?
         ]
         limited += [
             *(Command(name, tuple(line.split(" "))) for name, line in domain_lines),
