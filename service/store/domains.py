@@ -13,7 +13,7 @@ shared limiter (`limiter.ACQUIRE`):
   every copy kept before it in each of its domains has gone (else it keeps its place and is put
   back again, to when its turn should come), and a new entry queues behind every kept copy:
   a domain's emails go out in the order they were first read, even when copies come back late
-  behind a stream backlog, while the emails to other domains flow.
+  behind a stream backlog (up to `KEEP_LATE_US`), while the emails to other domains flow.
 - COMMIT: the entries that go, once the shared limiter has given each its slot, take their
   domains' send slots from then on: an entry sends at the later of the two, and the domain's
   next send is one interval after that; a copy's kept slot is released then (until then it
@@ -23,8 +23,8 @@ shared limiter (`limiter.ACQUIRE`):
 
 A kept slot ahead of a copy is dropped when its task's status says it is finished (cancelled
 while set aside, dead-lettered), and any kept slot more than `KEEP_LATE_US` in the past: a copy
-that never comes back (lost, or with the status ledger off) holds its domain's line that long
-at most.
+that is far behind, or never comes back (lost, or cancelled with the status ledger off), holds
+its domain's line that long at most.
 
 Every time is in microseconds of Redis's `TIME`; a caller may pass `now_us` instead (tests).
 """
@@ -54,9 +54,10 @@ __all__ = [
     "plan_domains",
 ]
 
-# A kept slot this far in the past is given up (its copy was cancelled, or is far behind): it
-# stops holding its domain's line, and the copy, if it comes, queues anew at the end.
-KEEP_LATE_US: Final = 30_000_000
+# A kept slot this far in the past is given up (its copy is far behind, or lost): it stops
+# holding its domain's line, and the copy, if it comes, queues anew at the end. Longer would
+# keep the order behind longer stream backlogs, and stall the domain that much longer meanwhile.
+KEEP_LATE_US: Final = 10_000_000
 
 # What both scripts start with: the clock, the keys' types (checked before any write), each
 # domain's interval, `sent` and `tail` (ARGV from `first` on: n, then per domain its name and

@@ -113,7 +113,7 @@ async def _batches(redis: Redis, batches: list[Batch], shared_ms: int = 0) -> li
             ],
             [[0, -500, -1000, -1500, -2000, -2500], [0, -500, -1000, -1500, -2000]],
         ),
-        # Back far too late (more than a minute: its copy was held up): it queues anew.
+        # Back far too late (more than 10 s: its copy was held up): it queues anew.
         (
             [(0, [("a", ["g.com"]), ("b", ["g.com"])]), (70_000, [("b", ["g.com"]), ("c", [])])],
             [[0, -500], [0, 0]],
