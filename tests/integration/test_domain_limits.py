@@ -200,3 +200,22 @@ def test_a_killed_worker_loses_nothing_set_aside_or_waiting(
     assert dead_letters(db) == []
     assert _events([first, second], "task_retry_scheduled") == []
     second.stop()
+
+
+def test_behind_a_long_backlog_the_domain_keeps_its_rate_and_loses_nothing(
+    redis_server: RedisServer,
+    smtp: SmtpServer,
+    start_worker: StartWorker,
+    db: redis_sync.Redis,
+) -> None:
+    # 300 others at 25/s: a 12 s backlog, longer than a kept slot holds its line (10 s).
+    slow_ids = enqueue(redis_server.url, _tasks(SLOW, 12))
+    fast_ids = enqueue(redis_server.url, _tasks("fast.example", 300))
+    limits = {"SMTP_RATE_LIMIT": "25/s", "SMTP_DOMAIN_LIMITS": f"{SLOW}=2/s"}
+    start_worker(**limits)
+    wait_until(lambda: len(smtp.received) >= 312, timeout=60, what="every email")
+    assert sorted(smtp.task_ids()) == sorted(slow_ids + fast_ids)  # each once
+    slow = _arrivals(smtp, SLOW)
+    print(f"slow: {len(slow)} over {slow[-1] - slow[0]:.2f} s")
+    assert _most_in_any_window(slow, 1 - _JITTER_S) <= 2
+    assert dead_letters(db) == []
