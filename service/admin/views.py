@@ -24,6 +24,9 @@ __all__ = [
 ]
 
 _BODY_PREVIEW_CHARS: Final = 500
+# Outcomes that are not failures: sent, a copy already sent, and those put back without using an
+# attempt (a pause, a "slow down", the quota or a domain's limit).
+_NOT_FAILED: Final = ("sent", "skipped", "requeued", "throttled", "held")
 
 
 def stats_text(stats: dict[str, Any]) -> str:
@@ -88,7 +91,7 @@ def health_text(result: dict[str, Any]) -> str:
             w["state_for_s"],
             w["age_s"],
             w["outcomes"].get("sent", 0),
-            sum(n for outcome, n in w["outcomes"].items() if outcome not in ("sent", "skipped")),
+            sum(n for outcome, n in w["outcomes"].items() if outcome not in _NOT_FAILED),
             f"{w['host']}:{w['pid']}",
         )
         for w in result["workers"]
