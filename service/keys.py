@@ -72,6 +72,15 @@ class QueueKeys:
         """List of the rolling quota's buckets ("bucket:count"), oldest first."""
         return f"{{{self.queue}}}:quota"
 
+    @property
+    def domain_limiter(self) -> str:
+        """Hash of the per-domain limits: the configuration, each domain's next free slot."""
+        return f"{{{self.queue}}}:domains"
+
+    def domain_kept(self, domain: str) -> str:
+        """Sorted set of the task ids set aside for `domain`'s limit, by their kept slot (us)."""
+        return f"{{{self.queue}}}:domains:kept:{domain}"
+
     def minute(self, minute: int | str) -> str:
         """Hash of what the workers did in one minute (`minute`: minutes since the epoch, or
         "*" as a pattern): sent, failed and latency sums, for the dashboard's charts; expires

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["Rate", "drain_forecast_s", "parse_rate"]
+__all__ = ["DomainLimit", "Rate", "drain_forecast_s", "parse_domain_limits", "parse_rate"]
 
 _PERIODS: Final = {
     "s": 1.0,
@@ -28,6 +28,11 @@ _RATE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*/\s*([a-z]+)\s*")
 # microseconds would lose precision.
 _MIN_PER_SECOND: Final = 1 / 86_400
 _MAX_PER_SECOND: Final = 100_000.0
+# A DNS name as it appears after the @ of an address (IDNs in their ASCII form), lowercase.
+_LABEL: Final = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_DOMAIN = re.compile(rf"(?=.{{1,253}}$)({_LABEL}\.)*{_LABEL}")
+# Each limited domain is one more field in the limiter's hash and one more lookup per email.
+_MAX_DOMAINS: Final = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +64,40 @@ def parse_rate(text: str) -> Rate:
     if not _MIN_PER_SECOND <= rate.per_second <= _MAX_PER_SECOND:
         raise ValueError(f"{text!r} is outside 1/day to {_MAX_PER_SECOND:g}/s")
     return rate
+
+
+@dataclass(frozen=True, slots=True)
+class DomainLimit:
+    """The rate at which one recipient domain may be sent to."""
+
+    domain: str  # lowercase
+    rate: Rate
+
+
+def parse_domain_limits(text: str) -> tuple[DomainLimit, ...]:
+    """`gmail.com=20/min, yahoo.com=5/s` as `DomainLimit`s, in the order written; ValueError
+    saying what is wrong (an empty text: none)."""
+    limits: dict[str, DomainLimit] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        domain, sep, rate_text = item.partition("=")
+        domain = domain.strip().lower()
+        if not sep or not _DOMAIN.fullmatch(domain):
+            raise ValueError(
+                f"{item.strip()!r} is not domain=rate: write e.g. gmail.com=20/min, "
+                "entries separated by commas"
+            )
+        if domain in limits:
+            raise ValueError(f"{domain} is limited twice")
+        try:
+            rate = parse_rate(rate_text)
+        except ValueError as exc:
+            raise ValueError(f"{domain}: {exc}") from None
+        limits[domain] = DomainLimit(domain, rate)
+    if len(limits) > _MAX_DOMAINS:
+        raise ValueError(f"{len(limits)} domains; at most {_MAX_DOMAINS}")
+    return tuple(limits.values())
 
 
 def drain_forecast_s(

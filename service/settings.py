@@ -35,7 +35,7 @@ from .connection import check_redis_url
 from .errors import ConfigError
 from .keys import validate_queue_name
 from .local.stack_file import STACK_FILE, running_stack
-from .rates import Rate, parse_rate
+from .rates import DomainLimit, Rate, parse_domain_limits, parse_rate
 from .relay_config import DEFAULT_PORTS, RelayConfig, RelaysFile, is_loopback, load_relays
 from .task import EmailAddress
 
@@ -153,6 +153,8 @@ class WorkerSettings(QueueSettings):
     # Several relays (service/relay_config.py); None: the one relay of the SMTP_* settings.
     smtp_relays_file: Path | None = None
     _relays_file: RelaysFile | None = PrivateAttr(default=None)
+    # e.g. gmail.com=20/min,yahoo.com=5/s (service/store/domains.py); None: no domain limits
+    smtp_domain_limits: str | None = None
 
     @field_validator("smtp_host", "metrics_host")
     @classmethod
@@ -189,6 +191,13 @@ class WorkerSettings(QueueSettings):
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("smtp_domain_limits")
+    @classmethod
+    def _check_domain_limits(cls, value: str | None) -> str | None:
+        if value is None or not parse_domain_limits(value):
+            return None
+        return value
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Self:
@@ -255,6 +264,11 @@ class WorkerSettings(QueueSettings):
     def rate_limit(self) -> Rate | None:
         """`SMTP_RATE_LIMIT`, parsed; None when unset."""
         return parse_rate(self.smtp_rate_limit) if self.smtp_rate_limit else None
+
+    @property
+    def domain_limits(self) -> tuple[DomainLimit, ...]:
+        """`SMTP_DOMAIN_LIMITS`, parsed; empty when unset."""
+        return parse_domain_limits(self.smtp_domain_limits or "")
 
     @property
     def smtp_port_or_default(self) -> int:

@@ -19,6 +19,7 @@ import orjson
 from ..rates import drain_forecast_s
 from ..status import CancelResult, TaskStatus
 from ..store import ConsumerInfo, QueueStore
+from ..store.domains import DomainState
 from ..store.limiter import LimiterState
 from ..store.replies import Fields
 
@@ -92,6 +93,9 @@ class QueueStats:
     dead: int
     consumers: tuple[ConsumerInfo, ...]
     limits: SendLimits | None  # None: no worker has applied a rate limit or a quota
+    # SMTP_DOMAIN_LIMITS as the workers last applied them, each with its next free slot
+    domain_limits: tuple[DomainState, ...] = ()
+    set_aside: int = 0  # entries put back until their domain's slot (their copies are delayed)
     relays: tuple[RelayRow, ...] = ()  # as the live workers' heartbeats report them
 
 
@@ -234,6 +238,7 @@ class QueueAdmin:
         group = await self._store.group()
         consumers = await self._store.consumers()
         state = await self._store.limiter_state()
+        domains = await self._store.domain_state()
         now_ms = time.time_ns() // 1_000_000
         sizes = overview.sizes
         oldest, next_due = overview.oldest_entry_ms, overview.next_due_ms
@@ -251,6 +256,8 @@ class QueueAdmin:
             if state.per_second or state.quota
             else None,
             relays=RelayRow.from_beats(await self.workers()),
+            domain_limits=domains,
+            set_aside=sum(domain.set_aside for domain in domains),
         )
 
     async def dead_letters(self, *, limit: int, after: str = "-") -> list[DeadLetter]:

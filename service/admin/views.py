@@ -24,6 +24,9 @@ __all__ = [
 ]
 
 _BODY_PREVIEW_CHARS: Final = 500
+# Outcomes that are not failures: sent, a copy already sent, and those put back without using an
+# attempt (a pause, a "slow down", the quota or a domain's limit).
+_NOT_FAILED: Final = ("sent", "skipped", "requeued", "throttled", "held")
 
 
 def stats_text(stats: dict[str, Any]) -> str:
@@ -45,6 +48,7 @@ def stats_text(stats: dict[str, Any]) -> str:
         + "\n"
         + _limits_text(stats.get("limits"))
         + _relays_text(stats.get("relays", []))
+        + _domain_limits_text(stats.get("domain_limits", []), stats.get("set_aside", 0))
         + table(["consumer", "pending", "idle (s)"], consumers)
     )
 
@@ -80,6 +84,15 @@ def _limits_text(limits: dict[str, Any] | None) -> str:
     return table(["send limits", ""], rows) + "\n"
 
 
+def _domain_limits_text(domains: list[dict[str, Any]], set_aside: int) -> str:
+    """The per-domain limits' rows (nothing when none is configured)."""
+    if not domains:
+        return ""
+    rows = [(d["domain"], d["limit"], d["next_free_s"], d["set_aside"]) for d in domains]
+    headers = ["domain limits", "limit", "next free slot in (s)", "set aside"]
+    return table(headers, rows) + f"set aside until their domain's slot: {set_aside}\n\n"
+
+
 def health_text(result: dict[str, Any]) -> str:
     """`health`: one row per worker heartbeat, then the verdict."""
     rows = [
@@ -90,7 +103,7 @@ def health_text(result: dict[str, Any]) -> str:
             w["state_for_s"],
             w["age_s"],
             w["outcomes"].get("sent", 0),
-            sum(n for outcome, n in w["outcomes"].items() if outcome not in ("sent", "skipped")),
+            sum(n for outcome, n in w["outcomes"].items() if outcome not in _NOT_FAILED),
             f"{w['host']}:{w['pid']}",
         )
         for w in result["workers"]

@@ -23,6 +23,7 @@ from redis.exceptions import ResponseError
 
 from ..connection import AnyRedis, node_holding
 from ..keys import CONSUMER_GROUP, QueueKeys
+from . import domains as domains_store
 from . import history, limiter, scripts
 from .replies import as_str
 
@@ -51,12 +52,18 @@ class Access:
 
 
 def worker_commands(
-    keys: QueueKeys, *, limits: bool = False, status: bool = False, durable: bool = False
+    keys: QueueKeys,
+    *,
+    limits: bool = False,
+    domains: bool = False,
+    status: bool = False,
+    durable: bool = False,
 ) -> tuple[Command, ...]:
     """Every command a worker runs on the queue `keys` (its scripts' commands included);
-    `limits`: with the shared limiter's (SMTP_RATE_LIMIT or SMTP_DAILY_QUOTA set); `status`:
-    with the status ledger's (TASK_STATUS_TTL_SECONDS above 0); `durable`: with the WAIT after
-    its settles (`?wait_replicas=` on REDIS_URL)."""
+    `limits`: with the shared limiter's (SMTP_RATE_LIMIT or SMTP_DAILY_QUOTA set); `domains`:
+    with the per-domain limiter's (SMTP_DOMAIN_LIMITS set); `status`: with the status
+    ledger's (TASK_STATUS_TTL_SECONDS above 0); `durable`: with the WAIT after its settles
+    (`?wait_replicas=` on REDIS_URL)."""
     stream, delayed, entries, dead = keys.stream, keys.delayed, keys.delayed_entries, keys.dead
     sent, group = keys.sent("*"), CONSUMER_GROUP
 
@@ -128,6 +135,29 @@ def worker_commands(
         ]
     if durable:
         plain.append(("wait", "WAIT 1 0"))
+    if domains:
+        hashed, kept = keys.domain_limiter, keys.domain_kept("*")
+        domain_lines = [
+            ("time", "TIME"),
+            ("type", f"TYPE {hashed}"),
+            ("hmget", f"HMGET {hashed} f"),
+            ("hset", f"HSET {hashed} {_PROBE} v"),
+            ("hdel", f"HDEL {hashed} {_PROBE}"),
+            ("type", f"TYPE {kept}"),
+            ("zscore", f"ZSCORE {kept} {_PROBE}"),
+            ("zcard", f"ZCARD {kept}"),
+            ("zrange", f"ZRANGE {kept} 0 0"),
+            ("zrank", f"ZRANK {kept} {_PROBE}"),
+            ("zremrangebyscore", f"ZREMRANGEBYSCORE {kept} -inf 0"),
+            ("zrem", f"ZREM {kept} {_PROBE}"),
+            ("zadd", f"ZADD {kept} 0 {_PROBE}"),
+            ("hget", f"HGET {keys.status('*')} s"),  # is a kept slot's task finished?
+        ]
+        limited += [
+            *(Command(name, tuple(line.split(" "))) for name, line in domain_lines),
+            evalsha(domains_store.DOMAIN_PLAN, hashed, kept),
+            evalsha(domains_store.DOMAIN_COMMIT, hashed, kept),
+        ]
     return (
         *(Command(name, tuple(line.split(" "))) for name, line in plain),
         evalsha(scripts.SETTLE, stream, delayed, entries, dead, sent, keys.status("*")),
@@ -140,7 +170,7 @@ def worker_commands(
 
 def _keys_of(commands: Iterable[Command], keys: QueueKeys) -> list[str]:
     every = {keys.stream, keys.delayed, keys.delayed_entries, keys.dead, keys.workers}
-    every |= {keys.limiter, keys.quota}
+    every |= {keys.limiter, keys.quota, keys.domain_limiter, keys.domain_kept("*")}
     every |= {keys.sent("*"), keys.status("*"), keys.minute("*")}
     used = {arg for command in commands for arg in command.args}
     return sorted(every & used)
@@ -152,11 +182,12 @@ async def check_access(
     keys: QueueKeys,
     *,
     limits: bool = False,
+    domains: bool = False,
     status: bool = False,
     durable: bool = False,
 ) -> Access:
     """Whether `user` may run every command of `worker_commands(keys, ...)`."""
-    commands = worker_commands(keys, limits=limits, status=status, durable=durable)
+    commands = worker_commands(keys, limits=limits, domains=domains, status=status, durable=durable)
     node = await node_holding(redis, keys.stream)  # ACL commands name no key
     try:
         verdicts = await _dry_run(redis, user, commands, node)

@@ -15,8 +15,10 @@ from redis.typing import EncodableT, FieldT
 from ..connection import AnyRedis, durability_of, login_of, node_holding
 from ..errors import QueueFull, QueueVanished, RedisFull
 from ..keys import CONSUMER_GROUP, QueueKeys
+from ..rates import DomainLimit
 from ..status import DEFAULT_STATUS_TTL, CancelResult, TaskState, TaskStatus, is_task_id
-from . import access, history, limiter, reads, replies, scripts
+from . import access, domains, history, limiter, reads, replies, scripts
+from .domains import DomainSlot, DomainState
 from .history import MinuteCounts
 from .limiter import Acquired, LimiterConfig, LimiterState, Throttled
 from .replies import ConsumerInfo, Entry, Fields, GroupInfo, as_str
@@ -68,6 +70,8 @@ class QueueStore:
                 scripts.CANCEL,
                 limiter.ACQUIRE,
                 limiter.THROTTLE,
+                domains.DOMAIN_PLAN,
+                domains.DOMAIN_COMMIT,
                 reads.SCHEDULED_PAGE,
                 reads.SCHEDULED_ONE,
                 history.ADD_MINUTES,
@@ -307,6 +311,45 @@ class QueueStore:
             await self._run(limiter.throttle(self.keys, per_second), "THROTTLE")
         )
 
+    async def plan_domain_slots(
+        self,
+        limits: Sequence[DomainLimit],
+        entries: Sequence[tuple[str, Sequence[str]]],
+        *,
+        horizon_s: float,
+    ) -> list[DomainSlot]:
+        """Places in the lines of the limited domains for `entries` (task id, its limited
+        domains), in order: which go, which are set aside (see `domains.DOMAIN_PLAN`)."""
+        call = domains.plan_domains(self.keys, limits, entries, horizon_s=horizon_s)
+        return domains.domain_slots_reply(await self._run(call, "DOMAIN_PLAN"))
+
+    async def commit_domain_slots(
+        self,
+        limits: Sequence[DomainLimit],
+        entries: Sequence[tuple[str, float, Sequence[str]]],
+        *,
+        horizon_s: float,
+    ) -> list[DomainSlot]:
+        """Send slots for the planned `entries` that go (task id, seconds until its shared
+        slot, its limited domains), in order (see `domains.DOMAIN_COMMIT`)."""
+        call = domains.commit_domains(self.keys, limits, entries, horizon_s=horizon_s)
+        return domains.domain_slots_reply(await self._run(call, "DOMAIN_COMMIT"))
+
+    async def domain_state(self) -> tuple[DomainState, ...]:
+        """The limited domains, each with its next free slot and the entries set aside for
+        it, read now."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self.keys.domain_limiter)
+            pipe.time()
+            fields, (seconds, micros) = await pipe.execute()
+        names = domains.configured_domains(fields)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.zcard(self.keys.domain_kept(name))
+            set_aside = await pipe.execute()
+        now_us = seconds * 1_000_000 + micros
+        return domains.domain_state(fields, [int(n) for n in set_aside], now_us)
+
     async def limiter_state(self) -> LimiterState:
         """The limits the workers apply, the effective rate and the quota used, read now."""
         # TIME names no key: a cluster runs it apart, on the node of the limiter's slot.
@@ -472,15 +515,17 @@ class QueueStore:
 
     # --- the server ---------------------------------------------------------------------------
 
-    async def access(self, *, limits: bool = False) -> access.Access:
+    async def access(self, *, limits: bool = False, domains: bool = False) -> access.Access:
         """Whether the Redis user this client logs in as may run every command a worker runs
-        (`limits`: the shared limiter's too; the status ledger's when it keeps records)."""
+        (`limits`: the shared limiter's too; `domains`: the per-domain limiter's; the status
+        ledger's when it keeps records)."""
         user = login_of(self._redis)[0] or "default"
         return await access.check_access(
             self._redis,
             user,
             self.keys,
             limits=limits,
+            domains=domains,
             status=self.status_ttl_ms > 0,
             durable=self.waits_for_replicas,
         )

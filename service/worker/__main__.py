@@ -123,7 +123,8 @@ async def serve(settings: WorkerSettings, shutdown: Shutdown) -> int:
         store,
         shutdown,
         status=f"delivering queue {settings.email_queue}",
-        limits=pacer.active,
+        limits=pacer.config.active,
+        domains=bool(settings.domain_limits),
     )
     beating: asyncio.Task[None] | None = None
     try:

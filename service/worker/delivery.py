@@ -2,10 +2,10 @@
 
 Every attempt ends in one atomic settle: sent, partly sent (refused recipients retried or
 dead-lettered), scheduled for a retry, requeued without using an attempt (the SMTP server was
-unusable, or asked us to slow down), held back unsent (no room in the quota, or a stop before
-its slot came), or dead-lettered. What to write is planned by `fate.py`; this module performs it.
-Only a crash or a lost Redis leaves the entry pending, and then another delivery (here or in
-another worker) takes it over.
+unusable, or asked us to slow down), held back unsent (no room in the quota, a recipient
+domain's slot too far ahead, or a stop before its slot came), or dead-lettered. What to write
+is planned by `fate.py`; this module performs it. Only a crash or a lost Redis leaves the entry
+pending, and then another delivery (here or in another worker) takes it over.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from .backoff import retry_while_unavailable
 from .breaker import SmtpBreaker
 from .metrics import WorkerMetrics
 from .outcome import Decision, decide, is_poison
-from .pacing import Admission, Pacer
+from .pacing import SET_ASIDE_LEAD_SECONDS, Admission, Pacer
 from .relays import RelaySet, decision_via, write_via
 from .render import Outgoing, render
 
@@ -176,6 +176,10 @@ class Delivery:
     ) -> fate.Fate | None:
         """Sleep until the entry's slot; the fate that puts it back if it must not be sent now."""
         now_ms = time.time_ns() // 1_000_000
+        if admission.set_aside:
+            # Due just before its slot: its copy is read again in time to take it.
+            due_ms = now_ms + int((admission.reopen_s - SET_ASIDE_LEAD_SECONDS) * 1000)
+            return fate.hold(entry, queued, admission.reason, due_ms=due_ms)
         if admission.refused:
             due_ms = now_ms + int(admission.reopen_s * 1000)
             return fate.hold(entry, queued, "send quota reached", due_ms=due_ms)

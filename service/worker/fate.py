@@ -126,7 +126,8 @@ def after_attempt(
 
 def hold(entry: Entry, queued: QueuedTask, reason: str, *, due_ms: int) -> Fate:
     """Put an entry back, due at `due_ms`, without sending it or using an attempt: the quota
-    has no room for it, or the worker stops before its slot came."""
+    has no room for it, its recipient domain's slot is further ahead than the worker reads, or
+    the worker stops before its slot came."""
     copy = retry_entry(
         entry.fields, tries=queued.tries, recipients=queued.envelope_recipients(), error=reason
     )

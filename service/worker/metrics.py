@@ -115,6 +115,13 @@ class WorkerMetrics:
             [*labels, "relay"],
             registry=registry,
         )
+        self._domain = Gauge(
+            "email_worker_domain_limit",
+            "Per recipient domain (SMTP_DOMAIN_LIMITS): its limit per second, and the seconds "
+            "until its next free slot as this worker last took one.",
+            [*labels, "domain", "kind"],
+            registry=registry,
+        )
         self._paused = Gauge(
             "email_worker_smtp_paused",
             "1 while the SMTP circuit breaker holds intake.",
@@ -186,6 +193,12 @@ class WorkerMetrics:
         if self._registry is not None:
             self._quota.labels(self.queue, "limit").set(quota)
             self._quota.labels(self.queue, "used").set(used)
+
+    def observe_domain(self, domain: str, per_second: float, next_free_s: float) -> None:
+        """A limited domain's rate and next free slot (a no-op without Prometheus)."""
+        if self._registry is not None:
+            self._domain.labels(self.queue, domain, "per_second").set(per_second)
+            self._domain.labels(self.queue, domain, "next_free_seconds").set(next_free_s)
 
     def observe_queue(
         self,

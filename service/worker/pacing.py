@@ -7,6 +7,11 @@ Redis call and no CPU. When the limiter has nothing to give (the quota is used u
 are taken further ahead than the horizon), the reader sleeps for as long as the limiter says,
 asking again at least every `_RECHECK_SECONDS` without reading anything. A stop request ends
 every wait at once: a delivery still waiting for its slot puts its entry back (`fate.hold`).
+
+With SMTP_DOMAIN_LIMITS, an entry to a limited domain first takes its slot in that domain's
+line (`store/domains.py`) before the shared limiter is asked: one whose domain slot is further
+than the horizon is set aside (put back as a copy due just before its slot, using no attempt
+and no shared slot) while the entries to other domains go on.
 """
 
 from __future__ import annotations
@@ -21,13 +26,21 @@ import structlog
 from ..errors import WireFormatError
 from ..settings import WorkerSettings
 from ..store import Entry, QueueStore
+from ..store.domains import DomainSlot
 from ..store.limiter import Acquired, LimiterConfig
 from ..task import distinct_addresses
 from ..wire import decode_entry
 from .backoff import retry_while_unavailable
+from .domains import DomainLines
 from .metrics import WorkerMetrics
 
-__all__ = ["Admission", "Pacer", "entry_cost", "limiter_config"]
+__all__ = [
+    "SET_ASIDE_LEAD_SECONDS",
+    "Admission",
+    "Pacer",
+    "entry_cost",
+    "limiter_config",
+]
 
 log = structlog.get_logger("service.worker")
 
@@ -37,6 +50,9 @@ _HORIZON_SECONDS: Final = 0.1
 # While the limiter says wait longer than this, it is asked again this often (the effective
 # rate climbs back, the quota's window moves, another worker's settings may differ).
 _RECHECK_SECONDS: Final = 5.0
+# A set-aside entry's copy is due this long before its domain slot (within the horizon): read
+# again a little before its slot, it waits for it; later, it goes at once.
+SET_ASIDE_LEAD_SECONDS: Final = _HORIZON_SECONDS / 2
 
 
 def limiter_config(settings: WorkerSettings) -> LimiterConfig:
@@ -66,11 +82,14 @@ def entry_cost(entry: Entry, *, per_recipient: bool) -> int:
 @dataclass(frozen=True, slots=True)
 class Admission:
     """When one entry may be sent: at `not_before` (monotonic), or not now (`refused`: the
-    quota has no room; it has in `reopen_s`)."""
+    quota has no room; it has in `reopen_s`; `set_aside`: its domain's slot is `reopen_s`
+    away, for `reason`)."""
 
     not_before: float
     refused: bool = False
     reopen_s: float = 0.0
+    set_aside: bool = False
+    reason: str = ""
 
 
 class Pacer:
@@ -85,6 +104,7 @@ class Pacer:
         stopping: asyncio.Event,
     ) -> None:
         self.config = limiter_config(settings)
+        self._domains = DomainLines(settings, store, metrics, horizon_s=_HORIZON_SECONDS)
         self._store = store
         self._metrics = metrics
         self._stopping = stopping
@@ -96,7 +116,7 @@ class Pacer:
     @property
     def active(self) -> bool:
         """Whether any limit is configured."""
-        return self.config.active
+        return self.config.active or self._domains.active
 
     @property
     def adaptive(self) -> bool:
@@ -105,7 +125,7 @@ class Pacer:
 
     async def wait_to_read(self, free: int) -> int:
         """Sleep until the limiter lets an entry start soon; how many of `free` to read."""
-        if not self.active:
+        if not self.config.active:
             return free
         waited = False
         while (remaining := self._wait_until - time.monotonic()) > 0:
@@ -118,9 +138,63 @@ class Pacer:
         return min(free, 1 if waited else max(self._ready, 1))
 
     async def admit(self, entries: list[Entry]) -> list[Admission | None]:
-        """The slot of each entry, in order (None for all without limits)."""
+        """The slot of each entry, in order (None for all without limits).
+
+        With domain limits, an entry to a limited domain takes its place in the domain's line
+        first: one set aside takes no shared slot. The others take their shared slots, then
+        their domains' send slots from those on.
+        """
         if not self.active or not entries:
             return [None] * len(entries)
+        limited = [self._domains.limited(entry) for entry in entries]
+        plan = await self._domains.plan([(task, domains) for task, domains in limited if domains])
+        planned_at = time.monotonic()  # after the answer: its delays are counted from no later
+        planned = [next(plan) if domains else None for _, domains in limited]
+        going = [i for i, slot in enumerate(planned) if slot is None or not slot.set_aside]
+        shared = dict(
+            zip(going, await self._shared_slots([entries[i] for i in going]), strict=True)
+        )
+        now = time.monotonic()
+        committing = [i for i in going if limited[i][1] and not shared[i].refused]
+        # Each no earlier than its shared slot, nor than the place PLAN gave it.
+        asked = [
+            (
+                limited[i][0],
+                max(0.0, self._not_before(shared[i], planned[i], planned_at) - now),
+                limited[i][1],
+            )
+            for i in committing
+        ]
+        commit = await self._domains.commit(asked)
+        now = time.monotonic()
+        final = {i: next(commit) for i in committing}
+        admissions: list[Admission | None] = []
+        for i, (_, domains) in enumerate(limited):
+            slot = final.get(i, planned[i])
+            if slot is not None and slot.set_aside:
+                reason = f"waiting for the domain limit of {', '.join(domains)}"
+                admissions.append(
+                    Admission(now, set_aside=True, reopen_s=slot.delay_s, reason=reason)
+                )
+            elif i in final and slot is not None:
+                admissions.append(Admission(now + slot.delay_s))
+            else:
+                admissions.append(shared[i])
+        self._domains.observe(limited, [final.get(i, planned[i]) for i in range(len(entries))])
+        return admissions
+
+    @staticmethod
+    def _not_before(shared: Admission, planned: DomainSlot | None, planned_at: float) -> float:
+        """The later of an entry's shared slot and its planned place (monotonic)."""
+        return max(shared.not_before, planned_at + (planned.delay_s if planned else 0.0))
+
+    async def _shared_slots(self, entries: list[Entry]) -> list[Admission]:
+        """The shared limiter's slots of `entries` (now, without SMTP_RATE_LIMIT or a quota)."""
+        now = time.monotonic()
+        if not self.config.active:
+            return [Admission(now)] * len(entries)
+        if not entries:
+            return []
         acquired = await self._ask(
             [entry_cost(e, per_recipient=self._per_recipient) for e in entries]
         )

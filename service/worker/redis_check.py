@@ -117,10 +117,15 @@ async def check_redis_config(redis: AnyRedis, key: str = "") -> list[Finding]:
     return findings
 
 
-async def check_redis_access(store: QueueStore, *, limits: bool = False) -> bool:
+async def check_redis_access(
+    store: QueueStore, *, limits: bool = False, domains: bool = False
+) -> bool:
     """Whether the worker may run every command it needs (`limits`: the shared limiter's
-    too); logs what is missing, or why it could not be checked (the worker then goes on)."""
-    access = await retry_while_unavailable("check_permissions", lambda: store.access(limits=limits))
+    too; `domains`: the per-domain limiter's); logs what is missing, or why it could not be
+    checked (the worker then goes on)."""
+    access = await retry_while_unavailable(
+        "check_permissions", lambda: store.access(limits=limits, domains=domains)
+    )
     if not access.checked:
         # The server's own words ("NOPERM ... 'acl|dryrun' ..."): no secret in them.
         log.info("redis_permissions_unchecked", user=access.user, reason=access.reason)

@@ -47,9 +47,11 @@ class Supervision:
         status: str,
         notifier: Notifier | None = None,
         limits: bool = False,
+        domains: bool = False,
     ) -> None:
         self._redis = redis
         self._limits = limits  # the shared limiter's commands are checked too
+        self._domains = domains  # and the per-domain limiter's
         self._store = store
         self._shutdown = shutdown
         self._status = status
@@ -93,7 +95,7 @@ class Supervision:
         self._notifier.status("connecting to Redis")
         await self._wait_for_redis()
         await check_redis_config(self._redis, self._store.keys.stream)
-        if not await check_redis_access(self._store, limits=self._limits):
+        if not await check_redis_access(self._store, limits=self._limits, domains=self._domains):
             return False
         if not self._shutdown.requested.is_set():  # READY after STOPPING would confuse systemd
             self._notifier.ready(self._status)

@@ -72,6 +72,8 @@ def test_stats_on_an_empty_queue(redis_server: RedisServer, db: redis_sync.Redis
         "consumers": [],
         "limits": None,
         "relays": [],
+        "domain_limits": [],
+        "set_aside": 0,
     }
 
 

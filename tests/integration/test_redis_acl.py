@@ -119,3 +119,28 @@ def test_a_least_privilege_user_allowed_to_check_itself_passes(
         assert worker.stop() == 0
     assert _events(worker, "redis_permissions_unchecked") == []
     assert _events(worker, "redis_permissions_missing") == []
+
+
+def test_a_worker_with_domain_limits_checks_their_permissions_too(
+    worker_env: dict[str, str], smtp: SmtpServer, tmp_path: Path
+) -> None:
+    rules = ["~*", "+@all", "-zrank", "-zremrangebyscore"]  # only the domain scripts use them
+    limits = {"SMTP_DOMAIN_LIMITS": "example.com=10/s"}
+    with worker_as(rules, worker_env, tmp_path, **limits) as (worker, db, _):
+        del db
+        assert worker.process.wait(timeout=20) == 2, worker.output()[-3000:]
+        assert smtp.received == []
+    (line,) = _events(worker, "redis_permissions_missing")
+    assert line["missing"] == ["zrank", "zremrangebyscore"]
+
+
+def test_a_least_privilege_user_with_domain_limits_passes(
+    worker_env: dict[str, str], smtp: SmtpServer, tmp_path: Path
+) -> None:
+    rules = ["~{emails}:*", *_LEAST, "+time", "+type", "+acl|dryrun", "+acl|getuser", "+acl|cat"]
+    limits = {"SMTP_DOMAIN_LIMITS": "example.com=10/s"}
+    with worker_as(rules, worker_env, tmp_path, **limits) as (worker, _, task_ids):
+        worker.wait_for_log("worker_started")
+        wait_until(lambda: smtp.task_ids() == task_ids, 10, "the email")
+        assert worker.stop() == 0
+    assert _events(worker, "redis_permissions_missing") == []

@@ -7,6 +7,7 @@ import re
 import pytest
 
 from service.keys import QueueKeys
+from service.store import domains as domain_scripts
 from service.store import limiter, scripts
 from service.store.access import denied, glob_pattern, worker_commands
 
@@ -59,18 +60,24 @@ def test_key_patterns_match_as_redis_globs(pattern: str, key: str, matches: bool
 
 
 @pytest.mark.parametrize(
-    ("limits", "sources"),
+    ("limits", "domains", "sources"),
     [
         # The status ledger's commands are checked when TASK_STATUS_TTL_SECONDS is above 0.
-        (False, (scripts.SETTLE, scripts.PROMOTE_DUE, scripts.FORGET_CONSUMER)),
-        (True, (limiter.ACQUIRE, limiter.THROTTLE)),  # SMTP_RATE_LIMIT or SMTP_DAILY_QUOTA set
+        (False, False, (scripts.SETTLE, scripts.PROMOTE_DUE, scripts.FORGET_CONSUMER)),
+        # SMTP_RATE_LIMIT or SMTP_DAILY_QUOTA set
+        (True, False, (limiter.ACQUIRE, limiter.THROTTLE)),
+        (
+            False,
+            True,
+            (domain_scripts.DOMAIN_PLAN, domain_scripts.DOMAIN_COMMIT),
+        ),  # SMTP_DOMAIN_LIMITS set
     ],
 )
 def test_every_command_of_the_worker_s_scripts_is_checked(
-    limits: bool, sources: tuple[str, ...]
+    limits: bool, domains: bool, sources: tuple[str, ...]
 ) -> None:
     # Redis checks ACLs inside scripts too: a command a script runs must be in the list.
-    commands = worker_commands(QueueKeys("emails"), limits=limits, status=True)
+    commands = worker_commands(QueueKeys("emails"), limits=limits, domains=domains, status=True)
     names = {command.name for command in commands}
     for source in sources:
         called = re.findall(r"redis\.p?call\('([A-Z]+)'(?:, '([A-Z]+)')?", source)
@@ -89,6 +96,6 @@ def test_the_durability_mode_checks_wait() -> None:
 
 def test_every_checked_command_names_only_this_queue_s_keys() -> None:
     keys = QueueKeys("emails")
-    for command in worker_commands(keys, limits=True, status=True):
+    for command in worker_commands(keys, limits=True, domains=True, status=True):
         queue_keys = [arg for arg in command.args if arg.startswith("{")]
         assert all(arg.startswith("{emails}:") for arg in queue_keys), command

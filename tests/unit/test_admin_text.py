@@ -16,7 +16,7 @@ from service.admin.arguments import (
     worker_name,
 )
 from service.admin.tables import printable, table
-from service.admin.views import dead_show_text
+from service.admin.views import dead_show_text, health_text
 
 
 @pytest.mark.parametrize(
@@ -123,3 +123,26 @@ def test_dead_show_names_an_attached_file_without_printing_it() -> None:
     assert "a0: (an attached file, about 5,004 bytes)" in shown
     assert "xxxx" not in shown
     assert "dead_reason: 550" in shown
+
+
+def test_health_counts_as_failed_only_what_used_an_attempt_or_was_given_up() -> None:
+    worker = {
+        "consumer": "w",
+        "live": True,
+        "state": "sending",
+        "state_for_s": 1.0,
+        "age_s": 0.1,
+        "host": "h",
+        "pid": 1,
+        "outcomes": {
+            "sent": 7,
+            "held": 50,
+            "requeued": 2,
+            "throttled": 3,
+            "retry": 4,
+            "dead_letter": 1,
+        },
+    }
+    text = health_text({"workers": [worker], "healthy": True, "reason": ""})
+    row = text.splitlines()[2].split()
+    assert row[5:7] == ["7", "5"]  # sent, failed (retry + dead_letter)

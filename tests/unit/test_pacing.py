@@ -14,6 +14,7 @@ from service.keys import QueueKeys
 from service.settings import WorkerSettings
 from service.store import Entry, QueueStore
 from service.wire import encode_entry, retry_entry
+from service.worker.domains import DomainLines
 from service.worker.metrics import WorkerMetrics
 from service.worker.pacing import Admission, Pacer, entry_cost
 
@@ -93,3 +94,41 @@ def _entry(task: EmailTask, recipients: list[str] | None = None) -> Entry:
 )
 def test_entry_cost(entry: Entry, per_recipient: bool, cost: int) -> None:
     assert entry_cost(entry, per_recipient=per_recipient) == cost
+
+
+@pytest.mark.parametrize(
+    ("entry", "domains"),
+    [
+        (_entry(EmailTask(to="a@gmail.com", subject="s", text="t")), ("gmail.com",)),
+        (_entry(EmailTask(to="a@GMail.COM", subject="s", text="t")), ("gmail.com",)),
+        # Exact domains: a subdomain or a look-alike is not limited.
+        (_entry(EmailTask(to="a@mail.gmail.com", subject="s", text="t")), ()),
+        (_entry(EmailTask(to="a@googlemail.com", subject="s", text="t")), ()),
+        # Every envelope recipient counts (cc and bcc too), each domain once, in the
+        # configuration's order.
+        (
+            _entry(
+                EmailTask(
+                    to="a@yahoo.com", cc=["b@gmail.com"], bcc=["c@gmail.com"], subject="s", text="t"
+                )
+            ),
+            ("gmail.com", "yahoo.com"),
+        ),
+        # A retry copy narrowed to some recipients: only theirs.
+        (
+            _entry(
+                EmailTask(to=["a@gmail.com", "b@yahoo.com"], subject="s", text="t"), ["b@yahoo.com"]
+            ),
+            ("yahoo.com",),
+        ),
+        (Entry("1-0", {b"v": b"99"}, 1), ()),  # undecodable: never sent
+    ],
+)
+def test_limited_domains(entry: Entry, domains: tuple[str, ...]) -> None:
+    settings = WorkerSettings.model_validate(
+        {"mail_from": "s@example.com", "smtp_domain_limits": "gmail.com=1/s,yahoo.com=2/s"}
+    )
+    lines = DomainLines(
+        settings, QueueStore(Redis(), QueueKeys("emails")), WorkerMetrics("e"), horizon_s=0.1
+    )
+    assert lines.limited(entry)[1] == domains

@@ -66,6 +66,17 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None
         ({"SMTP_RATE_COST": "mail"}, "SMTP_RATE_COST", "'message' or 'recipient'"),
         ({"SMTP_DAILY_QUOTA": "0"}, "SMTP_DAILY_QUOTA", "greater than or equal to 1"),
         ({"SMTP_DAILY_QUOTA": "lots"}, "SMTP_DAILY_QUOTA", "valid integer"),
+        ({"SMTP_DOMAIN_LIMITS": "gmail.com"}, "SMTP_DOMAIN_LIMITS", "is not domain=rate"),
+        ({"SMTP_DOMAIN_LIMITS": "gmail.com:2/s"}, "SMTP_DOMAIN_LIMITS", "is not domain=rate"),
+        ({"SMTP_DOMAIN_LIMITS": "@gmail.com=2/s"}, "SMTP_DOMAIN_LIMITS", "is not domain=rate"),
+        ({"SMTP_DOMAIN_LIMITS": "gmail..com=2/s"}, "SMTP_DOMAIN_LIMITS", "is not domain=rate"),
+        ({"SMTP_DOMAIN_LIMITS": "gmail.com=2"}, "SMTP_DOMAIN_LIMITS", "gmail.com: '2' is not a"),
+        ({"SMTP_DOMAIN_LIMITS": "gmail.com=0/s"}, "SMTP_DOMAIN_LIMITS", "outside"),
+        (
+            {"SMTP_DOMAIN_LIMITS": "gmail.com=2/s,GMAIL.com=1/s"},
+            "SMTP_DOMAIN_LIMITS",
+            "gmail.com is limited twice",
+        ),
         (
             {"SMTP_DAILY_QUOTA_WINDOW_SECONDS": "0"},
             "SMTP_DAILY_QUOTA_WINDOW_SECONDS",
@@ -301,6 +312,26 @@ def test_provider_limits(
     assert (rate.per_second if rate else None) == per_second
     assert (settings.smtp_rate_burst, settings.smtp_rate_cost) == (burst, cost)
     assert settings.smtp_daily_quota == quota
+
+
+@pytest.mark.parametrize(
+    ("value", "limits"),
+    [
+        (None, []),
+        ("", []),
+        (" , ", []),
+        ("gmail.com=20/min", [("gmail.com", 20 / 60)]),
+        (" Yahoo.COM = 5/s , gmail.com=20/min,", [("yahoo.com", 5.0), ("gmail.com", 20 / 60)]),
+        ("xn--bcher-kva.example=1/h", [("xn--bcher-kva.example", 1 / 3600)]),
+    ],
+)
+def test_domain_limits(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, limits: list[tuple[str, float]]
+) -> None:
+    if value is not None:
+        monkeypatch.setenv("SMTP_DOMAIN_LIMITS", value)
+    settings = load_settings(WorkerSettings)
+    assert [(d.domain, d.rate.per_second) for d in settings.domain_limits] == limits
 
 
 @pytest.mark.parametrize(
