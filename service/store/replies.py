@@ -21,6 +21,7 @@ from redis.exceptions import (
 )
 
 from ..errors import EnqueueError, QueueFull, QueueUnavailable
+from ..keys import Lane
 from ..status import CancelResult, TaskState, TaskStatus, from_ms
 
 __all__ = [
@@ -52,11 +53,13 @@ Fields = dict[bytes, bytes]
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One stream entry handed to a consumer, and how often Redis has delivered it."""
+    """One stream entry handed to a consumer, how often Redis has delivered it, and the lane
+    (stream) it was read from."""
 
     entry_id: str
     fields: Fields
     deliveries: int
+    lane: Lane = "normal"
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,6 +110,7 @@ def after_attempt(
         retry=retry,
         dead=dead,
         status=status_after(decision, tries=queued.tries),
+        lane=entry.lane,
     )
     return Fate(
         write,
@@ -130,7 +131,11 @@ def hold(entry: Entry, queued: QueuedTask, reason: str, *, due_ms: int) -> Fate:
     )
     note = StatusNote("retrying", attempts=queued.tries, text=reason)
     write = SettleWrite(
-        entry.entry_id, task_id=queued.task_id, retry=RetryCopy(due_ms, copy), status=note
+        entry.entry_id,
+        task_id=queued.task_id,
+        retry=RetryCopy(due_ms, copy),
+        status=note,
+        lane=entry.lane,
     )
     recipients = len(queued.envelope_recipients())
     return Fate(write, "held", reason, retry_recipients=recipients)
@@ -160,14 +165,15 @@ def give_up(
     )
     task_id = queued.task_id if queued else ""
     note = StatusNote("dead", attempts=queued.tries if queued else 0, text=reason)
-    write = SettleWrite(entry.entry_id, task_id=task_id, dead=record, status=note)
+    write = SettleWrite(entry.entry_id, task_id=task_id, dead=record, status=note, lane=entry.lane)
     return Fate(write, "dead_letter", reason)
 
 
 def already_sent(entry: Entry, queued: QueuedTask) -> Fate:
     """Acknowledge a copy of a task that another copy already sent."""
     note = StatusNote("sent_copy", attempts=queued.tries)
-    return Fate(SettleWrite(entry.entry_id, task_id=queued.task_id, status=note), "skipped")
+    write = SettleWrite(entry.entry_id, task_id=queued.task_id, status=note, lane=entry.lane)
+    return Fate(write, "skipped")
 
 
 def status_after(decision: Decision, *, tries: int) -> StatusNote:

@@ -39,6 +39,8 @@ def test_enqueue_lays_out_each_task_with_its_key_or_a_placeholder() -> None:
     assert call.source == scripts.ENQUEUE
     assert call.keys == [
         "{q}:stream",
+        "{q}:stream:high",
+        "{q}:stream:low",
         "{q}:delayed",
         "{q}:delayed:entries",
         "{q}:idem:k",
