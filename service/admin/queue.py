@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
@@ -82,7 +82,7 @@ class QueueStats:
     """A queue at one moment."""
 
     queue: str
-    stream: int  # entries waiting or being sent
+    stream: int  # entries waiting or being sent, in every lane
     pending: int  # of which handed to a consumer and not yet settled
     lag: int | None  # entries never handed out (None: Redis < 7 does not say)
     oldest_age_s: float | None  # age of the oldest entry in the stream
@@ -91,6 +91,7 @@ class QueueStats:
     dead: int
     consumers: tuple[ConsumerInfo, ...]
     limits: SendLimits | None  # None: no worker has applied a rate limit or a quota
+    lanes: dict[str, int] = field(default_factory=dict)  # `stream` by priority lane
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +216,7 @@ class QueueAdmin:
             limits=SendLimits.from_state(state, sizes.stream)
             if state.per_second or state.quota
             else None,
+            lanes={lane: count for lane, count in (sizes.lanes or {}).items()},
         )
 
     async def dead_letters(self, *, limit: int, after: str = "-") -> list[DeadLetter]:

@@ -361,18 +361,23 @@ class QueueStore:
         return QueueSizes(stream=sum(lengths), delayed=delayed, dead=dead, lanes=by_lane)
 
     async def overview(self) -> QueueOverview:
-        """Sizes, the oldest entry's time and the next due time, in one round trip."""
+        """Sizes, the oldest entry's time (over every lane) and the next due time, in one
+        round trip."""
         keys = self.keys
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.xlen(keys.stream)
-            pipe.xrange(keys.stream, count=1)
+            for lane in LANES:
+                pipe.xlen(keys.lane(lane))
+                pipe.xrange(keys.lane(lane), count=1)
             pipe.zcard(keys.delayed)
             pipe.zrange(keys.delayed, 0, 0, withscores=True)
             pipe.xlen(keys.dead)
-            stream, oldest, delayed, next_due, dead = await pipe.execute()
+            *per_lane, delayed, next_due, dead = await pipe.execute()
+        lengths = per_lane[0::2]
+        oldest = [replies.entry_ms(first[0][0]) for first in per_lane[1::2] if first]
+        by_lane = dict(zip(LANES, lengths, strict=True))
         return QueueOverview(
-            QueueSizes(stream=stream, delayed=delayed, dead=dead),
-            oldest_entry_ms=replies.entry_ms(oldest[0][0]) if oldest else None,
+            QueueSizes(stream=sum(lengths), delayed=delayed, dead=dead, lanes=by_lane),
+            oldest_entry_ms=min(oldest, default=None),
             next_due_ms=int(next_due[0][1]) if next_due else None,
         )
 

@@ -71,6 +71,7 @@ def test_stats_on_an_empty_queue(redis_server: RedisServer, db: redis_sync.Redis
         "dead": 0,
         "consumers": [],
         "limits": None,
+        "lanes": {"high": 0, "normal": 0, "low": 0},
     }
 
 

@@ -7,14 +7,18 @@ import asyncio
 import time
 
 import pytest
+import redis as redis_sync
 from redis.asyncio import Redis
 
 from service import CancelResult, EmailTask, Producer, TaskState
 from service.errors import QueueVanished
 from service.keys import CONSUMER_GROUP, Lane, QueueKeys
+from service.local.redis_server import RedisServer
 from service.store import Entry, QueueStore
 from service.wire import decode_entry
 from service.worker import fate
+from tests.conftest import enqueue
+from tests.integration.test_admin import admin, admin_json
 
 # Part of the inner-loop subset (`make test-fast`): real servers, but seconds in all.
 pytestmark = pytest.mark.fast
@@ -188,3 +192,17 @@ async def test_a_queue_from_before_lanes_keeps_working(redis: Redis) -> None:
     entries = await store.read_lanes("w", HIGH_FIRST, 10, 0)
     assert [(e.lane, _subject(e)) for e in entries] == [("normal", "#1"), ("normal", "#2")]
     assert all(b"lane" not in e.fields for e in entries)
+
+
+def test_admin_stats_show_each_lane_backlog(
+    redis_server: RedisServer,
+    db: redis_sync.Redis,  # an empty database
+) -> None:
+    tasks = [_task(1, "high"), _task(2, "low"), _task(3, "low"), _task(4)]
+    enqueue(redis_server.url, tasks)
+    stats = admin_json(redis_server.url, "stats")
+    assert isinstance(stats, dict)
+    assert stats["stream"] == 4
+    assert stats["lanes"] == {"high": 1, "normal": 1, "low": 2}
+    text = admin(redis_server.url, "stats").stdout
+    assert "low priority lane" in text
