@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import orjson
 import pytest
 import redis as redis_sync
 from redis.asyncio import Redis
@@ -19,6 +20,7 @@ from service.wire import decode_entry
 from service.worker import fate
 from tests.conftest import enqueue
 from tests.integration.test_admin import admin, admin_json
+from tests.integration.test_producer import _cli
 
 # Part of the inner-loop subset (`make test-fast`): real servers, but seconds in all.
 pytestmark = pytest.mark.fast
@@ -206,3 +208,22 @@ def test_admin_stats_show_each_lane_backlog(
     assert stats["lanes"] == {"high": 1, "normal": 1, "low": 2}
     text = admin(redis_server.url, "stats").stdout
     assert "low priority lane" in text
+
+
+def test_the_producer_cli_takes_a_priority(redis_server: RedisServer, db: redis_sync.Redis) -> None:
+    one = _cli(redis_server.url, "--to", "a@example.com", "--text", "x", "--priority", "high")
+    assert one.returncode == 0, one.stderr
+    lines = [
+        orjson.dumps(
+            {"to": "a@example.com", "subject": "s", "text": "x", "priority": "high"}
+        ).decode(),
+        orjson.dumps({"to": "a@example.com", "subject": "s", "text": "x"}).decode(),
+    ]
+    batch = _cli(redis_server.url, "--jsonl", "--priority", "low", stdin="\n".join(lines))
+    assert batch.returncode == 0, batch.stderr
+    plain = _cli(redis_server.url, "--to", "a@example.com", "--text", "x")
+    assert plain.returncode == 0, plain.stderr
+    assert [db.xlen(KEYS.lane(lane)) for lane in ("high", "normal", "low")] == [2, 1, 1]
+    refused = _cli(redis_server.url, "--to", "a@example.com", "--text", "x", "--priority", "top")
+    assert refused.returncode == 2
+    assert "--priority: invalid choice: 'top'" in refused.stderr
