@@ -19,11 +19,13 @@ from .scripts import ScriptCall
 
 __all__ = ["READ_LANES", "LaneRead", "read_lanes", "read_lanes_reply"]
 
-# KEYS: the lanes' streams in reading order; ARGV: group, consumer, count
+# KEYS: the lanes' streams in reading order; ARGV: group, consumer, count, the normal lane's
+# position in KEYS
 # Returns {entries, tails}: entries as {lane position in KEYS, id, {field, value, ...}} in
 # reading order; tails (only when no entry was read) the newest id of each lane ('0-0': empty).
-# A lane without the group fails the script with Redis's NOGROUP error (nothing was read
-# from the lanes after it).
+# A lane without the group fails the script with Redis's NOGROUP error (nothing was read from
+# the lanes after it), except a high or low lane whose stream does not exist: it holds nothing
+# (a queue from before lanes, whose worker could not create their groups at maxmemory).
 READ_LANES: Final = """
 local wanted = tonumber(ARGV[3])
 local entries = {}
@@ -31,7 +33,12 @@ for i = 1, #KEYS do
   if wanted <= 0 then break end
   local reply = redis.pcall('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', wanted,
     'STREAMS', KEYS[i], '>')
-  if type(reply) == 'table' and reply.err then return redis.error_reply(reply.err) end
+  if type(reply) == 'table' and reply.err then
+    if i == tonumber(ARGV[4]) or redis.call('EXISTS', KEYS[i]) == 1 then
+      return redis.error_reply(reply.err)
+    end
+    reply = false
+  end
   if reply then
     for _, entry in ipairs(reply[1][2]) do
       entries[#entries + 1] = {i, entry[1], entry[2]}
@@ -60,8 +67,9 @@ class LaneRead:
 
 def read_lanes(keys: QueueKeys, lanes: Sequence[Lane], consumer: str, count: int) -> ScriptCall:
     """The READ_LANES call: up to `count` new entries from `lanes`, in that order."""
+    normal = list(lanes).index("normal") + 1
     return ScriptCall(
-        READ_LANES, [keys.lane(lane) for lane in lanes], [CONSUMER_GROUP, consumer, count]
+        READ_LANES, [keys.lane(lane) for lane in lanes], [CONSUMER_GROUP, consumer, count, normal]
     )
 
 

@@ -155,14 +155,19 @@ class QueueStore:
     async def _ensure_lane_group(self, lane: Lane) -> bool:
         if await self._lane_group(lane) is not None:
             return False
+        stream = self.keys.lane(lane)
         try:
-            await self._redis.xgroup_create(
-                self.keys.lane(lane), CONSUMER_GROUP, id="0", mkstream=True
-            )
+            await self._redis.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
         except ResponseError as exc:
             if replies.is_busy_group(exc):  # another worker created it meanwhile
                 return False
-            raise await self._full("XGROUP CREATE", exc) from None
+            full = await self._full("XGROUP CREATE", exc)
+            # A high or low lane that does not exist holds nothing to read (a queue from
+            # before lanes, at maxmemory): its group is made once an entry arrives there.
+            missing = lane != "normal" and not await self._redis.exists(stream)
+            if isinstance(full, RedisFull) and missing:
+                return False
+            raise full from None
         return True
 
     async def read_lanes(
@@ -210,6 +215,8 @@ class QueueStore:
                 stream, CONSUMER_GROUP, "-", "+", count, consumername=consumer
             )
         except ResponseError as exc:
+            if lane != "normal" and replies.is_missing_group(exc):
+                return []  # a lane without its group yet: nothing of it is pending
             raise self._vanished(exc) from None
         ids = [as_str(item["message_id"]) for item in pending]
         if not ids:
@@ -235,6 +242,8 @@ class QueueStore:
                 self.keys.lane(lane), CONSUMER_GROUP, consumer, min_idle_ms, cursor, count=count
             )
         except ResponseError as exc:
+            if lane != "normal" and replies.is_missing_group(exc):
+                return "0-0", []  # a lane without its group yet: nothing of it is pending
             raise self._vanished(exc) from None
         next_cursor, claimed = replies.autoclaimed(reply)
         ids = [entry_id for entry_id, _ in claimed]

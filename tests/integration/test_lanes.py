@@ -186,14 +186,24 @@ async def test_a_queue_from_before_lanes_keeps_working(redis: Redis) -> None:
     # on that stream only.
     await redis.xgroup_create(KEYS.stream, CONSUMER_GROUP, id="0", mkstream=True)
     producer = Producer(redis)
-    await producer.enqueue_many([_task(1), _task(2)])
+    await producer.enqueue_many([_task(1), _task(2), _task(3)])
     store = QueueStore(redis, KEYS)
+    # The lanes that do not exist yet hold nothing: the normal one is read as before.
+    (first,) = await store.read_lanes("w", HIGH_FIRST, 1, 0)
+    assert (first.lane, _subject(first), b"lane" in first.fields) == ("normal", "#1", False)
+    assert [e.entry_id for e in await store.take_own_pending("w", 10)] == [first.entry_id]
+    assert await store.claim_stale("w", 0, "0-0", 10, "high") == ("0-0", [])
+    # A high task made its lane's stream, without the group: the worker makes the group.
+    await producer.enqueue(_task(4, "high"))
     with pytest.raises(QueueVanished):
         await store.read_lanes("w", HIGH_FIRST, 10, 0)
     assert not await store.ensure_group()  # the normal lane's group was there already
     entries = await store.read_lanes("w", HIGH_FIRST, 10, 0)
-    assert [(e.lane, _subject(e)) for e in entries] == [("normal", "#1"), ("normal", "#2")]
-    assert all(b"lane" not in e.fields for e in entries)
+    assert [(e.lane, _subject(e)) for e in entries] == [
+        ("high", "#4"),
+        ("normal", "#2"),
+        ("normal", "#3"),
+    ]
 
 
 def test_admin_stats_show_each_lane_backlog(
