@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
 
 import orjson
 import pytest
 import redis as redis_sync
 from redis.asyncio import Redis
 
-from service import CancelResult, EmailTask, Producer, TaskState
+from service import CancelResult, EmailTask, Producer, SyncProducer, TaskState
 from service.errors import QueueVanished
 from service.keys import CONSUMER_GROUP, Lane, QueueKeys
 from service.local.redis_server import RedisServer
@@ -237,3 +238,19 @@ def test_the_producer_cli_takes_a_priority(redis_server: RedisServer, db: redis_
     refused = _cli(redis_server.url, "--to", "a@example.com", "--text", "x", "--priority", "top")
     assert refused.returncode == 2
     assert "--priority: invalid choice: 'top'" in refused.stderr
+
+
+@pytest.mark.parametrize("status_ttl", [timedelta(days=1), timedelta(0)])
+async def test_both_producers_put_each_priority_in_its_lane_on_every_path(
+    redis: Redis, redis_server: RedisServer, status_ttl: timedelta
+) -> None:
+    # Without status records a plain enqueue far below the backlog limit skips the script
+    # (`add_now`): one XADD, or a MULTI/EXEC batch.
+    producer = Producer(redis, status_ttl=status_ttl)
+    await producer.enqueue(_task(1, "high"))
+    await producer.enqueue_many([_task(2, "low"), _task(3), _task(4, "high")])
+    with SyncProducer.from_url(redis_server.url, status_ttl=status_ttl) as sync:
+        sync.enqueue(_task(5, "low"))
+        sync.enqueue_many([_task(6, "high"), _task(7, "low")])
+    lengths = [await redis.xlen(KEYS.lane(lane)) for lane in ("high", "normal", "low")]
+    assert lengths == [3, 1, 3]
