@@ -87,14 +87,17 @@ def after_attempt(
                 jitter=jitter,
             )
         copy = retry_entry(
-            entry.fields, tries=decision.tries, recipients=decision.retry, error=decision.reason
+            _lane_fields(entry),
+            tries=decision.tries,
+            recipients=decision.retry,
+            error=decision.reason,
         )
         retry = RetryCopy(now_ms + int(retry_in * 1000), copy)
     dead = None
     if decision.dead:
         everyone = decision.dead == tuple(queued.envelope_recipients())
         dead = dead_entry(
-            entry.fields,
+            _lane_fields(entry),
             reason=decision.dead_reason,
             entry_id=entry.entry_id,
             deliveries=entry.deliveries,
@@ -127,7 +130,10 @@ def hold(entry: Entry, queued: QueuedTask, reason: str, *, due_ms: int) -> Fate:
     """Put an entry back, due at `due_ms`, without sending it or using an attempt: the quota
     has no room for it, or the worker stops before its slot came."""
     copy = retry_entry(
-        entry.fields, tries=queued.tries, recipients=queued.envelope_recipients(), error=reason
+        _lane_fields(entry),
+        tries=queued.tries,
+        recipients=queued.envelope_recipients(),
+        error=reason,
     )
     note = StatusNote("retrying", attempts=queued.tries, text=reason)
     write = SettleWrite(
@@ -149,7 +155,7 @@ def give_up(
     An entry with more fields than a script can copy keeps its first `MAX_ENTRY_FIELDS` (a
     producer writes its own first) and counts the others in `dead_fields_dropped`.
     """
-    fields = entry.fields
+    fields = _lane_fields(entry)
     dropped = len(fields) - MAX_ENTRY_FIELDS
     if dropped > 0:
         kept = dict(list(fields.items())[:MAX_ENTRY_FIELDS])
@@ -187,3 +193,13 @@ def status_after(decision: Decision, *, tries: int) -> StatusNote:
     if decision.accepted:
         return StatusNote("sent", attempts=tries)
     return StatusNote("dead", attempts=decision.tries, text=decision.dead_reason)
+
+
+def _lane_fields(entry: Entry) -> dict[bytes, bytes]:
+    """The entry's fields, naming the lane it was read from: the scripts put a retry copy and a
+    requeued dead letter into the lane their `lane` field names, so they go back to this one
+    even if the entry was added to its lane without the field."""
+    if entry.lane == "normal" or entry.fields.get(b"lane") == entry.lane.encode():
+        return entry.fields
+    others = {name: value for name, value in entry.fields.items() if name != b"lane"}
+    return {b"lane": entry.lane.encode(), **others}  # first: kept by any truncation

@@ -7,9 +7,10 @@ from collections import Counter
 import pytest
 
 from service.keys import Lane, QueueKeys
-from service.store import scripts
+from service.store import Entry, scripts
 from service.task import EmailTask
-from service.wire import encode_entry
+from service.wire import decode_entry, encode_entry
+from service.worker import fate
 from service.worker.lanes import LOW_TURN_EVERY, lane_order
 
 KEYS = QueueKeys("q")
@@ -92,3 +93,30 @@ def test_in_every_ten_reads_low_and_normal_each_go_first_once() -> None:
 def test_every_order_holds_every_lane() -> None:
     for turn in range(LOW_TURN_EVERY):
         assert sorted(lane_order(turn)) == ["high", "low", "normal"]
+
+
+@pytest.mark.parametrize(
+    ("lane", "field", "kept"),
+    [
+        ("high", None, b"high"),  # added to the lane without the field: it is written in
+        ("low", b"low", b"low"),
+        ("high", b"low", b"high"),  # the lane it was read from wins
+        ("normal", None, None),  # written as before lanes
+    ],
+)
+def test_a_retry_copy_and_a_dead_letter_name_the_lane_read_from(
+    lane: Lane, field: bytes | None, kept: bytes | None
+) -> None:
+    task = EmailTask(to="a@example.com", subject="s", text="t")
+    fields = {k.encode(): v for k, v in encode_entry(task, "0" * 32, 1).items()}
+    if field is not None:
+        fields[b"lane"] = field
+    entry = Entry("1-0", fields, 1, lane)
+    queued = decode_entry(fields)
+    held = fate.hold(entry, queued, "stopping", due_ms=5)
+    dead = fate.give_up(entry, queued, "550", consumer="w", now_ms=5)
+    assert held.write.retry is not None
+    assert dead.write.dead is not None
+    assert held.write.retry.fields.get(b"lane") == kept
+    assert dead.write.dead.get(b"lane") == kept
+    assert held.write.lane == dead.write.lane == lane
