@@ -11,8 +11,9 @@ import redis as redis_sync
 
 from service import EmailTask
 from service.keys import CONSUMER_GROUP, Lane, QueueKeys
-from service.local.redis_server import RedisServer
+from service.local.redis_server import RedisServer, free_port
 from tests.conftest import WorkerProcess, dead_letters, enqueue, wait_until
+from tests.integration.test_operate import scrape
 from tests.smtp_server import Received, SmtpServer
 
 StartWorker = Callable[..., WorkerProcess]
@@ -130,3 +131,25 @@ def test_a_queue_from_before_lanes_is_served_as_before(
     assert sorted(smtp.task_ids()) == sorted(ids)
     assert db.exists(KEYS.lane("high"), KEYS.lane("low")) == 2  # their groups were created
     assert worker.stop() == 0
+
+
+def test_the_metrics_show_each_lane_backlog(
+    redis_server: RedisServer, smtp: SmtpServer, start_worker: StartWorker
+) -> None:
+    enqueue(redis_server.url, [*_tasks(6, "low", "low"), *_tasks(2, "high", "high")])
+    port = free_port()
+    # One email a minute: the backlog stays put while the gauges are read.
+    start_worker(SMTP_RATE_LIMIT="1/min", WORKER_HEARTBEAT_SECONDS="0.2", METRICS_PORT=str(port))
+
+    def lanes() -> dict[str, float]:
+        metrics = scrape(port)
+        return {
+            lane: metrics.get(f'email_queue_lane_backlog{{lane="{lane}",queue="emails"}}', -1.0)
+            for lane in ("high", "normal", "low")
+        }
+
+    wait_until(lambda: lanes()["low"] == 6.0, 10, "the lane gauges")
+    # The first email (a high one) may have been sent by now: a sent entry leaves its lane.
+    assert lanes()["high"] in (1.0, 2.0)
+    assert lanes()["normal"] == 0.0
+    assert scrape(port)['email_queue_backlog{queue="emails"}'] == sum(lanes().values())
