@@ -33,7 +33,7 @@ class QueueSizes:
     stream: int  # waiting or being sent, in every lane
     delayed: int  # retries and scheduled sends not yet due
     dead: int
-    lanes: Mapping[Lane, int] | None = None  # `stream` by lane, where it was read
+    lanes: Mapping[Lane, int] | None = None  # `stream` by lane (None: not counted by lane)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,16 +189,6 @@ class QueueStore:
         except ResponseError as exc:
             raise self._vanished(exc) from None
         return lanes.read_lanes_reply(self.keys, order, reply)
-
-    async def read_new(self, consumer: str, count: int, block_ms: int) -> list[Entry]:
-        """Up to `count` entries never delivered before, waiting at most `block_ms` for one."""
-        try:
-            reply = await self._redis.xreadgroup(
-                CONSUMER_GROUP, consumer, {self.keys.stream: ">"}, count=count, block=block_ms
-            )
-        except ResponseError as exc:
-            raise self._vanished(exc) from None
-        return [Entry(entry_id, fields, 1) for entry_id, fields in replies.read_entries(reply)]
 
     async def take_own_pending(self, consumer: str, count: int) -> list[Entry]:
         """Entries still pending under `consumer`'s name (left by an earlier run of it), up to

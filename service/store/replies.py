@@ -42,7 +42,6 @@ __all__ = [
     "is_out_of_memory",
     "may_have_run",
     "memory_figures",
-    "read_entries",
     "status_of",
     "task_status",
     "unavailable",
@@ -87,13 +86,6 @@ def as_str(value: bytes | str) -> str:
 def entry_ms(entry_id: bytes | str) -> int:
     """The milliseconds part of a stream entry id: when the entry was added."""
     return int(as_str(entry_id).partition("-")[0])
-
-
-def read_entries(reply: Any) -> list[tuple[str, Fields]]:
-    """The entries of an XREADGROUP reply on one stream (`[[stream, entries]]`, or nil)."""
-    if not reply:
-        return []
-    return [(as_str(entry_id), fields) for entry_id, fields in reply[0][1]]
 
 
 def autoclaimed(reply: Any) -> tuple[str, list[tuple[str, Fields]]]:

@@ -8,6 +8,7 @@ import pytest
 
 from service.keys import Lane, QueueKeys
 from service.store import Entry, scripts
+from service.store import lanes as store_lanes
 from service.task import EmailTask
 from service.wire import decode_entry, encode_entry
 from service.worker import fate
@@ -120,3 +121,23 @@ def test_a_retry_copy_and_a_dead_letter_name_the_lane_read_from(
     assert held.write.retry.fields.get(b"lane") == kept
     assert dead.write.dead.get(b"lane") == kept
     assert held.write.lane == dead.write.lane == lane
+
+
+def test_read_lanes_lays_out_the_lanes_in_reading_order() -> None:
+    call = store_lanes.read_lanes(KEYS, ("low", "high", "normal"), "w1", 7)
+    assert call.keys == ["{q}:stream:low", "{q}:stream:high", "{q}:stream"]
+    assert call.args == ["workers", "w1", 7, 3]  # the normal lane is third
+
+
+def test_read_lanes_reply_names_each_entry_lane() -> None:
+    order: tuple[Lane, ...] = ("low", "high", "normal")
+    found = [[2, b"5-0", [b"v", b"1", b"lane", b"high"]], [3, b"6-0", [b"v", b"1"]]]
+    read = store_lanes.read_lanes_reply(KEYS, order, [found, []])
+    assert read.entries == [
+        Entry("5-0", {b"v": b"1", b"lane": b"high"}, 1, "high"),
+        Entry("6-0", {b"v": b"1"}, 1, "normal"),
+    ]
+    assert read.tails == {}
+    empty = store_lanes.read_lanes_reply(KEYS, order, [[], [b"0-0", b"9-1", b"8-0"]])
+    assert empty.entries == []
+    assert empty.tails == {"{q}:stream:low": "0-0", "{q}:stream:high": "9-1", "{q}:stream": "8-0"}

@@ -210,12 +210,6 @@ def test_autoclaimed(reply: list[Any], expected: tuple[str, list[Any]]) -> None:
     assert replies.autoclaimed(reply) == expected
 
 
-def test_read_entries() -> None:
-    assert replies.read_entries(None) == []
-    reply = [[b"{q}:stream", [(b"1-0", {b"v": b"1"}), (b"1-1", {b"v": b"2"})]]]
-    assert replies.read_entries(reply) == [("1-0", {b"v": b"1"}), ("1-1", {b"v": b"2"})]
-
-
 @pytest.mark.parametrize(
     ("groups", "expected"),
     [
