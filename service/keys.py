@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
-__all__ = ["CONSUMER_GROUP", "QueueKeys", "validate_queue_name"]
+__all__ = ["CONSUMER_GROUP", "LANES", "Lane", "QueueKeys", "validate_queue_name"]
 
 # One group per queue: every worker of a queue shares the work.
 CONSUMER_GROUP: Final = "workers"
+
+Lane = Literal["high", "normal", "low"]
+# A task's priority names its lane: a stream of its own, read high first (worker/lanes.py).
+LANES: Final[tuple[Lane, ...]] = ("high", "normal", "low")
 
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
 
@@ -41,6 +45,16 @@ class QueueKeys:
     def stream(self) -> str:
         """The stream of live work: entries waiting or being sent."""
         return f"{{{self.queue}}}:stream"
+
+    def lane(self, lane: Lane) -> str:
+        """The stream of one priority lane; the normal lane is `stream`, so entries and
+        deployments from before lanes existed keep working."""
+        return self.stream if lane == "normal" else f"{self.stream}:{lane}"
+
+    @property
+    def lanes(self) -> tuple[str, str, str]:
+        """The lanes' streams in the order the scripts declare them: normal, high, low."""
+        return self.stream, self.lane("high"), self.lane("low")
 
     @property
     def dead(self) -> str:

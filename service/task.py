@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from .keys import Lane
+
 __all__ = [
     "MAX_ATTACHMENTS",
     "MAX_BODY_CHARS",
@@ -263,7 +265,9 @@ class EmailTask(BaseModel):
     `MAIL_FROM`; at least one of `text` and `html` is required; `headers` adds extra headers
     (not those in `RESERVED_HEADERS`, nor Content-* or Resent-*); `tags` label the task in log
     lines and dead letters (up to 10 words of letters, digits and `_.:@/=+-`); `attachments` are
-    files sent with it (`Attachment`, regular or inline). Invalid input raises
+    files sent with it (`Attachment`, regular or inline); `priority` picks its lane (`high` for
+    transactional mail, `low` for bulk: high is read first and low keeps a share, see the
+    README). Invalid input raises
     `pydantic.ValidationError`, whose errors name the offending field.
     """
 
@@ -281,6 +285,7 @@ class EmailTask(BaseModel):
     headers: _Headers = Field(default_factory=dict)
     tags: list[_Tag] = Field(default_factory=list, max_length=MAX_TAGS)
     attachments: list[Attachment] = Field(default_factory=list, max_length=MAX_ATTACHMENTS)
+    priority: Lane = "normal"
 
     @model_validator(mode="after")
     def _check_whole_task(self) -> EmailTask:

@@ -18,6 +18,8 @@ and, only where they apply:
           recipients were accepted); absent means every recipient of the task
     err   why the last attempt failed (for people reading the entry; the worker ignores it)
     rq    how often an operator requeued the task from the dead letters
+    lane  the task's lane, `high` or `low` (absent: normal); the scripts put the entry, its retry
+          copies and its requeues into that lane's stream
 
 Version 2 is version 1 plus attachments, and is written only for a task that has some (so a
 worker of an earlier release, still running during a deploy, reads every other task). The
@@ -103,6 +105,8 @@ def encode_entry(
     }
     if due_ms is not None:
         fields["due"] = str(due_ms).encode()
+    if task.priority != "normal":
+        fields["lane"] = task.priority.encode()
     for index, attachment in enumerate(task.attachments):
         fields[f"a{index}"] = attachment.content
     return fields

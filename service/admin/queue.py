@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
@@ -84,7 +84,7 @@ class QueueStats:
     """A queue at one moment."""
 
     queue: str
-    stream: int  # entries waiting or being sent
+    stream: int  # entries waiting or being sent, in every lane
     pending: int  # of which handed to a consumer and not yet settled
     lag: int | None  # entries never handed out (None: Redis < 7 does not say)
     oldest_age_s: float | None  # age of the oldest entry in the stream
@@ -97,6 +97,7 @@ class QueueStats:
     domain_limits: tuple[DomainState, ...] = ()
     set_aside: int = 0  # entries put back until their domain's slot (their copies are delayed)
     relays: tuple[RelayRow, ...] = ()  # as the live workers' heartbeats report them
+    lanes: dict[str, int] = field(default_factory=dict)  # `stream` by priority lane
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +259,7 @@ class QueueAdmin:
             relays=RelayRow.from_beats(await self.workers()),
             domain_limits=domains,
             set_aside=sum(domain.set_aside for domain in domains),
+            lanes={lane: count for lane, count in (sizes.lanes or {}).items()},
         )
 
     async def dead_letters(self, *, limit: int, after: str = "-") -> list[DeadLetter]:

@@ -32,8 +32,10 @@ _NOT_FAILED: Final = ("sent", "skipped", "requeued", "throttled", "held")
 def stats_text(stats: dict[str, Any]) -> str:
     """`stats`: the queue's places, then its consumers."""
     s = QueueStats(**{**stats, "consumers": (), "limits": None, "relays": ()})
+    lanes = [(f"  {lane} priority lane", count) for lane, count in s.lanes.items()]
     rows: list[tuple[str, object]] = [
         ("stream (waiting or being sent)", s.stream),
+        *lanes,
         ("  handed to a worker, unsettled", s.pending),
         ("  never handed out (lag)", s.lag),
         ("  oldest entry age (s)", s.oldest_age_s),

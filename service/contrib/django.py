@@ -5,12 +5,18 @@
     EMAIL_QUEUE_REDIS_URL = "rediss://user:password@host:6379"  # default: $REDIS_URL
     EMAIL_QUEUE_NAME = "emails"                                   # default: $EMAIL_QUEUE
     EMAIL_QUEUE_MAX_EMAIL_BYTES = 10 * 1024 * 1024                # default: $MAX_EMAIL_BYTES
+    EMAIL_QUEUE_PRIORITY = "normal"                               # or "high", "low"
 
 `send_mail`, `EmailMessage`, `EmailMultiAlternatives`, `mail_admins` and `mail_managers` then
 enqueue, one task per message, and the worker sends them: to, cc, bcc, reply-to, from, subject,
 extra headers, the body, an HTML alternative and attachments (`attach`, `attach_file`, and
 MIMEBase parts; one with a Content-ID is an inline image beside the HTML). `fail_silently` is
 honoured; `send_messages` returns how many were enqueued.
+
+A connection of its own picks another lane for the messages it sends, e.g. password resets:
+
+    connection = get_connection(priority="high")
+    send_mail(subject, body, None, [user.email], connection=connection)
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from django.core.mail.backends.base import BaseEmailBackend
 from pydantic import ValidationError
 
 from ..errors import EnqueueError
+from ..keys import LANES, Lane
 from ..producer import SyncProducer
 from ..settings import QueueSettings, load_settings
 from ..task import Attachment, EmailTask
@@ -48,11 +55,16 @@ class EmailBackend(BaseEmailBackend):
         *,
         redis_url: str | None = None,
         queue: str | None = None,
+        priority: Lane | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(fail_silently=fail_silently, **kwargs)
         self._redis_url = redis_url or getattr(settings, "EMAIL_QUEUE_REDIS_URL", None)
         self._queue = queue or getattr(settings, "EMAIL_QUEUE_NAME", None)
+        chosen = priority or getattr(settings, "EMAIL_QUEUE_PRIORITY", "normal")
+        if chosen not in LANES:
+            raise ValueError(f"priority {chosen!r}: use one of {', '.join(LANES)}")
+        self._priority: Lane = chosen
 
     def send_messages(self, email_messages: Sequence[EmailMessage]) -> int:
         """Enqueue each message in turn; the number enqueued. Without `fail_silently`, the
@@ -65,7 +77,7 @@ class EmailBackend(BaseEmailBackend):
         for message in email_messages:
             try:
                 if message.recipients():
-                    producer.enqueue(to_task(message))
+                    producer.enqueue(to_task(message, priority=self._priority))
                     enqueued += 1
             except (EnqueueError, ValidationError, ValueError):
                 if not self.fail_silently:
@@ -92,8 +104,9 @@ class EmailBackend(BaseEmailBackend):
         return producer
 
 
-def to_task(message: EmailMessage) -> EmailTask:
-    """The task that sends `message` as Django would: ValueError for what it cannot carry."""
+def to_task(message: EmailMessage, *, priority: Lane = "normal") -> EmailTask:
+    """The task that sends `message` as Django would, in lane `priority`: ValueError for what
+    it cannot carry."""
     text = html = None
     if message.content_subtype == "html":
         html = message.body
@@ -119,6 +132,7 @@ def to_task(message: EmailMessage) -> EmailTask:
         html=html,
         headers=headers,
         attachments=[_attachment(item, has_html=html is not None) for item in message.attachments],
+        priority=priority,
     )
 
 

@@ -91,7 +91,18 @@ def _read_tasks(args: argparse.Namespace) -> list[EmailTask]:
         return [_task_from_args(args)]
     if args.idempotency_key is not None:
         raise UsageError("--idempotency-key applies to one task, not to --jsonl")
-    return _read_jsonl(sys.stdin)
+    tasks = _read_jsonl(sys.stdin)
+    if args.priority is None:
+        return tasks
+    # A line's own "priority" wins; the option is the default for the others.
+    return [
+        task if "priority" in task.model_fields_set else task.model_copy(update=_priority(args))
+        for task in tasks
+    ]
+
+
+def _priority(args: argparse.Namespace) -> dict[str, Any]:
+    return {"priority": args.priority} if args.priority is not None else {}
 
 
 def _schedule(args: argparse.Namespace) -> dict[str, Any]:
@@ -126,6 +137,7 @@ def _task_from_args(args: argparse.Namespace) -> EmailTask:
         "tags": args.tag,
         "attachments": [_file(path) for path in args.attach]
         + [_inline(item) for item in args.inline],
+        **_priority(args),
     }
     return _validate(fields, where="")
 
@@ -209,6 +221,12 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="CONTENT_ID=PATH",
         help="an image the HTML shows as cid:CONTENT_ID (repeatable)",
+    )
+    parser.add_argument(
+        "--priority",
+        choices=("high", "normal", "low"),
+        help="the task's lane: high (transactional), normal (default), low (bulk); with "
+        "--jsonl, for lines that set none",
     )
     parser.add_argument("--delay", type=float, metavar="SECONDS", help="send this much later")
     parser.add_argument(

@@ -24,7 +24,7 @@ from redis.exceptions import ResponseError
 from ..connection import AnyRedis, node_holding
 from ..keys import CONSUMER_GROUP, QueueKeys
 from . import domains as domains_store
-from . import history, limiter, scripts
+from . import history, lanes, limiter, scripts
 from .replies import as_str
 
 __all__ = ["Access", "Command", "check_access", "denied", "worker_commands"]
@@ -71,20 +71,29 @@ def worker_commands(
         sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 - how Redis names a script
         return Command("evalsha", ("EVALSHA", sha, str(len(script_keys)), *script_keys))
 
+    every_lane = [
+        ("xreadgroup", "XREADGROUP GROUP {group} {probe} COUNT 1 STREAMS {lane} >"),
+        ("xread", "XREAD COUNT 1 STREAMS {lane} 0-0"),
+        ("xrevrange", "XREVRANGE {lane} + - COUNT 1"),
+        ("xautoclaim", "XAUTOCLAIM {lane} {group} {probe} 0 0-0 COUNT 1"),
+        ("xclaim", "XCLAIM {lane} {group} {probe} 0 0-0 JUSTID"),
+        ("xpending", "XPENDING {lane} {group} - + 1 {probe}"),
+        ("xack", "XACK {lane} {group} 0-0"),
+        ("xdel", "XDEL {lane} 0-0"),
+        ("xgroup|create", "XGROUP CREATE {lane} {group} 0 MKSTREAM"),
+        ("xgroup|delconsumer", "XGROUP DELCONSUMER {lane} {group} {probe}"),
+        ("xinfo|groups", "XINFO GROUPS {lane}"),
+        ("xlen", "XLEN {lane}"),
+        ("xadd", "XADD {lane} * f v"),
+    ]
     plain = [
         ("ping", "PING"),
-        ("xreadgroup", f"XREADGROUP GROUP {group} {_PROBE} COUNT 1 STREAMS {stream} >"),
-        ("xautoclaim", f"XAUTOCLAIM {stream} {group} {_PROBE} 0 0-0 COUNT 1"),
-        ("xclaim", f"XCLAIM {stream} {group} {_PROBE} 0 0-0 JUSTID"),
-        ("xpending", f"XPENDING {stream} {group} - + 1 {_PROBE}"),
-        ("xack", f"XACK {stream} {group} 0-0"),
-        ("xdel", f"XDEL {stream} 0-0"),
-        ("xgroup|create", f"XGROUP CREATE {stream} {group} 0 MKSTREAM"),
-        ("xgroup|delconsumer", f"XGROUP DELCONSUMER {stream} {group} {_PROBE}"),
-        ("xinfo|groups", f"XINFO GROUPS {stream}"),
-        ("xlen", f"XLEN {stream}"),
+        *(
+            (name, line.format(lane=lane, group=group, probe=_PROBE))
+            for lane in keys.lanes
+            for name, line in every_lane
+        ),
         ("xlen", f"XLEN {dead}"),
-        ("xadd", f"XADD {stream} * f v"),
         ("xadd", f"XADD {dead} * f v"),
         ("zcard", f"ZCARD {delayed}"),
         ("zadd", f"ZADD {delayed} 0 {_PROBE}"),
@@ -161,15 +170,16 @@ def worker_commands(
     return (
         *(Command(name, tuple(line.split(" "))) for name, line in plain),
         evalsha(scripts.SETTLE, stream, delayed, entries, dead, sent, keys.status("*")),
-        evalsha(scripts.PROMOTE_DUE, stream, delayed, entries, dead),
-        evalsha(scripts.FORGET_CONSUMER, stream),
+        evalsha(scripts.PROMOTE_DUE, *keys.lanes, delayed, entries, dead),
+        evalsha(scripts.FORGET_CONSUMER, *keys.lanes),
+        evalsha(lanes.READ_LANES, *keys.lanes),
         evalsha(history.ADD_MINUTES, keys.minute("*")),
         *limited,
     )
 
 
 def _keys_of(commands: Iterable[Command], keys: QueueKeys) -> list[str]:
-    every = {keys.stream, keys.delayed, keys.delayed_entries, keys.dead, keys.workers}
+    every = {*keys.lanes, keys.delayed, keys.delayed_entries, keys.dead, keys.workers}
     every |= {keys.limiter, keys.quota, keys.domain_limiter, keys.domain_kept("*")}
     every |= {keys.sent("*"), keys.status("*"), keys.minute("*")}
     used = {arg for command in commands for arg in command.args}

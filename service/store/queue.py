@@ -14,10 +14,10 @@ from redis.typing import EncodableT, FieldT
 
 from ..connection import AnyRedis, durability_of, login_of, node_holding
 from ..errors import QueueFull, QueueVanished, RedisFull
-from ..keys import CONSUMER_GROUP, QueueKeys
+from ..keys import CONSUMER_GROUP, LANES, Lane, QueueKeys
 from ..rates import DomainLimit
 from ..status import DEFAULT_STATUS_TTL, CancelResult, TaskState, TaskStatus, is_task_id
-from . import access, domains, history, limiter, reads, replies, scripts
+from . import access, domains, history, lanes, limiter, reads, replies, scripts
 from .domains import DomainSlot, DomainState
 from .history import MinuteCounts
 from .limiter import Acquired, LimiterConfig, LimiterState, Throttled
@@ -32,9 +32,10 @@ __all__ = ["QueueOverview", "QueueSizes", "QueueStore"]
 class QueueSizes:
     """Tasks in each place of a queue."""
 
-    stream: int  # waiting or being sent
+    stream: int  # waiting or being sent, in every lane
     delayed: int  # retries and scheduled sends not yet due
     dead: int
+    lanes: Mapping[Lane, int] | None = None  # `stream` by lane (None: not counted by lane)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,7 @@ class QueueStore:
                 reads.SCHEDULED_PAGE,
                 reads.SCHEDULED_ONE,
                 history.ADD_MINUTES,
+                lanes.READ_LANES,
             )
         }
         # The URL's ?wait_replicas=: each enqueue and settle then waits for the replicas.
@@ -136,14 +138,17 @@ class QueueStore:
             await self.enqueue(tasks, max_backlog=0, window_ms=1)
             return
         # str keys and bytes values are what xadd takes; dict invariance hides it from mypy.
-        items = [cast("dict[FieldT, EncodableT]", dict(task.fields)) for task in tasks]
+        items = [
+            (self.keys.lane(task.lane), cast("dict[FieldT, EncodableT]", dict(task.fields)))
+            for task in tasks
+        ]
         try:
             if len(items) == 1:
-                await self._redis.xadd(self.keys.stream, items[0])
+                await self._redis.xadd(*items[0])
                 return
             async with self._redis.pipeline(transaction=True) as pipe:
-                for fields in items:
-                    pipe.xadd(self.keys.stream, fields)
+                for stream, fields in items:
+                    pipe.xadd(stream, fields)
                 await pipe.execute()
         except RedisError as exc:  # OOM in a MULTI: EXEC then runs nothing, all or nothing holds
             raise replies.enqueue_error(self.queue, exc) from exc
@@ -151,73 +156,107 @@ class QueueStore:
     # --- consuming --------------------------------------------------------------------------
 
     async def ensure_group(self) -> bool:
-        """Create the consumer group (and the stream) unless they exist; whether it did.
+        """Create the consumer group (and the stream) of every lane unless they exist; whether
+        it created the normal lane's (the queue's first one).
 
         A new group starts at id 0 so entries enqueued before the first worker ever started
         are delivered too. The group is looked up first: at maxmemory Redis refuses XGROUP
         CREATE even for a group that exists, and a worker must be able to start then (its
-        acknowledgements are what frees memory). Raises `RedisFull` when the group is missing
+        acknowledgements are what frees memory). Raises `RedisFull` when a group is missing
         and Redis cannot create it.
         """
-        if await self.group() is not None:
+        created = [await self._ensure_lane_group(lane) for lane in ("normal", "high", "low")]
+        return created[0]
+
+    async def _ensure_lane_group(self, lane: Lane) -> bool:
+        if await self._lane_group(lane) is not None:
             return False
+        stream = self.keys.lane(lane)
         try:
-            await self._redis.xgroup_create(self.keys.stream, CONSUMER_GROUP, id="0", mkstream=True)
+            await self._redis.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
         except ResponseError as exc:
             if replies.is_busy_group(exc):  # another worker created it meanwhile
                 return False
-            raise await self._full("XGROUP CREATE", exc) from None
+            full = await self._full("XGROUP CREATE", exc)
+            # A high or low lane that does not exist holds nothing to read (a queue from
+            # before lanes, at maxmemory): its group is made once an entry arrives there.
+            missing = lane != "normal" and not await self._redis.exists(stream)
+            if isinstance(full, RedisFull) and missing:
+                return False
+            raise full from None
         return True
 
-    async def read_new(self, consumer: str, count: int, block_ms: int) -> list[Entry]:
-        """Up to `count` entries never delivered before, waiting at most `block_ms` for one."""
+    async def read_lanes(
+        self, consumer: str, order: Sequence[Lane], count: int, block_ms: int
+    ) -> list[Entry]:
+        """Up to `count` entries never delivered before, from the lanes in `order` (the first
+        lane's first), waiting at most `block_ms` for one to arrive in any lane."""
+        read = await self._read_lanes(consumer, order, count)
+        if read.entries or block_ms <= 0:
+            return read.entries
+        streams: Any = read.tails
+        await self._redis.xread(streams, count=1, block=block_ms)
+        return (await self._read_lanes(consumer, order, count)).entries
+
+    async def _read_lanes(self, consumer: str, order: Sequence[Lane], count: int) -> lanes.LaneRead:
+        call = lanes.read_lanes(self.keys, order, consumer, count)
         try:
-            reply = await self._redis.xreadgroup(
-                CONSUMER_GROUP, consumer, {self.keys.stream: ">"}, count=count, block=block_ms
-            )
+            reply = await self._run(call, "READ_LANES")
         except ResponseError as exc:
             raise self._vanished(exc) from None
-        return [Entry(entry_id, fields, 1) for entry_id, fields in replies.read_entries(reply)]
+        return lanes.read_lanes_reply(self.keys, order, reply)
 
     async def take_own_pending(self, consumer: str, count: int) -> list[Entry]:
-        """Entries still pending under `consumer`'s name (left by an earlier run of it)."""
+        """Entries still pending under `consumer`'s name (left by an earlier run of it), up to
+        `count` per lane, high lane first."""
+        taken: list[Entry] = []
+        for lane in LANES:
+            taken += await self._take_own_pending(consumer, count, lane)
+        return taken
+
+    async def _take_own_pending(self, consumer: str, count: int, lane: Lane) -> list[Entry]:
+        stream = self.keys.lane(lane)
         try:
             pending: Any = await self._redis.xpending_range(
-                self.keys.stream, CONSUMER_GROUP, "-", "+", count, consumername=consumer
+                stream, CONSUMER_GROUP, "-", "+", count, consumername=consumer
             )
         except ResponseError as exc:
+            if lane != "normal" and replies.is_missing_group(exc):
+                return []  # a lane without its group yet: nothing of it is pending
             raise self._vanished(exc) from None
         ids = [as_str(item["message_id"]) for item in pending]
         if not ids:
             return []
         claimed: Any = await self._redis.xclaim(
-            self.keys.stream,
+            stream,
             CONSUMER_GROUP,
             consumer,
             min_idle_time=0,
             message_ids=cast("list[Any]", ids),
         )
-        return await self._with_deliveries(ids, replies.claimed_entries(claimed))
+        return await self._with_deliveries(ids, replies.claimed_entries(claimed), lane)
 
     async def claim_stale(
-        self, consumer: str, min_idle_ms: int, cursor: str, count: int
+        self, consumer: str, min_idle_ms: int, cursor: str, count: int, lane: Lane = "normal"
     ) -> tuple[str, list[Entry]]:
-        """Take over up to `count` entries idle for `min_idle_ms` under any consumer.
+        """Take over up to `count` entries of `lane` idle for `min_idle_ms` under any consumer.
 
-        Returns the cursor to pass next time ("0-0" once the whole backlog was scanned).
+        Returns the cursor to pass next time ("0-0" once the whole lane was scanned).
         """
         try:
             reply = await self._redis.xautoclaim(
-                self.keys.stream, CONSUMER_GROUP, consumer, min_idle_ms, cursor, count=count
+                self.keys.lane(lane), CONSUMER_GROUP, consumer, min_idle_ms, cursor, count=count
             )
         except ResponseError as exc:
+            if lane != "normal" and replies.is_missing_group(exc):
+                return "0-0", []  # a lane without its group yet: nothing of it is pending
             raise self._vanished(exc) from None
         next_cursor, claimed = replies.autoclaimed(reply)
         ids = [entry_id for entry_id, _ in claimed]
-        return next_cursor, await self._with_deliveries(ids, claimed)
+        return next_cursor, await self._with_deliveries(ids, claimed, lane)
 
     async def _with_deliveries(
-        self, ids: list[str], claimed: list[tuple[str, Fields]]
+        self, ids: list[str], claimed: list[tuple[str, Fields]], lane: Lane = "normal"
     ) -> list[Entry]:
         """Pair claimed entries with their delivery counts; drop ids deleted while pending.
 
@@ -229,26 +268,29 @@ class QueueStore:
         fields_by_id = dict(claimed)
         live = [(eid, fields) for eid in ids if (fields := fields_by_id.get(eid)) is not None]
         gone = [eid for eid in ids if eid not in fields_by_id]
+        stream = self.keys.lane(lane)
         async with self._redis.pipeline(transaction=False) as pipe:
             for entry_id, _ in live:
-                pipe.xpending_range(self.keys.stream, CONSUMER_GROUP, entry_id, entry_id, 1)
+                pipe.xpending_range(stream, CONSUMER_GROUP, entry_id, entry_id, 1)
             if gone:
                 # Nothing left to send: clear them from the pending list for good.
-                pipe.xack(self.keys.stream, CONSUMER_GROUP, *gone)
+                pipe.xack(stream, CONSUMER_GROUP, *gone)
             counts = await pipe.execute()
         return [
-            Entry(entry_id, fields, pending[0]["times_delivered"])
+            Entry(entry_id, fields, pending[0]["times_delivered"], lane)
             for (entry_id, fields), pending in zip(live, counts, strict=False)
             if pending
         ]
 
-    async def keep_claimed(self, consumer: str, entry_ids: Sequence[str]) -> None:
-        """Reset the idle time of entries `consumer` still works on, so that no other worker
-        reclaims them meanwhile (the delivery count stays as it is)."""
+    async def keep_claimed(
+        self, consumer: str, entry_ids: Sequence[str], lane: Lane = "normal"
+    ) -> None:
+        """Reset the idle time of entries of `lane` that `consumer` still works on, so that no
+        other worker reclaims them meanwhile (the delivery count stays as it is)."""
         if entry_ids:
             ids: list[Any] = list(entry_ids)
             await self._redis.xclaim(
-                self.keys.stream, CONSUMER_GROUP, consumer, 0, ids, justid=True
+                self.keys.lane(lane), CONSUMER_GROUP, consumer, 0, ids, justid=True
             )
 
     def _vanished(self, exc: ResponseError) -> Exception:
@@ -365,34 +407,53 @@ class QueueStore:
     # --- looking ----------------------------------------------------------------------------
 
     async def sizes(self) -> QueueSizes:
-        """How many tasks wait in the stream, the delayed set and the dead letters."""
+        """How many tasks wait in the lanes, the delayed set and the dead letters."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.xlen(self.keys.stream)
+            for lane in LANES:
+                pipe.xlen(self.keys.lane(lane))
             pipe.zcard(self.keys.delayed)
             pipe.xlen(self.keys.dead)
-            stream, delayed, dead = await pipe.execute()
-        return QueueSizes(stream=stream, delayed=delayed, dead=dead)
+            *lengths, delayed, dead = await pipe.execute()
+        by_lane = dict(zip(LANES, lengths, strict=True))
+        return QueueSizes(stream=sum(lengths), delayed=delayed, dead=dead, lanes=by_lane)
 
     async def overview(self) -> QueueOverview:
-        """Sizes, the oldest entry's time and the next due time, in one round trip."""
+        """Sizes, the oldest entry's time (over every lane) and the next due time, in one
+        round trip."""
         keys = self.keys
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.xlen(keys.stream)
-            pipe.xrange(keys.stream, count=1)
+            for lane in LANES:
+                pipe.xlen(keys.lane(lane))
+                pipe.xrange(keys.lane(lane), count=1)
             pipe.zcard(keys.delayed)
             pipe.zrange(keys.delayed, 0, 0, withscores=True)
             pipe.xlen(keys.dead)
-            stream, oldest, delayed, next_due, dead = await pipe.execute()
+            *per_lane, delayed, next_due, dead = await pipe.execute()
+        lengths = per_lane[0::2]
+        oldest = [replies.entry_ms(first[0][0]) for first in per_lane[1::2] if first]
+        by_lane = dict(zip(LANES, lengths, strict=True))
         return QueueOverview(
-            QueueSizes(stream=stream, delayed=delayed, dead=dead),
-            oldest_entry_ms=replies.entry_ms(oldest[0][0]) if oldest else None,
+            QueueSizes(stream=sum(lengths), delayed=delayed, dead=dead, lanes=by_lane),
+            oldest_entry_ms=min(oldest, default=None),
             next_due_ms=int(next_due[0][1]) if next_due else None,
         )
 
     async def group(self) -> GroupInfo | None:
-        """The consumer group's counts; None before the group (or the stream) exists."""
+        """The consumer group's counts over every lane; None before the group (or the
+        stream) of the normal lane exists."""
+        infos = [await self._lane_group(lane) for lane in ("normal", "high", "low")]
+        if infos[0] is None:
+            return None
+        found = [info for info in infos if info is not None]
+        lags = [info.lag for info in found]
+        return GroupInfo(
+            pending=sum(info.pending for info in found),
+            lag=None if None in lags else sum(lag for lag in lags if lag is not None),
+        )
+
+    async def _lane_group(self, lane: Lane) -> GroupInfo | None:
         try:
-            groups: Any = await self._redis.xinfo_groups(self.keys.stream)
+            groups: Any = await self._redis.xinfo_groups(self.keys.lane(lane))
         except ResponseError as exc:
             if replies.is_missing_stream(exc):
                 return None

@@ -21,6 +21,7 @@ from redis.exceptions import (
 )
 
 from ..errors import EnqueueError, QueueFull, QueueUnavailable
+from ..keys import Lane
 from ..status import CancelResult, TaskState, TaskStatus, from_ms
 
 __all__ = [
@@ -41,7 +42,6 @@ __all__ = [
     "is_out_of_memory",
     "may_have_run",
     "memory_figures",
-    "read_entries",
     "status_of",
     "task_status",
     "unavailable",
@@ -52,11 +52,13 @@ Fields = dict[bytes, bytes]
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One stream entry handed to a consumer, and how often Redis has delivered it."""
+    """One stream entry handed to a consumer, how often Redis has delivered it, and the lane
+    (stream) it was read from."""
 
     entry_id: str
     fields: Fields
     deliveries: int
+    lane: Lane = "normal"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,13 +86,6 @@ def as_str(value: bytes | str) -> str:
 def entry_ms(entry_id: bytes | str) -> int:
     """The milliseconds part of a stream entry id: when the entry was added."""
     return int(as_str(entry_id).partition("-")[0])
-
-
-def read_entries(reply: Any) -> list[tuple[str, Fields]]:
-    """The entries of an XREADGROUP reply on one stream (`[[stream, entries]]`, or nil)."""
-    if not reply:
-        return []
-    return [(as_str(entry_id), fields) for entry_id, fields in reply[0][1]]
 
 
 def autoclaimed(reply: Any) -> tuple[str, list[tuple[str, Fields]]]:

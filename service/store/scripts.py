@@ -22,7 +22,7 @@ from typing import Any, Final, Literal
 
 from redis.typing import EncodableT
 
-from ..keys import CONSUMER_GROUP, QueueKeys
+from ..keys import CONSUMER_GROUP, Lane, QueueKeys
 from .replies import as_str
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "cancel",
     "enqueue",
     "enqueue_reply",
+    "field_lane",
     "forget_consumer",
     "promote_due",
     "promote_reply",
@@ -64,6 +65,23 @@ _MAX_STATUS_TEXT: Final = 300
 _NONE: Final = "-"
 
 
+# The lanes (see `QueueKeys.lanes`): the scripts that add to a stream declare the three lane
+# streams as KEYS[1] (normal), KEYS[2] (high) and KEYS[3] (low), and put an entry into the lane its
+# `lane` field names (absent or unknown: normal).
+_LANE: Final = """
+local function lane_stream(lane)
+  if lane == 'high' then return KEYS[2] elseif lane == 'low' then return KEYS[3] end
+  return KEYS[1]
+end
+local function lane_in(list, first, last)
+  for i = first, last - 1, 2 do
+    if list[i] == 'lane' then return list[i + 1] end
+  end
+  return 'normal'
+end
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class ScriptCall:
     """One script to run: its source (redis-py keeps the SHA) and its KEYS and ARGV."""
@@ -76,17 +94,21 @@ class ScriptCall:
 # Adds a batch of tasks (often one): each to the stream, or to the delayed set when it has a
 # due time; all of them or, when the backlog limit would be passed, none. Each new task's status
 # record (see `service.status`) says queued (with its stream entry id) or scheduled.
-# KEYS: stream, delayed, delayed_entries, then per task its idempotency key (a placeholder for
-#       tasks without one: every key must be declared, for Redis Cluster) and its status record
+# A task due now goes into its lane's stream (`_LANE`); the backlog counts every lane.
+# KEYS: the three lane streams, delayed, delayed_entries, then per task its idempotency key (a
+#       placeholder for tasks without one: every key must be declared, for Redis Cluster) and its
+#       status record
 # ARGV: max_backlog (0: none), idempotency window ms, now ms, then per task: task id, due ms
 #       (0: now), '1' if it has an idempotency key else '0', status expiry ms since the epoch
 #       ('0': no record), its tags (space-separated), n, and the entry's n fields and values
 # Returns {1, backlog, id, id, ...}: the backlog after the call (-1 when there is no limit), then
 # per task its id, or the original task's id when its idempotency key was used within the window;
 # {-1, backlog} when stream + delayed + the new tasks would pass the limit.
-ENQUEUE: Final = """
+ENQUEUE: Final = (
+    _LANE
+    + """
 local function original(i, task)
-  return ARGV[i + 2] == '1' and redis.call('GET', KEYS[2 + 2 * task])
+  return ARGV[i + 2] == '1' and redis.call('GET', KEYS[4 + 2 * task])
 end
 local limit = tonumber(ARGV[1])
 -- Only tasks not already enqueued under their idempotency key count against the limit, so a
@@ -96,12 +118,13 @@ local new, i, task = 0, 4, 0
 while i <= #ARGV do
   task = task + 1
   if not original(i, task) then new = new + 1 end
-  if ARGV[i + 3] ~= '0' then redis.call('HGET', KEYS[3 + 2 * task], 's') end
+  if ARGV[i + 3] ~= '0' then redis.call('HGET', KEYS[5 + 2 * task], 's') end
   i = i + 6 + tonumber(ARGV[i + 5])
 end
 local backlog = -1
 if limit > 0 then
-  backlog = redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2])
+  backlog = redis.call('XLEN', KEYS[1]) + redis.call('XLEN', KEYS[2]) + redis.call('XLEN', KEYS[3])
+    + redis.call('ZCARD', KEYS[4])
   if new > 0 and backlog + new > limit then return {-1, backlog} end
   backlog = backlog + new
 end
@@ -114,18 +137,19 @@ while i <= #ARGV do
   if first then
     ids[#ids + 1] = first
   else
-    local entry_id = false
+    local entry_id, lane = false, lane_in(ARGV, i + 6, i + 5 + n)
     if due ~= '0' then
-      redis.call('ZADD', KEYS[2], due, task_id)
-      redis.call('HSET', KEYS[3], task_id, cmsgpack.pack({unpack(ARGV, i + 6, i + 5 + n)}))
+      redis.call('ZADD', KEYS[4], due, task_id)
+      redis.call('HSET', KEYS[5], task_id, cmsgpack.pack({unpack(ARGV, i + 6, i + 5 + n)}))
     else
-      entry_id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 6, i + 5 + n))
+      entry_id = redis.call('XADD', lane_stream(lane), '*', unpack(ARGV, i + 6, i + 5 + n))
     end
-    if ARGV[i + 2] == '1' then redis.call('SET', KEYS[2 + 2 * task], task_id, 'PX', ARGV[2]) end
+    if ARGV[i + 2] == '1' then redis.call('SET', KEYS[4 + 2 * task], task_id, 'PX', ARGV[2]) end
     if ARGV[i + 3] ~= '0' then
-      local status = KEYS[3 + 2 * task]
+      local status = KEYS[5 + 2 * task]
       if entry_id then
-        redis.call('HSET', status, 's', 'queued', 'at', ARGV[3], 'e', entry_id, 'tags', ARGV[i + 4])
+        redis.call('HSET', status, 's', 'queued', 'at', ARGV[3], 'e', entry_id, 'l', lane,
+          'tags', ARGV[i + 4])
       else
         redis.call('HSET', status, 's', 'scheduled', 'at', ARGV[3], 'due', due, 'tags', ARGV[i + 4])
       end
@@ -137,6 +161,7 @@ while i <= #ARGV do
 end
 return ids
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +173,16 @@ class NewTask:
     due_ms: int = 0  # 0: now, into the stream; else into the delayed set
     idempotency_key: str | None = None
     tags: Sequence[str] = ()
+
+    @property
+    def lane(self) -> Lane:
+        """The lane its `lane` field names, as the scripts read it (see `_LANE`)."""
+        return field_lane(self.fields.get("lane"))
+
+
+def field_lane(value: bytes | None) -> Lane:
+    """The lane an entry's `lane` field names: absent or unknown is normal, as in `_LANE`."""
+    return "high" if value == b"high" else "low" if value == b"low" else "normal"
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +207,7 @@ def enqueue(
     """The ENQUEUE call for `tasks` (`max_backlog` 0: no limit; `status_ttl_ms` 0: no status
     records)."""
     args: list[EncodableT] = [max_backlog, window_ms, now_ms]
-    script_keys = [keys.stream, keys.delayed, keys.delayed_entries]
+    script_keys = [*keys.lanes, keys.delayed, keys.delayed_entries]
     for task in tasks:
         expiry = status_expiry(status_ttl_ms, now_ms=now_ms, due_ms=task.due_ms)
         args += [task.task_id, task.due_ms, 0 if task.idempotency_key is None else 1, expiry]
@@ -219,7 +254,7 @@ def enqueue_reply(reply: Any) -> EnqueueReply:
 # be refused; later ones may not), the script ends having changed nothing, and the entry stays
 # pending until the worker settles it again. A plain acknowledgement frees memory first and
 # then notes the status, so it goes through at maxmemory.
-# KEYS: stream, delayed, delayed_entries, dead, sent record, status record
+# KEYS: the entry's lane stream, delayed, delayed_entries, dead, sent record, status record
 # ARGV: group, entry id, task id, sent record ttl ms (0: the attempt sent nothing), retry due ms,
 #       status ('': none; sent, sent_copy, retrying or dead), status expiry ms since the epoch,
 #       now ms, failed attempts, the status text (a reply or a reason),
@@ -314,6 +349,7 @@ class SettleWrite:
     retry: RetryCopy | None = None
     dead: Mapping[bytes, bytes] | None = None
     status: StatusNote | None = None
+    lane: Lane = "normal"  # the lane the entry was read from
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,7 +382,7 @@ def settle(
     return ScriptCall(
         SETTLE,
         [
-            keys.stream,
+            keys.lane(write.lane),
             keys.delayed,
             keys.delayed_entries,
             keys.dead,
@@ -383,18 +419,20 @@ def settle_reply(reply: Any) -> SettleReply:
 # XADD is refused and nothing moves. Each task's status record then says queued (with its new
 # entry id) or dead, unless it says sent (a retry copy of a task that another copy sent). The
 # records' keys are built here from their prefix, as the task ids are only known here (they
-# share the queue's hash tag, so the declared keys' slot).
-# KEYS: stream, delayed, delayed_entries, dead
+# share the queue's hash tag, so the declared keys' slot). A task goes back to its lane.
+# KEYS: the three lane streams, delayed, delayed_entries, dead
 # ARGV: now ms, limit, most fields of a record, status key prefix, status expiry ms since the
 #       epoch ('0': no records)
 # Returns {tasks moved, due ms of the next delayed task or false}.
-PROMOTE_DUE: Final = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+PROMOTE_DUE: Final = (
+    _LANE
+    + """
+local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 local most = 2 * tonumber(ARGV[3])
 local status = ARGV[5] ~= '0'
 local moves = {}
 for _, task_id in ipairs(due) do
-  local packed = redis.call('HGET', KEYS[3], task_id)
+  local packed = redis.call('HGET', KEYS[5], task_id)
   local fields, problem = nil, nil
   if packed then
     local ok, unpacked = pcall(cmsgpack.unpack, packed)
@@ -418,31 +456,34 @@ for _, move in ipairs(moves) do
   local task_id, packed, fields, problem, state = move[1], move[2], move[3], move[4], move[5]
   local note = nil
   if fields then
-    note = {'s', 'queued', 'at', ARGV[1], 'e', redis.call('XADD', KEYS[1], '*', unpack(fields))}
+    local lane = lane_in(fields, 1, #fields)
+    local entry_id = redis.call('XADD', lane_stream(lane), '*', unpack(fields))
+    note = {'s', 'queued', 'at', ARGV[1], 'e', entry_id, 'l', lane}
   elseif packed then
     local reason = 'cannot be put back in the stream: ' .. problem
-    redis.call('XADD', KEYS[4], '*', 'dead_reason', reason,
+    redis.call('XADD', KEYS[6], '*', 'dead_reason', reason,
       'dead_task_id', task_id, 'dead_packed', packed, 'dead_at', ARGV[1])
     note = {'s', 'dead', 'at', ARGV[1], 'r', reason}
   end
-  redis.call('ZREM', KEYS[2], task_id)
-  redis.call('HDEL', KEYS[3], task_id)
+  redis.call('ZREM', KEYS[4], task_id)
+  redis.call('HDEL', KEYS[5], task_id)
   -- A copy of a task another copy already sent stays "sent" (the worker will skip it).
   if status and note and state ~= 'sent' then
     redis.call('HSET', ARGV[4] .. task_id, unpack(note))
     redis.call('PEXPIREAT', ARGV[4] .. task_id, ARGV[5])
   end
 end
-local next_due = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+local next_due = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
 return {#due, next_due[2] or false}
 """
+)
 
 
 def promote_due(keys: QueueKeys, *, now_ms: int, limit: int, status_ttl_ms: int = 0) -> ScriptCall:
     """The PROMOTE_DUE call: move up to `limit` tasks due by `now_ms`."""
     return ScriptCall(
         PROMOTE_DUE,
-        [keys.stream, keys.delayed, keys.delayed_entries, keys.dead],
+        [*keys.lanes, keys.delayed, keys.delayed_entries, keys.dead],
         [
             now_ms,
             limit,
@@ -462,13 +503,16 @@ def promote_reply(reply: Any) -> tuple[int, int | None]:
 # Puts a dead letter back on the stream with a fresh attempt budget (an operator's decision):
 # the dead_* fields and the attempt count go, the requeue count `rq` goes up, and any sent
 # record of the task is dropped so the new copy is really sent, and the task's status says
-# queued again. A letter too large to copy in one XADD is refused before anything is written.
-# KEYS: dead, stream, the task's sent record, its status record
+# queued again, in the lane it was in. A letter too large to copy in one XADD is refused before
+# anything is written.
+# KEYS: the three lane streams, dead, the task's sent record, its status record
 # ARGV: dead-letter entry id, most fields of a record, now ms, status expiry ms since the epoch
 #       ('0': no record)
 # Returns the new stream entry id, or false when no such dead letter exists.
-REQUEUE_DEAD: Final = """
-local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+REQUEUE_DEAD: Final = (
+    _LANE
+    + """
+local found = redis.call('XRANGE', KEYS[4], ARGV[1], ARGV[1])
 if #found == 0 then return false end
 local fields, copy, requeues = found[1][2], {}, 0
 if #fields > 2 * tonumber(ARGV[2]) then
@@ -486,16 +530,18 @@ for i = 1, #fields, 2 do
 end
 copy[#copy + 1] = 'rq'
 copy[#copy + 1] = tostring(requeues + 1)
-if ARGV[4] ~= '0' then redis.call('HGET', KEYS[4], 's') end
-local new_id = redis.call('XADD', KEYS[2], '*', unpack(copy))
-redis.call('XDEL', KEYS[1], ARGV[1])
-redis.call('DEL', KEYS[3])
+if ARGV[4] ~= '0' then redis.call('HGET', KEYS[6], 's') end
+local lane = lane_in(copy, 1, #copy)
+local new_id = redis.call('XADD', lane_stream(lane), '*', unpack(copy))
+redis.call('XDEL', KEYS[4], ARGV[1])
+redis.call('DEL', KEYS[5])
 if ARGV[4] ~= '0' then
-  redis.call('HSET', KEYS[4], 's', 'queued', 'at', ARGV[3], 'e', new_id, 'n', '0')
-  redis.call('PEXPIREAT', KEYS[4], ARGV[4])
+  redis.call('HSET', KEYS[6], 's', 'queued', 'at', ARGV[3], 'e', new_id, 'l', lane, 'n', '0')
+  redis.call('PEXPIREAT', KEYS[6], ARGV[4])
 end
 return new_id
 """
+)
 
 
 def requeue_dead(
@@ -506,93 +552,112 @@ def requeue_dead(
     expiry = status_expiry(status_ttl_ms, now_ms=now_ms) if task_id else 0
     return ScriptCall(
         REQUEUE_DEAD,
-        [keys.dead, keys.stream, keys.sent(task_id or _NONE), keys.status(task_id or _NONE)],
+        [*keys.lanes, keys.dead, keys.sent(task_id or _NONE), keys.status(task_id or _NONE)],
         [dead_id, _MAX_RECORD_FIELDS, now_ms, expiry],
     )
 
 
 # Reads a task's status record, and whether its entry is held by a worker (pending in the group):
-# a queued task whose entry is pending is being sent. Writes nothing.
-# KEYS: status record, stream; ARGV: group
+# a queued task whose entry is pending (in the lane the record names) is being sent. Writes
+# nothing.
+# KEYS: the three lane streams, status record; ARGV: group
 # Returns {the record's fields and values, 1 if its entry is pending else 0}.
-TASK_STATUS: Final = """
-local record = redis.call('HGETALL', KEYS[1])
+TASK_STATUS: Final = (
+    _LANE
+    + """
+local record = redis.call('HGETALL', KEYS[4])
 local state, entry = nil, nil
 for i = 1, #record, 2 do
   if record[i] == 's' then state = record[i + 1] end
   if record[i] == 'e' then entry = record[i + 1] end
 end
 if state == 'queued' and entry then
-  local pending = redis.pcall('XPENDING', KEYS[2], ARGV[1], entry, entry, 1)
+  local stream = lane_stream(redis.call('HGET', KEYS[4], 'l'))
+  local pending = redis.pcall('XPENDING', stream, ARGV[1], entry, entry, 1)
   if not pending.err and #pending > 0 then return {record, 1} end
 end
 return {record, 0}
 """
+)
 
 
 def task_status(keys: QueueKeys, task_id: str) -> ScriptCall:
     """The TASK_STATUS call for `task_id`."""
-    return ScriptCall(TASK_STATUS, [keys.status(task_id), keys.stream], [CONSUMER_GROUP])
+    return ScriptCall(TASK_STATUS, [*keys.lanes, keys.status(task_id)], [CONSUMER_GROUP])
 
 
 # Cancels a task that no worker holds: a delayed one (scheduled, or waiting for a retry) leaves
 # the delayed set, a queued one whose entry was never handed out leaves the stream, and its
 # status says cancelled. A task being sent, sent, dead or unknown is left as it is. Every write
-# frees memory before the status is noted, so a cancel goes through at maxmemory.
-# KEYS: stream, delayed, delayed_entries, status record
+# frees memory before the status is noted, so a cancel goes through at maxmemory. A queued
+# entry is looked for in the lane its record names.
+# KEYS: the three lane streams, delayed, delayed_entries, status record
 # ARGV: group, task id, now ms, status expiry ms since the epoch ('0': no record)
 # Returns {1, the state it was cancelled from} or {0, why not: sending, sent, dead, cancelled,
 # unknown}.
-CANCEL: Final = """
-local state = redis.call('HGET', KEYS[4], 's')
-local entry = redis.call('HGET', KEYS[4], 'e')
+CANCEL: Final = (
+    _LANE
+    + """
+local state = redis.call('HGET', KEYS[6], 's')
+local entry = redis.call('HGET', KEYS[6], 'e')
+local stream = lane_stream(redis.call('HGET', KEYS[6], 'l'))
 local function cancelled(was)
   if ARGV[4] ~= '0' then
-    redis.call('HSET', KEYS[4], 's', 'cancelled', 'at', ARGV[3])
-    redis.call('PEXPIREAT', KEYS[4], ARGV[4])
+    redis.call('HSET', KEYS[6], 's', 'cancelled', 'at', ARGV[3])
+    redis.call('PEXPIREAT', KEYS[6], ARGV[4])
   end
   return {1, was}
 end
 -- Sent by a copy that lost its settle race: the other copy waiting for a retry will be skipped.
 if state == 'sent' or state == 'dead' or state == 'cancelled' then return {0, state} end
-if redis.call('ZSCORE', KEYS[2], ARGV[2]) then
-  redis.call('ZREM', KEYS[2], ARGV[2])
-  redis.call('HDEL', KEYS[3], ARGV[2])
+if redis.call('ZSCORE', KEYS[4], ARGV[2]) then
+  redis.call('ZREM', KEYS[4], ARGV[2])
+  redis.call('HDEL', KEYS[5], ARGV[2])
   return cancelled(state or 'scheduled')
 end
 if state == 'queued' and entry then
   -- No group yet: no worker ever read the stream, so nothing holds the entry.
-  local pending = redis.pcall('XPENDING', KEYS[1], ARGV[1], entry, entry, 1)
+  local pending = redis.pcall('XPENDING', stream, ARGV[1], entry, entry, 1)
   if not pending.err and #pending > 0 then return {0, 'sending'} end
-  if redis.call('XDEL', KEYS[1], entry) == 1 then return cancelled('queued') end
+  if redis.call('XDEL', stream, entry) == 1 then return cancelled('queued') end
 end
 return {0, 'unknown'}
 """
+)
 
 
 def cancel(keys: QueueKeys, task_id: str, *, status_ttl_ms: int, now_ms: int) -> ScriptCall:
     """The CANCEL call for `task_id`."""
     return ScriptCall(
         CANCEL,
-        [keys.stream, keys.delayed, keys.delayed_entries, keys.status(task_id)],
+        [*keys.lanes, keys.delayed, keys.delayed_entries, keys.status(task_id)],
         [CONSUMER_GROUP, task_id, now_ms, status_expiry(status_ttl_ms, now_ms=now_ms)],
     )
 
 
-# Removes a consumer from the group, but only while it owns no pending entry (XGROUP
-# DELCONSUMER would silently drop them from the pending list).
-# KEYS: stream; ARGV: group, consumer
+# Removes a consumer from the group of every lane, but only while it owns no pending entry in
+# any (XGROUP DELCONSUMER would silently drop them from the pending list). A lane without the
+# group (made by a release before lanes) is skipped.
+# KEYS: the three lane streams; ARGV: group, consumer
 # Returns 1 when removed, 0 when it owns entries (or does not exist).
 FORGET_CONSUMER: Final = """
-if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
-redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
-return 1
+for i = 1, #KEYS do
+  local pending = redis.pcall('XPENDING', KEYS[i], ARGV[1], '-', '+', 1, ARGV[2])
+  if i == 1 and pending.err then return redis.error_reply(pending.err) end
+  if not pending.err and #pending > 0 then return 0 end
+end
+local removed = 0
+for i = 1, #KEYS do
+  local reply = redis.pcall('XGROUP', 'DELCONSUMER', KEYS[i], ARGV[1], ARGV[2])
+  if type(reply) ~= 'table' then removed = 1 end
+end
+return removed
 """
 
 
 def forget_consumer(keys: QueueKeys, consumer: str) -> ScriptCall:
     """The FORGET_CONSUMER call for `consumer`."""
-    return ScriptCall(FORGET_CONSUMER, [keys.stream], [CONSUMER_GROUP, consumer])
+    return ScriptCall(FORGET_CONSUMER, list(keys.lanes), [CONSUMER_GROUP, consumer])
 
 
 def _flatten(fields: Mapping[bytes, bytes]) -> list[EncodableT]:

@@ -104,14 +104,17 @@ class SyncQueueStore:
         if self.status_ttl_ms:  # plain tasks have no idempotency key: the window is unused
             self.enqueue(tasks, max_backlog=0, window_ms=1)
             return
-        items = [cast("dict[FieldT, EncodableT]", dict(task.fields)) for task in tasks]
+        items = [
+            (self.keys.lane(task.lane), cast("dict[FieldT, EncodableT]", dict(task.fields)))
+            for task in tasks
+        ]
         try:
             if len(items) == 1:
-                self._redis.xadd(self.keys.stream, items[0])
+                self._redis.xadd(*items[0])
                 return
             with self._redis.pipeline(transaction=True) as pipe:
-                for fields in items:
-                    pipe.xadd(self.keys.stream, fields)
+                for stream, fields in items:
+                    pipe.xadd(stream, fields)
                 pipe.execute()
         except RedisError as exc:
             raise replies.enqueue_error(self.queue, exc) from exc

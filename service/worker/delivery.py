@@ -208,7 +208,9 @@ class Delivery:
         by this worker so that no other one takes it over and sends it again meanwhile. The
         attempt's send slot is released as the write starts.
         """
-        keep_claimed = functools.partial(self._store.keep_claimed, self._consumer, [write.entry_id])
+        keep_claimed = functools.partial(
+            self._store.keep_claimed, self._consumer, [write.entry_id], write.lane
+        )
         task = asyncio.create_task(
             retry_while_unavailable(
                 "record_fate", lambda: self._store.settle(write), while_full=keep_claimed

@@ -88,14 +88,17 @@ def after_attempt(
                 jitter=jitter,
             )
         copy = retry_entry(
-            entry.fields, tries=decision.tries, recipients=decision.retry, error=decision.reason
+            _lane_fields(entry),
+            tries=decision.tries,
+            recipients=decision.retry,
+            error=decision.reason,
         )
         retry = RetryCopy(now_ms + int(retry_in * 1000), copy)
     dead = None
     if decision.dead:
         everyone = decision.dead == tuple(queued.envelope_recipients())
         dead = dead_entry(
-            entry.fields,
+            _lane_fields(entry),
             reason=decision.dead_reason,
             entry_id=entry.entry_id,
             deliveries=entry.deliveries,
@@ -111,6 +114,7 @@ def after_attempt(
         retry=retry,
         dead=dead,
         status=status_after(decision, tries=queued.tries),
+        lane=entry.lane,
     )
     return Fate(
         write,
@@ -129,11 +133,18 @@ def hold(entry: Entry, queued: QueuedTask, reason: str, *, due_ms: int) -> Fate:
     has no room for it, its recipient domain's slot is further ahead than the worker reads, or
     the worker stops before its slot came."""
     copy = retry_entry(
-        entry.fields, tries=queued.tries, recipients=queued.envelope_recipients(), error=reason
+        _lane_fields(entry),
+        tries=queued.tries,
+        recipients=queued.envelope_recipients(),
+        error=reason,
     )
     note = StatusNote("retrying", attempts=queued.tries, text=reason)
     write = SettleWrite(
-        entry.entry_id, task_id=queued.task_id, retry=RetryCopy(due_ms, copy), status=note
+        entry.entry_id,
+        task_id=queued.task_id,
+        retry=RetryCopy(due_ms, copy),
+        status=note,
+        lane=entry.lane,
     )
     recipients = len(queued.envelope_recipients())
     return Fate(write, "held", reason, retry_recipients=recipients)
@@ -147,7 +158,7 @@ def give_up(
     An entry with more fields than a script can copy keeps its first `MAX_ENTRY_FIELDS` (a
     producer writes its own first) and counts the others in `dead_fields_dropped`.
     """
-    fields = entry.fields
+    fields = _lane_fields(entry)
     dropped = len(fields) - MAX_ENTRY_FIELDS
     if dropped > 0:
         kept = dict(list(fields.items())[:MAX_ENTRY_FIELDS])
@@ -163,14 +174,15 @@ def give_up(
     )
     task_id = queued.task_id if queued else ""
     note = StatusNote("dead", attempts=queued.tries if queued else 0, text=reason)
-    write = SettleWrite(entry.entry_id, task_id=task_id, dead=record, status=note)
+    write = SettleWrite(entry.entry_id, task_id=task_id, dead=record, status=note, lane=entry.lane)
     return Fate(write, "dead_letter", reason)
 
 
 def already_sent(entry: Entry, queued: QueuedTask) -> Fate:
     """Acknowledge a copy of a task that another copy already sent."""
     note = StatusNote("sent_copy", attempts=queued.tries)
-    return Fate(SettleWrite(entry.entry_id, task_id=queued.task_id, status=note), "skipped")
+    write = SettleWrite(entry.entry_id, task_id=queued.task_id, status=note, lane=entry.lane)
+    return Fate(write, "skipped")
 
 
 def status_after(decision: Decision, *, tries: int) -> StatusNote:
@@ -184,3 +196,13 @@ def status_after(decision: Decision, *, tries: int) -> StatusNote:
     if decision.accepted:
         return StatusNote("sent", attempts=tries, text=decision.answer)
     return StatusNote("dead", attempts=decision.tries, text=decision.dead_reason)
+
+
+def _lane_fields(entry: Entry) -> dict[bytes, bytes]:
+    """The entry's fields, naming the lane it was read from: the scripts put a retry copy and a
+    requeued dead letter into the lane their `lane` field names, so they go back to this one
+    even if the entry was added to its lane without the field."""
+    if entry.lane == "normal" or entry.fields.get(b"lane") == entry.lane.encode():
+        return entry.fields
+    others = {name: value for name, value in entry.fields.items() if name != b"lane"}
+    return {b"lane": entry.lane.encode(), **others}  # first: kept by any truncation

@@ -83,6 +83,12 @@ class WorkerMetrics:
                 ("dead_letters", "Records in the dead-letter stream."),
             )
         }
+        self._lanes = Gauge(
+            "email_queue_lane_backlog",
+            "Entries in one priority lane's stream: waiting or being sent.",
+            [*labels, "lane"],
+            registry=registry,
+        )
         self._smtp = Gauge(
             "email_worker_smtp_connections",
             "SMTP connections of this worker, by state.",
@@ -223,6 +229,8 @@ class WorkerMetrics:
         for name, value in values.items():
             if value is not None:
                 self._queue[name].labels(self.queue).set(value)
+        for lane, count in (sizes.lanes or {}).items():
+            self._lanes.labels(self.queue, lane).set(count)
         for state, count in smtp.items():
             self._smtp.labels(self.queue, state).set(count)
         self._paused.labels(self.queue).set(1 if paused else 0)

@@ -52,5 +52,12 @@ async def report_forever(store: QueueStore) -> None:
     while True:
         sizes = await retry_while_unavailable("report", store.sizes)
         level = log.warning if sizes.dead else log.info
-        level("queue_sizes", stream=sizes.stream, delayed=sizes.delayed, dead_letters=sizes.dead)
+        lanes = dict(sizes.lanes or {})
+        level(
+            "queue_sizes",
+            stream=sizes.stream,
+            lanes=lanes,
+            delayed=sizes.delayed,
+            dead_letters=sizes.dead,
+        )
         await asyncio.sleep(_REPORT_EVERY_SECONDS)

@@ -2,9 +2,10 @@
 
 Two loops feed delivery tasks on one event loop:
 
-- the reader takes new entries (XREADGROUP) whenever a send slot is free;
+- the reader takes new entries whenever a send slot is free, from the priority lanes in the
+  order `lanes.lane_order` gives (high first, a share for normal and low);
 - the reclaimer takes over entries that a consumer (usually a dead one) left pending longer
-  than `WORKER_RECLAIM_IDLE_SECONDS`.
+  than `WORKER_RECLAIM_IDLE_SECONDS`, in every lane, high first.
 
 Both wait while sending is paused (the SMTP breaker), take no more than the shared limiter lets
 start soon, and hand each entry its slot (`pacing.py`). Beside them run the breaker's probe, the
@@ -29,12 +30,13 @@ import structlog
 
 from ..connection import READ_BLOCK_MS
 from ..errors import QueueVanished, RedisFull
-from ..keys import CONSUMER_GROUP
+from ..keys import CONSUMER_GROUP, LANES
 from ..settings import WorkerSettings
 from ..store import Entry, QueueStore
 from .backoff import TRANSIENT_REDIS_ERRORS, retry_while_unavailable
 from .breaker import SmtpBreaker
 from .delivery import Delivery
+from .lanes import lane_order
 from .pacing import Admission, Pacer
 from .shutdown import Shutdown, cancel_and_wait
 from .upkeep import promote_forever, report_forever
@@ -88,6 +90,7 @@ class Worker:
         # so together they never start more than WORKER_CONCURRENCY sends (an entry waiting for
         # an SMTP connection would age towards being reclaimed and sent twice).
         self._intake_turn = asyncio.Lock()
+        self._reads = 0  # reads so far: picks each read's lane order
 
     @property
     def state(self) -> str:
@@ -172,7 +175,11 @@ class Worker:
                 await self._breaker.wait_until_sending()
                 free = await self._wait_for_slots_to_read()
                 free = await self._pacer.wait_to_read(free)
-                read = functools.partial(self._store.read_new, self.consumer, free, READ_BLOCK_MS)
+                order = lane_order(self._reads)
+                self._reads += 1
+                read = functools.partial(
+                    self._store.read_lanes, self.consumer, order, free, READ_BLOCK_MS
+                )
                 try:
                     entries = await retry_while_unavailable("read", read)
                 except QueueVanished:
@@ -189,13 +196,14 @@ class Worker:
         min_idle_ms = int(idle_seconds * 1000)
         # Scan a few times per idle period, so a dead worker's entries wait at most ~1.25x it.
         interval = min(max(idle_seconds / 4, 0.1), 30.0)
-        cursor = "0-0"
+        position, cursor = 0, "0-0"  # the lane scanned, and where in it
         while True:
+            lane = LANES[position]
             async with self._intake_turn:
                 await self._breaker.wait_until_sending()
                 free = await self._pacer.wait_to_read(await self._wait_for_slot())
                 claim = functools.partial(
-                    self._store.claim_stale, self.consumer, min_idle_ms, cursor, free
+                    self._store.claim_stale, self.consumer, min_idle_ms, cursor, free, lane
                 )
                 try:
                     cursor, entries = await retry_while_unavailable("reclaim", claim)
@@ -209,8 +217,10 @@ class Worker:
                     log.info("entry_reclaimed", entry_id=entry.entry_id, attempt=entry.deliveries)
                     taken.append(entry)
                 await self._admit(taken)
-            if cursor == "0-0":
-                await asyncio.sleep(interval)
+            if cursor == "0-0":  # this lane was scanned to its end: the next, or a pause
+                position = (position + 1) % len(LANES)
+                if position == 0:
+                    await asyncio.sleep(interval)
 
     async def _queue_vanished(self) -> None:
         """The stream or the group disappeared under the worker: create the group again, and

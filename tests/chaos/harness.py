@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from service import EmailTask, EnqueueError, Producer
 from service.connection import connect_redis
-from service.keys import QueueKeys
+from service.keys import LANES, QueueKeys
 from tests.chaos.attribution import Disruption, Outcome, parse_outcomes
-from tests.chaos.faults import STREAM, Injector
+from tests.chaos.faults import Injector
 from tests.chaos.mailserver import REJECTED_PREFIX, Copy, MailServer, Tally
 from tests.chaos.plan import Fault, RunConfig, draw_faults, draw_rejected
 from tests.chaos.processes import ChaosRedis, WorkerFleet
@@ -156,6 +156,7 @@ async def _produce(config: RunConfig, facts: RunFacts, url: str, number: int) ->
                 subject=f"chaos {config.seed} #{seq}",
                 text="chaos " * size_rng.randint(20, 400),
                 headers={"X-Chaos-Seq": str(seq)},
+                priority=LANES[seq % len(LANES)],  # every lane under the same faults
             )
             while True:
                 try:
@@ -187,15 +188,16 @@ async def _drain(config: RunConfig, facts: RunFacts, admin: Redis, fleet: Worker
 
 
 async def _leftover(admin: Redis) -> dict[str, int]:
-    pending = 0
-    if await admin.exists(STREAM):
-        summary: Any = await admin.xpending(STREAM, GROUP)
-        pending = int(summary["pending"])
-    return {
-        "stream": int(await admin.xlen(STREAM)),
-        "delayed": int(await admin.zcard(DELAYED)),
-        "pending": pending,
-    }
+    """What is left in every lane's stream (and pending there), and in the delayed set."""
+    stream = pending = 0
+    for lane in QueueKeys("emails").lanes:
+        if not await admin.exists(lane):
+            continue
+        stream += int(await admin.xlen(lane))
+        with contextlib.suppress(ResponseError):  # a lane without its group holds nothing pending
+            summary: Any = await admin.xpending(lane, GROUP)
+            pending += int(summary["pending"])
+    return {"stream": stream, "delayed": int(await admin.zcard(DELAYED)), "pending": pending}
 
 
 async def _collect(

@@ -103,6 +103,7 @@ def test_overview_counts_and_security_headers(
     assert re.search(r'id="delayed">1<', page)
     assert re.search(r'id="dead">1<', page)
     assert re.search(r'id="live-workers">0<', page)
+    assert 'id="lanes"' not in page  # every task is normal: no lanes to tell apart
     csp = response.headers["content-security-policy"]
     assert "script-src 'self'" in csp
     assert "default-src 'none'" in csp
@@ -111,6 +112,16 @@ def test_overview_counts_and_security_headers(
     assert "httponly" in response.headers["set-cookie"].lower()
     assert "samesite=strict" in response.headers["set-cookie"].lower()
     assert "<script>" not in page.replace('<script src="/static/live.js" defer></script>', "")
+
+
+def test_overview_shows_each_lane_backlog_once_there_are_priorities(
+    client: TestClient, redis_server: RedisServer, db: redis_sync.Redis
+) -> None:
+    tasks = [EmailTask(to="a@example.com", subject="s", text="t", priority="low")] * 2
+    enqueue(redis_server.url, [*tasks, EmailTask(to="a@example.com", subject="s", text="t")])
+    page = client.get("/").text
+    assert re.search(r'id="backlog">3<', page)
+    assert re.search(r'id="lanes">high 0 · normal 1 · low 2<', page)
 
 
 def test_overview_shows_the_minute_history(client: TestClient, redis_server: RedisServer) -> None:

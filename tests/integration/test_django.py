@@ -184,3 +184,15 @@ def test_send_messages_counts_what_it_enqueued_and_honours_fail_silently(
         loud.send_messages([with_calendar])
     assert loud.send_messages([]) == 0
     assert db.xlen(STREAM) == 2
+
+
+def test_a_connection_with_a_priority_enqueues_into_that_lane(
+    redis_server: RedisServer, db: redis_sync.Redis
+) -> None:
+    backend = "service.contrib.django.EmailBackend"
+    urgent = mail.get_connection(backend, redis_url=redis_server.url, priority="high")
+    assert urgent.send_messages([_plain()]) == 1
+    assert mail.get_connection(backend, redis_url=redis_server.url).send_messages([_plain()]) == 1
+    assert (db.xlen(f"{STREAM}:high"), db.xlen(STREAM)) == (1, 1)
+    with pytest.raises(ValueError, match=r"priority 'urgent'"):
+        mail.get_connection(backend, redis_url=redis_server.url, priority="urgent")

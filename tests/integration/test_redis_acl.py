@@ -26,7 +26,8 @@ _LEAST = ["-@all", "+@stream", "+@hash", "+@sortedset", "+@string", "+@scripting
 
 
 _OTHER_KEYS = ("keys {emails}:dead, {emails}:delayed, {emails}:delayed:entries, {emails}:minute:*, "
-               "{emails}:sent:*, {emails}:status:*, {emails}:workers")  # fmt: skip
+               "{emails}:sent:*, {emails}:status:*, {emails}:stream:high, {emails}:stream:low, "
+               "{emails}:workers")  # fmt: skip
 
 
 def _events(worker: WorkerProcess, name: str) -> list[dict[str, object]]:

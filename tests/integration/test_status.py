@@ -12,7 +12,7 @@ import redis as redis_sync
 from redis.asyncio import Redis
 
 from service import CancelResult, EmailTask, Producer, QueueFull, SyncProducer, TaskState
-from service.keys import QueueKeys
+from service.keys import LANES, QueueKeys
 from service.local.redis_server import RedisServer
 from service.store import QueueStore, RetryCopy, SettleWrite, StatusNote
 
@@ -26,7 +26,7 @@ TASK = EmailTask(to="a@example.com", subject="Hi", text="x", tags=["welcome", "u
 async def _worker_reads(store: QueueStore, count: int = 10) -> list[tuple[str, str]]:
     """What a worker does before sending: read new entries. (entry id, task id) pairs."""
     await store.ensure_group()
-    entries = await store.read_new("w1", count, 10)
+    entries = await store.read_lanes("w1", LANES, count, 10)
     return [(entry.entry_id, entry.fields[b"id"].decode()) for entry in entries]
 
 

@@ -14,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from service.errors import RedisFull
-from service.keys import CONSUMER_GROUP, QueueKeys
+from service.keys import CONSUMER_GROUP, LANES, QueueKeys
 from service.store import (
     SENT_RECORD_TTL_MS,
     Entry,
@@ -41,7 +41,7 @@ class Consumer:
         self.name = name
 
     async def read_new(self, count: int, block_ms: int) -> list[Entry]:
-        return await self.store.read_new(self.name, count, block_ms)
+        return await self.store.read_lanes(self.name, LANES, count, block_ms)
 
     async def claim_stale(
         self, *, min_idle_ms: int, cursor: str, count: int

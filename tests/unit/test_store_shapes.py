@@ -39,6 +39,8 @@ def test_enqueue_lays_out_each_task_with_its_key_or_a_placeholder() -> None:
     assert call.source == scripts.ENQUEUE
     assert call.keys == [
         "{q}:stream",
+        "{q}:stream:high",
+        "{q}:stream:low",
         "{q}:delayed",
         "{q}:delayed:entries",
         "{q}:idem:k",
@@ -206,12 +208,6 @@ def test_promote_reply(reply: list[Any], expected: tuple[int, int | None]) -> No
 )
 def test_autoclaimed(reply: list[Any], expected: tuple[str, list[Any]]) -> None:
     assert replies.autoclaimed(reply) == expected
-
-
-def test_read_entries() -> None:
-    assert replies.read_entries(None) == []
-    reply = [[b"{q}:stream", [(b"1-0", {b"v": b"1"}), (b"1-1", {b"v": b"2"})]]]
-    assert replies.read_entries(reply) == [("1-0", {b"v": b"1"}), ("1-1", {b"v": b"2"})]
 
 
 @pytest.mark.parametrize(
