@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Final
+from typing import Any, Final, cast
 
 import redis
 import redis.sentinel
@@ -30,7 +30,20 @@ __all__ = ["Cluster", "SentinelRedis", "SyncSentinelRedis", "closed_write_safe"]
 class Cluster(RedisCluster):
     """redis-py's cluster client, whose aclose() closes every connection also after a failed
     command: redis-py 8.1 marks the client for re-initialisation on a connection error or a
-    timeout, and its aclose() then closes nothing (the sockets leak)."""
+    timeout, and its aclose() then closes nothing (the sockets leak). Its connections raise
+    ConnectionError for a write on a reset socket on uvloop too (see `closed_write_safe`): a
+    failover resets them, and a RuntimeError there stopped a worker."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The constructor picks the class (TCP or TLS) itself; the nodes it knows now and every
+        # node it discovers later are built from these kwargs.
+        node_kwargs = self.nodes_manager.connection_kwargs
+        safe = _CLOSED_WRITE_SAFE.get(node_kwargs["connection_class"])
+        if safe is not None:
+            node_kwargs["connection_class"] = safe
+            for node in self.nodes_manager.startup_nodes.values():
+                node.connection_class = cast("type[Connection]", safe)  # TCP or TLS: a Connection
 
     async def aclose(self) -> None:
         if self._initialize:

@@ -10,6 +10,7 @@ import pytest
 import redis.exceptions
 import uvloop
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from service.connection import AnyRedis, connect_redis
 from service.local.redis_server import RedisServer
@@ -82,3 +83,25 @@ def test_every_scheme_keeps_its_kind_of_connection(url: str, kind: str) -> None:
 
     assert connection_class.__module__ == "service.clients"
     assert connection_class.__bases__[-1].__name__ == kind
+
+
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [
+        ("redis+cluster://127.0.0.1:7000,127.0.0.1:7001", "Connection"),
+        ("rediss+cluster://user:secret@cache.example:6379", "SSLConnection"),
+    ],
+)
+def test_a_cluster_client_keeps_its_kind_of_connection_and_is_closed_write_safe(
+    url: str, kind: str
+) -> None:
+    client = connect_redis(url)  # connects nowhere until its first command
+    assert isinstance(client, RedisCluster)
+    manager = client.nodes_manager
+    # The nodes known now, and those a topology change brings (built from these kwargs).
+    classes = [node.connection_class for node in manager.startup_nodes.values()]
+    classes.append(manager.connection_kwargs["connection_class"])
+
+    for connection_class in classes:
+        assert connection_class.__module__ == "service.clients"
+        assert connection_class.__bases__[-1].__name__ == kind
