@@ -80,5 +80,6 @@ def test_a_failover_under_load_loses_only_the_replication_window(
             result.duplicate_first_at
         )
     finally:
-        for worker in workers:
-            assert worker.stop() == 0, worker.output()[-3000:]
+        codes = [worker.stop() for worker in workers]  # every one stopped, also after a failure
+        for worker, code in zip(workers, codes, strict=True):
+            assert code == 0, worker.output()[-3000:]
