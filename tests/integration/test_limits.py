@@ -59,7 +59,10 @@ def test_four_workers_share_a_rate_limit_exactly(
     most = _most_in_any_window(arrivals, 1.0)
     print(f"rate {rate:.3f}/s over {arrivals[-1] - arrivals[0]:.2f} s; most in 1 s: {most}")
     assert abs(rate - limit) / limit <= 0.02, f"{rate:.2f}/s"
-    assert most <= limit + burst
+    # The slots allow limit + burst in any 1 s window exactly (55: the burst, then one every
+    # 20 ms). Arrivals are a send's duration after their slots: a window starting at an arrival
+    # a few ms late reaches the slot 1.000 s after it, so the server can count one more.
+    assert most <= limit + burst + 1
     assert all(len(_events([w], "task_sent")) > count / 10 for w in workers)  # all took part
 
 
