@@ -11,6 +11,7 @@ import sys
 import uvicorn
 
 from ..errors import ConfigError
+from ..listen import listening_socket
 from ..settings import DashboardSettings, load_settings, redact_url
 from .app import create_app
 
@@ -25,6 +26,13 @@ def main() -> int:
     if notice := settings.local_stack_notice():
         print(notice, file=sys.stderr)
     host, port = settings.dashboard_host, settings.dashboard_port
+    try:  # bound before anything is said: a busy port is a bad setting, not a crash
+        listener = listening_socket(
+            host, port, host_setting="DASHBOARD_HOST", port_setting="DASHBOARD_PORT"
+        )
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     shown_host = f"[{host}]" if ":" in host else host
     print(
         f"dashboard: http://{shown_host}:{port}/ (queue {settings.email_queue!r} on "
@@ -33,14 +41,10 @@ def main() -> int:
         f"{', token required' if settings.dashboard_token else ''})",
         flush=True,
     )
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        server_header=False,
+    config = uvicorn.Config(
+        create_app(settings), log_level="warning", access_log=False, server_header=False
     )
+    uvicorn.Server(config).run(sockets=[listener])
     return 0
 
 

@@ -9,19 +9,17 @@ on Redis.
 
 from __future__ import annotations
 
-import errno
-import socket
 import time
 from collections import Counter as Tally
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from ..errors import ConfigError
+from ..listen import listen_error
 from ..store import QueueSizes
 from .history import MinuteTally
 
-__all__ = ["WorkerMetrics", "listen_error"]
+__all__ = ["WorkerMetrics"]
 
 # From a fast local relay (milliseconds) to a slow remote one (tens of seconds).
 _SEND_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -137,7 +135,14 @@ class WorkerMetrics:
         try:
             start_http_server(port, addr=host, registry=registry)
         except OSError as exc:
-            raise listen_error(exc, host, port) from exc
+            raise listen_error(
+                exc,
+                host,
+                port,
+                host_setting="METRICS_HOST",
+                port_setting="METRICS_PORT",
+                in_use=" (another worker on this machine?)",
+            ) from exc
         self._registry = registry
 
     @property
@@ -236,22 +241,3 @@ class WorkerMetrics:
         self._paused.labels(self.queue).set(1 if paused else 0)
         for relay, report in relays.items():
             self._relay_up.labels(self.queue, relay).set(1 if report["state"] == "up" else 0)
-
-
-def listen_error(error: OSError, host: str, port: int) -> ConfigError:
-    """The setting to blame, and why, when the metrics server cannot listen on `host`:`port`.
-
-    Only binding tells: a name that does not resolve, an address of another machine, a port
-    another process holds or one below 1024 without the privilege.
-    """
-    if isinstance(error, socket.gaierror):
-        return ConfigError("METRICS_HOST", f"{host!r} does not resolve")
-    if error.errno == errno.EADDRNOTAVAIL:
-        return ConfigError("METRICS_HOST", f"{host!r} is not an address of this machine")
-    if error.errno == errno.EADDRINUSE:
-        return ConfigError(
-            "METRICS_PORT", f"{port} is in use on {host} (another worker on this machine?)"
-        )
-    if error.errno == errno.EACCES:
-        return ConfigError("METRICS_PORT", f"{port} needs privileges this process lacks")
-    return ConfigError("METRICS_PORT", f"cannot listen on {host}:{port}: {error.strerror}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -44,6 +45,27 @@ def test_a_bad_setting_stops_it_with_one_line(redis_server: RedisServer, tmp_pat
         assert lines[0].startswith(f"error: {variable}: ")
         assert secret not in done.stderr
         assert secret not in done.stdout
+
+
+def test_a_busy_port_stops_it_with_one_line_naming_it(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "service.dashboard"],
+            env=_env(REDIS_URL=redis_server.url, DASHBOARD_PORT=str(port)),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: DASHBOARD_PORT: {port} is in use on 127.0.0.1"
+    ]
+    assert done.stdout == ""  # no URL shown for a dashboard that is not there
 
 
 def test_the_demo_shows_a_queue_with_traffic_and_stops_cleanly(tmp_path: Path) -> None:

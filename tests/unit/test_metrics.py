@@ -8,7 +8,8 @@ import socket
 import pytest
 
 from service.errors import ConfigError
-from service.worker.metrics import WorkerMetrics, listen_error
+from service.listen import listen_error
+from service.worker.metrics import WorkerMetrics
 
 
 @pytest.mark.parametrize(
@@ -42,7 +43,14 @@ from service.worker.metrics import WorkerMetrics, listen_error
     ],
 )
 def test_listen_error_blames_the_setting(error: OSError, variable: str, reason: str) -> None:
-    found = listen_error(error, "metrics.invalid", 9108)
+    found = listen_error(
+        error,
+        "metrics.invalid",
+        9108,
+        host_setting="METRICS_HOST",
+        port_setting="METRICS_PORT",
+        in_use=" (another worker on this machine?)",
+    )
     assert (found.variable, found.reason) == (variable, reason)
 
 
