@@ -14,6 +14,10 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
+# The server's loop ticks every _TICK_S; a tick more than _STALL_S late records a stall.
+_TICK_S = 0.01
+_STALL_S = 0.02
+
 
 @dataclass
 class Received:
@@ -214,6 +218,9 @@ class SmtpServer:
         self.most_connections = 0  # the most sessions open at once
         self.crowded = 0  # connections refused for `behaviour.max_connections`
         self.throttled: list[float] = []  # when each throttling reply was sent (time.time())
+        # (when, seconds late) of each tick of the server's loop that ran late: a starved process
+        # timestamps what queued in its socket during a stall all at once, at the stall's end.
+        self.stalls: list[tuple[float, float]] = []
         self.lock = threading.Lock()
         self._running = False
         # Typed as the base class: the TLS server (tests/servers.py) puts a plain one here.
@@ -257,6 +264,21 @@ class SmtpServer:
         """Start serving."""
         self._controller.start()
         self._running = True
+        self._controller.loop.call_soon_threadsafe(self._tick, time.time())
+
+    def _tick(self, due: float) -> None:
+        now = time.time()
+        if now - due > _STALL_S:
+            self.stalls.append((now, now - due))
+        if self._running:
+            self._controller.loop.call_later(_TICK_S, self._tick, now + _TICK_S)
+
+    def longest_stall(self, start: float, end: float) -> float:
+        """The longest the server's loop was kept from running between `start` and `end`
+        (time.time()), in seconds: how far its timestamps may lag the real arrivals then."""
+        return max(
+            (late for at, late in self.stalls if at >= start and at - late <= end), default=0.0
+        )
 
     def stop(self) -> None:
         """Stop serving (a test may stop it early to simulate an outage)."""

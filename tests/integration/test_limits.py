@@ -8,6 +8,7 @@ per window of the server's clock, not speed.
 from __future__ import annotations
 
 import json
+import math
 import signal
 import time
 from collections.abc import Callable
@@ -57,12 +58,18 @@ def test_four_workers_share_a_rate_limit_exactly(
     assert sorted(smtp.task_ids()) == sorted(ids)
     rate = (count - 1) / (arrivals[-1] - arrivals[0])
     most = _most_in_any_window(arrivals, 1.0)
-    print(f"rate {rate:.3f}/s over {arrivals[-1] - arrivals[0]:.2f} s; most in 1 s: {most}")
+    stall = smtp.longest_stall(arrivals[0], arrivals[-1])
+    print(
+        f"rate {rate:.3f}/s over {arrivals[-1] - arrivals[0]:.2f} s; most in 1 s: {most}; "
+        f"the server's longest stall: {stall * 1000:.0f} ms"
+    )
     assert abs(rate - limit) / limit <= 0.02, f"{rate:.2f}/s"
     # The slots allow limit + burst in any 1 s window exactly (55: the burst, then one every
     # 20 ms). Arrivals are a send's duration after their slots: a window starting at an arrival
-    # a few ms late reaches the slot 1.000 s after it, so the server can count one more.
-    assert most <= limit + burst + 1
+    # a few ms late reaches the slot 1.000 s after it, so the server can count one more. A
+    # server starved of CPU (a loaded machine) timestamps the sends that queued meanwhile at
+    # once: up to `limit` per second of its longest stall more.
+    assert most <= limit + burst + 1 + math.ceil(limit * stall), f"stall {stall:.3f} s"
     assert all(len(_events([w], "task_sent")) > count / 10 for w in workers)  # all took part
 
 
