@@ -155,7 +155,8 @@ class Postfix:
         found = []
         for path in sorted(files, key=lambda p: p.stat().st_mtime_ns):
             data = path.read_bytes()
-            head = email.message_from_bytes(data.split(b"\n\n", 1)[0] + b"\n\n")
+            # The trace headers carry the envelope, in UTF-8 where it is (SMTPUTF8).
+            head = email.message_from_string(data.split(b"\n\n", 1)[0].decode(errors="replace"))
             found.append(
                 Delivery(
                     recipient=str(head["Delivered-To"]),

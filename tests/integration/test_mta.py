@@ -167,7 +167,8 @@ class RoundTrip:
             # The Date line is the second the task was enqueued: render it the same way.
             dated = email.utils.parsedate_to_datetime(_header(sent, b"Date"))
             out = render(
-                QueuedTask(task_id, int(dated.timestamp()) * 1000, task), default_sender=MAIL_FROM
+                QueuedTask(task_id, int(dated.timestamp()) * 1000, task),
+                default_sender=MAIL_FROM,
             )
             assert copy.sender == out.mail_from
             assert _same_boundaries(sent) == _same_boundaries(out.data(eightbit=self.eightbit))
@@ -197,25 +198,34 @@ def postfix() -> Iterator[Postfix]:
 
 
 @pytest.fixture(scope="module")
-def mta_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def mta_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path_factory.mktemp("mta-redis"))
     server.start()
-    yield server.url
+    yield server
     server.stop()
 
 
-@pytest.fixture(scope="module", params=["8BITMIME+SMTPUTF8", "7-bit"])
+def _database(server: RedisServer, index: int) -> str:
+    """A database of its own for each worker here: none takes another's tasks."""
+    return f"redis://127.0.0.1:{server.port}/{index}"
+
+
+LISTENERS = ["8BITMIME+SMTPUTF8", "7-bit"]
+
+
+@pytest.fixture(scope="module", params=LISTENERS)
 def round_trip(
     request: pytest.FixtureRequest,
     postfix: Postfix,
-    mta_redis: str,
+    mta_redis: RedisServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RoundTrip]:
+    url = _database(mta_redis, 1 + LISTENERS.index(request.param))
     port = postfix.port if request.param == "8BITMIME+SMTPUTF8" else postfix.seven_bit_port
-    trip = RoundTrip(postfix, mta_redis, port, tmp_path_factory.mktemp("mta-worker"))
+    trip = RoundTrip(postfix, url, port, tmp_path_factory.mktemp("mta-worker"))
     yield trip
     assert trip.worker.stop() == 0
-    with redis_sync.Redis.from_url(mta_redis) as db:
+    with redis_sync.Redis.from_url(url) as db:
         assert db.xlen(DEAD) == 0, "nothing dead-lettered"
 
 
