@@ -89,8 +89,10 @@ def _daemon_directory() -> Path | None:
     postconf = shutil.which("postconf") or shutil.which("postconf", path="/usr/sbin")
     if postconf is None:
         return None
+    # -d: the compiled-in default; a machine where Postfix was installed with "No configuration"
+    # has no /etc/postfix/main.cf to read.
     found = subprocess.run(
-        [postconf, "-h", "daemon_directory"], capture_output=True, text=True, check=False
+        [postconf, "-d", "-h", "daemon_directory"], capture_output=True, text=True, check=False
     )
     return Path(found.stdout.strip()) if found.returncode == 0 else None
 
