@@ -67,6 +67,13 @@ SAMPLE = [
         html="<p>" + "<span>ß</span>" * 700 + "</p>",
     ),
     EmailTask(
+        to="limit@example.com",
+        subject="Lines at RFC 5322's 998 octets, and one past",
+        # 998 octets may go as they are (7bit, or 8bit in UTF-8); 999 must be encoded.
+        text="y" * 998 + "\n" + "y" * 999 + "\n" + "é" * 499 + "\n" + "é" * 499 + "y\n",
+        html="<p>" + "z" * 991 + "</p>",
+    ),
+    EmailTask(
         to="files@example.com",
         subject="Attachments named outside ASCII",
         text="Two files.\n",
