@@ -85,16 +85,37 @@ postlog   unix-dgram n - n - 1 postlogd
 """
 
 
-def _daemon_directory() -> Path | None:
+def _default(parameter: str) -> str | None:
+    """A Postfix parameter's compiled-in default (-d: a machine where Postfix was installed
+    with "No configuration" has no /etc/postfix/main.cf to read)."""
     postconf = shutil.which("postconf") or shutil.which("postconf", path="/usr/sbin")
     if postconf is None:
         return None
-    # -d: the compiled-in default; a machine where Postfix was installed with "No configuration"
-    # has no /etc/postfix/main.cf to read.
     found = subprocess.run(
-        [postconf, "-d", "-h", "daemon_directory"], capture_output=True, text=True, check=False
+        [postconf, "-d", "-h", parameter], capture_output=True, text=True, check=False
     )
-    return Path(found.stdout.strip()) if found.returncode == 0 else None
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
+def _daemon_directory() -> Path | None:
+    directory = _default("daemon_directory")
+    return Path(directory) if directory else None
+
+
+def _make_queue(queue: Path) -> None:
+    """The queue's directories, with the owners and modes Postfix's own list (postfix-files)
+    gives them: what `postfix check` creates, without its shell scripts' seconds."""
+    meta = Path(_default("meta_directory") or "/etc/postfix")
+    for line in (meta / "postfix-files").read_text().splitlines():
+        fields = line.split(":")
+        if len(fields) < 5 or fields[1] != "d" or not fields[0].startswith("$queue_directory/"):
+            continue
+        path = queue / fields[0].removeprefix("$queue_directory/")
+        path.mkdir()
+        owner = "postfix" if fields[2] == "$mail_owner" else fields[2]
+        group = "postdrop" if fields[3] == "$setgid_group" else None
+        shutil.chown(path, owner, group)
+        path.chmod(int(fields[4], 8))
 
 
 def postfix_missing() -> str | None:
@@ -201,9 +222,13 @@ def start_postfix(timeout: float = 15.0) -> Iterator[Postfix]:
         (root / "etc" / "master.cf").write_text(
             _MASTER_CF.format(port=port, seven_bit_port=seven_bit_port)
         )
+        # Postfix waits until main.cf is a few seconds old (a file just written may be an edit
+        # in progress): dated back, it starts at once instead of two seconds later.
+        past = time.time() - 60
+        for name in ("main.cf", "master.cf"):
+            os.utime(root / "etc" / name, (past, past))
+        _make_queue(root / "spool")
         config = str(root / "etc")
-        # `postfix check` creates the queue's directories with Postfix's owners and modes.
-        subprocess.run(["postfix", "-c", config, "check"], check=True, capture_output=True)
         with (root / "log" / "master.err").open("wb") as errors:  # the child keeps its own
             master = subprocess.Popen(
                 [str(daemons / "master"), "-c", config, "-d"],
