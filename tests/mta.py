@@ -139,7 +139,7 @@ class Delivery:
 
     def without_trace(self) -> bytes:
         """The message as the SMTP client sent it: the trace headers Postfix prepends removed,
-        line ends back to CRLF. Raises if Postfix put anything else above it."""
+        line ends back to CRLF. Anything else Postfix added or changed stays in it."""
         lines = self.data.split(b"\n")
         index = 0
         while index < len(lines):
@@ -222,8 +222,8 @@ def start_postfix(timeout: float = 15.0) -> Iterator[Postfix]:
         (root / "etc" / "master.cf").write_text(
             _MASTER_CF.format(port=port, seven_bit_port=seven_bit_port)
         )
-        # Postfix waits until main.cf is a few seconds old (a file just written may be an edit
-        # in progress): dated back, it starts at once instead of two seconds later.
+        # Postfix pauses and reads main.cf again while it changed in the last seconds (load_file:
+        # it may be an edit in progress): dated back, master starts at once, not 2 s later.
         past = time.time() - 60
         for name in ("main.cf", "master.cf"):
             os.utime(root / "etc" / name, (past, past))
