@@ -45,6 +45,9 @@ myhostname = mta.test
 mydomain = mta.test
 myorigin = $myhostname
 mydestination =
+# No local delivery, so no aliases (the default list names NIS, which logs a warning).
+alias_maps =
+alias_database =
 inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
@@ -168,6 +171,14 @@ class Postfix:
         """Postfix's log so far (for a failing test's message)."""
         path = self.root / "log" / "postfix.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def problems(self) -> list[str]:
+        """The lines of Postfix's log that report a warning, an error or worse."""
+        return [
+            line
+            for line in self.log.splitlines()
+            if any(f": {level}: " in line for level in ("warning", "error", "fatal", "panic"))
+        ]
 
     def deliveries(self) -> list[Delivery]:
         """Every message delivered so far, oldest first."""

@@ -157,6 +157,7 @@ class RoundTrip:
                     f"worker: {self.worker.output()[-3000:]}\npostfix: {self.postfix.log[-3000:]}"
                 )
             time.sleep(0.05)
+        assert self.postfix.problems() == []
         return {task_id: found[f"<{task_id}@example.com>"] for task_id in ids}
 
     def check(self, task_id: str, task: EmailTask, copies: list[Delivery]) -> None:
