@@ -11,6 +11,7 @@ with `%i` the queue.
 from __future__ import annotations
 
 import asyncio
+import functools
 import subprocess
 import sys
 import time
@@ -168,8 +169,9 @@ def test_three_queues_on_three_shards_served_by_one_configuration(
             workers_seen = health["workers"]
             assert isinstance(workers_seen, list)
             assert [w["consumer"] for w in workers_seen] == [f"{HOST}-{queue}"]
+            expected = len(ids[queue])
             wait_until(
-                lambda q=queue: _sent_by_workers(url, q) == len(ids[q]), 15, f"{queue}'s count"
+                functools.partial(_sent_by_workers, url, queue, expected), 15, f"{queue}'s count"
             )
     finally:
         codes = {queue: worker.stop() for queue, worker in workers.items()}
@@ -180,8 +182,8 @@ def test_three_queues_on_three_shards_served_by_one_configuration(
         assert '"event":"task_error"' not in worker.output()
 
 
-def _sent_by_workers(url: str, queue: str) -> int:
-    """The queue's sent count as its live workers' heartbeats report it."""
+def _sent_by_workers(url: str, queue: str, expected: int) -> bool:
+    """Whether the queue's live workers' heartbeats report `expected` emails sent."""
     workers = _admin_json(url, queue, "health")["workers"]
     assert isinstance(workers, list)
-    return sum(int(w["outcomes"].get("sent", 0)) for w in workers)
+    return sum(int(w["outcomes"].get("sent", 0)) for w in workers) == expected
