@@ -26,7 +26,7 @@ from tests.topologies import Cluster, redis_cluster
 from .children import Children
 from .endtoend import Lab, drain_rate
 from .mix_workload import emails as mix_emails
-from .shard_cost import ShardRun, measure_shard
+from .shard_cost import ShardRun, measure_enqueue_load, measure_shard
 from .sinks import SinkKind, available_sinks
 from .workload import make_tasks
 
@@ -96,6 +96,23 @@ async def measure_shard_cost(
         ))  # fmt: skip
 
 
+async def measure_enqueue_load_on_shard(cluster: Cluster, emails: int) -> None:
+    """Print the queue's shard under an enqueue load from more and more connections: how its
+    CPU per enqueue changes as its Redis thread gets busier, up to the rate it reaches."""
+    tasks = [email.task() for email in mix_emails("mix", emails)]
+    print(f"\nthe queue's shard under enqueues only (realistic mix, {emails:,} per line)")
+    print("connections  enqueues/s  busy  cpu_us per enqueue  that cost's saturation")
+    for connections in (1, 4, 16, 64):
+        queue = f"enqueue-load-{next(_queue_numbers)}"
+        port = cluster.primary_of(f"{{{queue}}}:stream").port
+        cost = await measure_enqueue_load(port, queue, tasks, connections)
+        print(
+            f"{connections:11}  {cost.emails / cost.seconds:10,.0f}  {cost.busy:4.0%}"
+            f"  {cost.cpu_usec_per_email:18.1f}  {1e6 / cost.cpu_usec_per_email:,.0f}/s",
+            flush=True,
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.scaling", description=__doc__)
     parser.add_argument("--emails", type=int, default=3000)
@@ -118,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 if not options.shard_cost_only:
                     asyncio.run(measure(labs, kind, options.emails, options.runs))
+                asyncio.run(measure_enqueue_load_on_shard(cluster, 4 * options.emails))
                 asyncio.run(
                     measure_shard_cost(
                         children, cluster, workdir, kind, emails=options.emails, runs=options.runs

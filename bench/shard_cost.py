@@ -18,22 +18,36 @@ not matter below saturation.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import hiredis
 import redis as redis_sync
+from redis.connection import Connection
 
 from service import EmailTask, Producer
 from service.keys import QueueKeys
+from service.producer.prepare import new_tasks
+from service.status import DEFAULT_STATUS_TTL
+from service.store import scripts
 
 from .children import Children
 from .sinks import SinkKind, start_sink
 from .workers import WorkerConfig, start_worker, stop_worker
 
-__all__ = ["NodeSample", "PhaseCost", "ShardRun", "measure_shard", "node_sample", "phase_cost"]
+__all__ = [
+    "NodeSample",
+    "PhaseCost",
+    "ShardRun",
+    "measure_enqueue_load",
+    "measure_shard",
+    "node_sample",
+    "phase_cost",
+]
 
 _ENQUEUES_IN_FLIGHT = 20
 
@@ -207,3 +221,56 @@ async def measure_shard(
         enqueue=phase_cost(before, after_enqueue, emails, enqueued - started),
         drain=phase_cost(before_drain, after_drain, emails, drained - drain_started),
     )
+
+
+def enqueue_commands(queue: str, tasks: list[EmailTask]) -> list[bytes]:
+    """Each task's ENQUEUE as the producer sends it (EVALSHA, its status record included),
+    packed for the wire."""
+    keys = QueueKeys(queue)
+    sha = hashlib.sha1(scripts.ENQUEUE.encode()).hexdigest()  # noqa: S324 - Redis names scripts so
+    ttl_ms = scripts.status_ttl_ms(DEFAULT_STATUS_TTL)
+    packer = Connection()  # type: ignore[no-untyped-call] # redis-py leaves it untyped
+    commands = []
+    for task in new_tasks(tasks, queue=queue, max_email_bytes=10 * 2**20):
+        now_ms = time.time_ns() // 1_000_000
+        call = scripts.enqueue(
+            keys, [task], max_backlog=0, window_ms=1, status_ttl_ms=ttl_ms, now_ms=now_ms
+        )
+        words = ["EVALSHA", sha, len(call.keys), *call.keys, *call.args]
+        packed = packer.pack_command(*words)  # type: ignore[no-untyped-call] # as Connection
+        commands.append(b"".join(packed))
+    return commands
+
+
+async def _send_each_after_the_last_reply(port: int, commands: list[bytes]) -> None:
+    """One connection, one command in flight: as a web request's enqueue arrives."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    parser = hiredis.Reader()
+    try:
+        for command in commands:
+            writer.write(command)
+            reply: Any = False
+            while reply is False:
+                parser.feed(await reader.read(65536))
+                reply = parser.gets()
+            if isinstance(reply, hiredis.ReplyError):  # handed back, not raised
+                raise reply
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def measure_enqueue_load(
+    port: int, queue: str, tasks: list[EmailTask], connections: int
+) -> PhaseCost:
+    """Enqueue `tasks` on the node at `port` (it must hold `queue`'s slot) over `connections`
+    connections, each with one enqueue in flight, as fast as they go; raw sockets, so that one
+    Python process can keep a Redis thread busy."""
+    commands = enqueue_commands(queue, tasks)
+    with redis_sync.Redis(port=port) as client:
+        client.script_load(scripts.ENQUEUE)
+    shares = [commands[i::connections] for i in range(connections)]
+    started, before = time.monotonic(), _sample(port)
+    await asyncio.gather(*(_send_each_after_the_last_reply(port, share) for share in shares))
+    seconds, after = time.monotonic() - started, _sample(port)
+    return phase_cost(before, after, len(commands), seconds)
