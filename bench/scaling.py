@@ -58,12 +58,23 @@ async def measure(labs: dict[str, Lab], kind: SinkKind, emails: int, runs: int) 
 
 
 async def measure_shard_cost(
-    children: Children, cluster: Cluster, workdir: Path, kind: SinkKind, *, emails: int, runs: int
+    children: Children,
+    cluster: Cluster,
+    workdir: Path,
+    kind: SinkKind,
+    *,
+    emails: int,
+    runs: int,
+    status_records: bool,
 ) -> None:
     """Print one line per process count: the queue's shard's cost per email (median run by
     CPU per email), and the rate at which that shard's Redis thread would saturate."""
     tasks = [email.task() for email in mix_emails("mix", emails)]
-    print(f"\nthe queue's shard, per email (realistic mix, {emails:,} emails, median of {runs})")
+    records = "" if status_records else ", no status records"
+    print(
+        f"\nthe queue's shard, per email (realistic mix, {emails:,} emails{records},"
+        f" median of {runs})"
+    )
     print(
         "processes  enqueue calls bytes cpu_us  drain calls bytes cpu_us  busy  drain/s"
         "  shard saturates at"
@@ -75,7 +86,7 @@ async def measure_shard_cost(
                 await measure_shard(
                     children, cluster.url, lambda key: cluster.primary_of(key).port, workdir,
                     queue=f"shard-cost-{next(_queue_numbers)}", kind=kind,
-                    processes=processes, tasks=tasks,
+                    processes=processes, tasks=tasks, status_records=status_records,
                 )
             )  # fmt: skip
         shard_runs.sort(key=lambda run: run.cpu_usec_per_email)
@@ -121,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--shard-cost-only", action="store_true", help="skip the drain rates; only the shard's cost"
     )
+    parser.add_argument(
+        "--no-status-records",
+        action="store_true",
+        help="the shard's cost without task status records (TASK_STATUS_TTL_SECONDS=0)",
+    )
     options = parser.parse_args(argv)
     kind: SinkKind = options.sink or available_sinks()[-1]
     with tempfile.TemporaryDirectory() as tmp, Children() as children:
@@ -136,11 +152,11 @@ def main(argv: list[str] | None = None) -> int:
                 if not options.shard_cost_only:
                     asyncio.run(measure(labs, kind, options.emails, options.runs))
                 asyncio.run(measure_enqueue_load_on_shard(cluster, 4 * options.emails))
-                asyncio.run(
-                    measure_shard_cost(
-                        children, cluster, workdir, kind, emails=options.emails, runs=options.runs
-                    )
-                )
+                shard_cost = measure_shard_cost(
+                    children, cluster, workdir, kind, emails=options.emails,
+                    runs=options.runs, status_records=not options.no_status_records,
+                )  # fmt: skip
+                asyncio.run(shard_cost)
         finally:
             redis.stop()
     return 0

@@ -22,6 +22,7 @@ import hashlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -167,8 +168,11 @@ def _sample(port: int) -> NodeSample:
         return node_sample(client.info("cpu"), client.info("stats"), client.info("commandstats"))
 
 
-async def _enqueue_one_by_one(url: str, queue: str, tasks: list[EmailTask]) -> None:
-    async with Producer.from_url(url, queue=queue, max_backlog=None) as producer:
+async def _enqueue_one_by_one(
+    url: str, queue: str, tasks: list[EmailTask], *, status_records: bool
+) -> None:
+    ttl = DEFAULT_STATUS_TTL if status_records else timedelta(0)
+    async with Producer.from_url(url, queue=queue, max_backlog=None, status_ttl=ttl) as producer:
         # The first alone: redis-py 8.1's cluster client maps the slots on its first command,
         # and twenty commands racing to do it close each other's connections.
         await producer.enqueue(tasks[0])
@@ -191,17 +195,18 @@ async def measure_shard(
     kind: SinkKind,
     processes: int,
     tasks: list[EmailTask],
+    status_records: bool = True,
 ) -> ShardRun:
     """Enqueue `tasks` to `queue` on the cluster at `url`, then drain them with `processes`
     workers, sampling the primary that holds the queue (`port_of(key)`: its port)."""
     port = port_of(QueueKeys(queue).stream)
     emails = len(tasks)
     started, before = time.monotonic(), _sample(port)
-    await _enqueue_one_by_one(url, queue, tasks)
+    await _enqueue_one_by_one(url, queue, tasks, status_records=status_records)
     enqueued, after_enqueue = time.monotonic(), _sample(port)
     sink = start_sink(children, kind, workdir, [emails])
     try:
-        config = WorkerConfig(url, queue, sink.port)
+        config = WorkerConfig(url, queue, sink.port, status_records=status_records)
         logs = workdir / "logs"
         workers = [
             start_worker(children, config, logs / f"worker-{queue}-{i}.log")
