@@ -27,6 +27,7 @@ class WorkerConfig:
     queue: str
     smtp_port: int
     concurrency: int = _CONCURRENCY
+    status_records: bool = True  # False: TASK_STATUS_TTL_SECONDS=0, no status records
 
 
 def worker_env(config: WorkerConfig) -> dict[str, str]:
@@ -43,6 +44,8 @@ def worker_env(config: WorkerConfig) -> dict[str, str]:
         LOG_LEVEL="WARNING",  # per-email log lines are INFO: keep them out of the measurement
         LOG_FORMAT="json",
     )
+    if not config.status_records:
+        env["TASK_STATUS_TTL_SECONDS"] = "0"
     return env
 
 

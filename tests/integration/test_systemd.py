@@ -20,6 +20,7 @@ from tests.conftest import WorkerProcess, wait_until
 StartWorker = Callable[..., WorkerProcess]
 UNITS = Path(__file__).parents[2] / "deploy" / "systemd"
 UNIT_PYTHON = "/opt/email-worker/.venv/bin/python"
+UNIT_NAMES = ("email-worker.service", "email-worker@.service", "email-queue@.service")
 
 
 class NotifySocket:
@@ -102,13 +103,14 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
         pytest.skip("systemd-analyze is not installed (it comes with the systemd package)")
     # verify insists that ExecStart's binary exists: point it at this interpreter, which is
     # what the venv under /opt/email-worker would hold, and change nothing else.
-    for name in ("email-worker.service", "email-worker@.service"):
+    for name in UNIT_NAMES:
         text = (UNITS / name).read_text()
         assert UNIT_PYTHON in text
         (tmp_path / name).write_text(text.replace(UNIT_PYTHON, sys.executable))
     result = subprocess.run(
         [analyze, "verify", str(tmp_path / "email-worker.service"),
-         str(tmp_path / "email-worker@.service"), str(tmp_path / "email-worker@a1.service")],
+         str(tmp_path / "email-worker@.service"), str(tmp_path / "email-worker@a1.service"),
+         str(tmp_path / "email-queue@.service"), str(tmp_path / "email-queue@invoices.service")],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     complaints = (result.stdout + result.stderr).strip()
@@ -119,7 +121,8 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     # --threshold counts in tenths.
     security = subprocess.run(
         [analyze, "security", "--offline=yes", "--threshold=20", "--no-pager",
-         str(tmp_path / "email-worker.service"), str(tmp_path / "email-worker@a1.service")],
+         str(tmp_path / "email-worker.service"), str(tmp_path / "email-worker@a1.service"),
+         str(tmp_path / "email-queue@invoices.service")],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert security.returncode == 0, security.stdout[-3000:] + security.stderr
@@ -139,13 +142,16 @@ def unit_settings(name: str) -> dict[str, list[str]]:
     return settings
 
 
-@pytest.mark.parametrize("name", ["email-worker.service", "email-worker@.service"])
+@pytest.mark.parametrize("name", UNIT_NAMES)
 def test_units_are_notify_type_with_watchdog_and_room_to_drain(name: str) -> None:
     unit = unit_settings(name)
     one = {key: values[-1] for key, values in unit.items()}
     assert (one["Type"], one["NotifyAccess"]) == ("notify", "main")
     assert one["WatchdogSec"] == "30s"
-    assert one["ExecStart"] == f"{UNIT_PYTHON} -m service.worker"  # the main PID: no wrapper
+    # The main PID is the worker's: no wrapper but env(1), which execs it. The queue unit sets
+    # EMAIL_QUEUE there, after the env files (tests/integration/test_cluster_queues.py).
+    queue = "/usr/bin/env EMAIL_QUEUE=%i " if name == "email-queue@.service" else ""
+    assert one["ExecStart"] == f"{queue}{UNIT_PYTHON} -m service.worker"
     assert "/etc/email-worker/worker.env" in unit["EnvironmentFile"]
     assert one["RestartPreventExitStatus"] == "2"
     assert one["Restart"] == "on-failure"
