@@ -43,8 +43,10 @@ def test_the_example_file_loads(monkeypatch: pytest.MonkeyPatch) -> None:
         50_000,
         True,
     )
-    assert ses.rate is not None and ses.rate.per_second == 14
-    assert ses.limited and not relays.relay[1].limited
+    assert ses.rate is not None
+    assert ses.rate.per_second == 14
+    assert ses.limited
+    assert not relays.relay[1].limited
 
 
 @pytest.mark.parametrize(
