@@ -25,7 +25,7 @@ from .delivery import Delivery
 from .heartbeat import Heartbeat
 from .metrics import WorkerMetrics
 from .pacing import Pacer
-from .relay_limits import RelayLimits
+from .relay_limits import RelayLimits, longest_wait_s
 from .relays import RelaySet
 from .shutdown import Shutdown, cancel_and_wait
 from .supervision import Supervision
@@ -77,6 +77,10 @@ async def serve(settings: WorkerSettings, shutdown: Shutdown) -> int:
         store,
         metrics,
         per_recipient=settings.smtp_rate_cost == "recipient",
+        longest_wait_s=longest_wait_s(
+            timeout_s=settings.smtp_timeout_seconds,
+            reclaim_s=settings.worker_reclaim_idle_seconds,
+        ),
         stopping=shutdown.requested,
     )
     smtp = RelaySet(settings, local_hostname=local_hostname, limits=relay_limits)

@@ -3,13 +3,13 @@
 Every relay with limits has its own limiter in Redis: the queue's GCRA and rolling quota
 (`store/limiter.py`) on keys named after the relay, in the queue's hash tag, so every worker
 shares it exactly, on Redis's clock. A send takes its relay's slot just before it goes
-(`take`): one within `LONGEST_WAIT_S` is waited for (no Redis call, no CPU; the entry stays
-pending meanwhile, far below the reclaim delay); one further away, or past the quota, is not
-taken. The send then goes to the next relay if this one allows `overflow`, else it is put back
-unsent, due when the slot comes, without using an attempt (`relays.Held`).
+(`take`): one within `longest_wait_s` (at most a second) is waited for (no Redis call, no CPU;
+the entry stays pending meanwhile, far below the reclaim delay); one further away, or past the
+quota, is not taken. The send then goes to the next relay if this one allows `overflow`, else
+it is put back unsent, due when the slot comes, without using an attempt (`relays.Held`).
 
 Intake follows the same answers (`read_allowance`): the worker reads only as many entries as
-the relays that would carry them can start within `LONGEST_WAIT_S`, and none while they are
+the relays that would carry them can start within that wait, and none while they are
 full, as `pacing.py` does for the queue's limits.
 
 A "slow down" reply from a relay with a rate of its own lowers that relay's effective rate
@@ -37,6 +37,7 @@ __all__ = [
     "RelayGate",
     "RelayLimits",
     "RelaySlot",
+    "longest_wait_s",
     "read_allowance",
     "relay_limiter_config",
 ]
@@ -46,6 +47,13 @@ log = structlog.get_logger("service.worker")
 # A send waits at most this long for its relay's slot while its entry is pending; a slot
 # further away puts the entry back until then. Also the horizon of what a read may take.
 LONGEST_WAIT_S: Final = 1.0
+
+
+def longest_wait_s(*, timeout_s: float, reclaim_s: float) -> float:
+    """How long a send may wait for its relay's slot: `LONGEST_WAIT_S`, shortened so that the
+    wait and a whole send (`timeout_s`) end well before another worker may take the entry over
+    (`reclaim_s`, always above `timeout_s`): else it could be sent twice."""
+    return min(LONGEST_WAIT_S, (reclaim_s - timeout_s) / 2)
 
 
 def relay_limiter_config(relay: RelayConfig) -> LimiterConfig | None:
@@ -139,6 +147,7 @@ class RelayLimits:
         metrics: WorkerMetrics,
         *,
         per_recipient: bool,
+        longest_wait_s: float,
         stopping: asyncio.Event,
     ) -> None:
         self._states = {
@@ -149,6 +158,7 @@ class RelayLimits:
         self._store = store
         self._metrics = metrics
         self._per_recipient = per_recipient
+        self._longest_wait_s = longest_wait_s
         self._stopping = stopping
         self._announced = False
 
@@ -180,7 +190,7 @@ class RelayLimits:
         )
 
     async def take(self, relay: str, cost: int) -> RelaySlot:
-        """`relay`'s slot for one send costing `cost`: within `LONGEST_WAIT_S`, or refused."""
+        """`relay`'s slot for one send costing `cost`: within the longest wait, or refused."""
         state = self._states[relay]
         await self._announce()
         acquired = await retry_while_unavailable(
@@ -188,8 +198,8 @@ class RelayLimits:
             lambda: self._store.acquire_slots(
                 state.config,
                 [cost],
-                horizon_s=LONGEST_WAIT_S,
-                longest_wait_s=LONGEST_WAIT_S,
+                horizon_s=self._longest_wait_s,
+                longest_wait_s=self._longest_wait_s,
                 relay=relay,
             ),
         )
