@@ -3,14 +3,16 @@
 Every relay with limits has its own limiter in Redis: the queue's GCRA and rolling quota
 (`store/limiter.py`) on keys named after the relay, in the queue's hash tag, so every worker
 shares it exactly, on Redis's clock. A send takes its relay's slot just before it goes
-(`take`): one within `longest_wait_s` (at most a second) is waited for (no Redis call, no CPU;
-the entry stays pending meanwhile, far below the reclaim delay); one further away, or past the
-quota, is not taken. The send then goes to the next relay if this one allows `overflow`, else
-it is put back unsent, due when the slot comes, without using an attempt (`relays.Held`).
+(`take`) and sleeps until it (no Redis call, no CPU). A relay that allows `overflow` is at
+its limit when its slot is further than `HORIZON_S`: the send then goes to the next relay, and
+the slot stays free. Otherwise the send waits, up to `longest_wait_s` (the entry stays pending
+meanwhile, well below the reclaim delay); a slot further away, or past the quota, is not
+taken, and the entry is put back unsent, due when the slot comes, without using an attempt
+(`relays.Held`).
 
 Intake follows the same answers (`read_allowance`): the worker reads only as many entries as
-the relays that would carry them can start within that wait, and none while they are
-full, as `pacing.py` does for the queue's limits.
+the relays that would carry them can start within `HORIZON_S`, and none while they are full,
+as `pacing.py` does for the queue's limits: waits stay short and entries are seldom put back.
 
 A "slow down" reply from a relay with a rate of its own lowers that relay's effective rate
 only (THROTTLE on its keys); the others keep theirs.
@@ -33,6 +35,7 @@ from .backoff import retry_while_unavailable
 from .metrics import WorkerMetrics
 
 __all__ = [
+    "HORIZON_S",
     "LONGEST_WAIT_S",
     "RelayGate",
     "RelayLimits",
@@ -45,8 +48,12 @@ __all__ = [
 log = structlog.get_logger("service.worker")
 
 # A send waits at most this long for its relay's slot while its entry is pending; a slot
-# further away puts the entry back until then. Also the horizon of what a read may take.
-LONGEST_WAIT_S: Final = 1.0
+# further away puts the entry back until then (it keeps no place: put back often, entries
+# would compete for slots, so intake, not this, is what keeps waits short).
+LONGEST_WAIT_S: Final = 10.0
+# Reads take what the relays can start within this; a relay whose slot is further away is
+# "at its limit" for a send that may overflow to the next relay.
+HORIZON_S: Final = 0.1
 
 
 def longest_wait_s(*, timeout_s: float, reclaim_s: float) -> float:
@@ -189,17 +196,19 @@ class RelayLimits:
             max(1, len({address.lower() for address in recipients})) if self._per_recipient else 1
         )
 
-    async def take(self, relay: str, cost: int) -> RelaySlot:
-        """`relay`'s slot for one send costing `cost`: within the longest wait, or refused."""
+    async def take(self, relay: str, cost: int, *, overflow: bool) -> RelaySlot:
+        """`relay`'s slot for one send costing `cost`: within the longest wait (within
+        `HORIZON_S` for a send that may `overflow` to the next relay), or refused."""
         state = self._states[relay]
+        longest = min(HORIZON_S, self._longest_wait_s) if overflow else self._longest_wait_s
         await self._announce()
         acquired = await retry_while_unavailable(
             "acquire_relay_slot",
             lambda: self._store.acquire_slots(
                 state.config,
                 [cost],
-                horizon_s=self._longest_wait_s,
-                longest_wait_s=self._longest_wait_s,
+                horizon_s=min(HORIZON_S, self._longest_wait_s),
+                longest_wait_s=longest,
                 relay=relay,
             ),
         )

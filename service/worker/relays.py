@@ -258,9 +258,10 @@ class RelaySet:
             ):
                 return last
             if self.limits is not None and self.limits.limited(relay.config.name):
-                held = await self._take_slot(relay, outgoing)
+                overflow = relay.config.overflow and position + 1 < len(order)
+                held = await self._take_slot(relay, outgoing, overflow=overflow)
                 if held is not None:
-                    if relay.config.overflow and position + 1 < len(order) and held.reopen_s:
+                    if overflow and held.reopen_s:
                         continue  # at its limit, not down: the next relay may take it
                     return held
             result = await relay.pool.send(outgoing)
@@ -270,11 +271,12 @@ class RelaySet:
             self._mark_down(relay, result.detail)
         return held or last or Routed(self._no_relay(domain), None)
 
-    async def _take_slot(self, relay: _Relay, outgoing: Outgoing) -> Held | None:
+    async def _take_slot(self, relay: _Relay, outgoing: Outgoing, *, overflow: bool) -> Held | None:
         """Wait for the relay's own slot; the `Held` that says why not, if it is not soon."""
         assert self.limits is not None  # noqa: S101 - the caller checked; for mypy
         name = relay.config.name
-        slot = await self.limits.take(name, self.limits.cost(outgoing.recipients))
+        cost = self.limits.cost(outgoing.recipients)
+        slot = await self.limits.take(name, cost, overflow=overflow)
         if slot.refused:
             return Held(name, slot.reopen_s, f"relay {name} at its limit")
         if not await self.limits.wait(slot):

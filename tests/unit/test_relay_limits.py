@@ -48,9 +48,10 @@ def test_what_a_read_may_take(
 @pytest.mark.parametrize(
     ("timeout_s", "reclaim_s", "expected"),
     [
-        (30.0, 60.0, 1.0),  # the defaults: a second
+        (30.0, 60.0, 10.0),  # the defaults: ten seconds
         (2.0, 3.0, 0.5),  # the tests' timings: half the margin before a reclaim
         (10.0, 10.5, 0.25),
+        (10.0, 100.0, 10.0),
     ],
 )
 def test_a_send_waits_for_its_relay_well_before_a_reclaim(
