@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import structlog
+from redis.exceptions import RedisError
 
 from ..relay_config import RelayConfig
 from ..store import QueueStore
@@ -252,12 +253,17 @@ class RelayLimits:
             )
 
     async def _announce(self) -> None:
-        if not self._announced:
-            names = list(self._states)
-            await retry_while_unavailable(
-                "announce_relay_limits", lambda: self._store.announce_relay_limits(names)
-            )
-            self._announced = True
+        """Name the limited relays for `admin stats`, until it once goes through. Best effort:
+        at maxmemory Redis refuses the write, and sending must not wait for it (ACQUIRE itself
+        goes through, and settling is what frees memory)."""
+        if self._announced:
+            return
+        try:
+            await self._store.announce_relay_limits(list(self._states))
+        except RedisError as exc:
+            log.debug("relay_limits_not_announced", error=type(exc).__name__)
+            return
+        self._announced = True
 
     def _note(self, state: _State, acquired: Acquired, now: float) -> None:
         """Remember what the answer says of the next read; metrics; the quota's log lines."""

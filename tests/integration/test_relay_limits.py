@@ -16,7 +16,7 @@ import redis as redis_sync
 
 from service.local.redis_server import RedisServer, free_port
 from tests.conftest import WorkerProcess, dead_letters, enqueue, pending_count, wait_until
-from tests.integration.test_admin import admin_json
+from tests.integration.test_admin import admin, admin_json
 from tests.integration.test_limits import _most_in_any_window
 from tests.integration.test_relays import _events, _relay, _relays_file, _start, _tasks
 from tests.integration.test_worker import StartWorker
@@ -35,6 +35,12 @@ def second() -> Iterator[SmtpServer]:
 def _rate(server: SmtpServer) -> float:
     arrivals = sorted(r.at for r in server.received)
     return (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+
+
+def _per_second(server: SmtpServer) -> list[int]:
+    arrivals = sorted(r.at for r in server.received)
+    seconds = Counter(int(at - arrivals[0]) for at in arrivals)
+    return [seconds[s] for s in range(max(seconds) + 1)]
 
 
 def _sent_events(workers: list[WorkerProcess]) -> list[dict[str, object]]:
@@ -71,6 +77,8 @@ def test_two_relays_each_hold_their_own_limit_across_workers(
     assert max(sent.values()) == 1  # each once
     assert dead_letters(db) == []
     figures = []
+    for server in (smtp, second):  # for the report: accepted per second
+        print(f"\nrelay on port {server.port}, per second:", _per_second(server))
     for server, limit in ((smtp, fast), (second, slow)):
         rate = _rate(server)
         most = _most_in_any_window([r.at for r in server.received], 1.0)
@@ -189,3 +197,6 @@ def test_a_slow_down_from_one_relay_lowers_its_rate_only(
     rows = {row["name"]: row for row in stats["relay_limits"]}
     assert rows["strict"]["effective_rate_per_s"] < 40
     assert rows["easy"]["effective_rate_per_s"] == 40
+    text = admin(redis_server.url, "stats").stdout
+    assert "relay limits  rate limit (/s)  burst  effective now (/s)" in text
+    assert any(line.startswith("easy ") and " 40.0 " in line for line in text.splitlines())
