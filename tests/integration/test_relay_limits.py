@@ -7,6 +7,7 @@ and shares of the mail, not speed.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,11 @@ from tests.integration.test_relays import _events, _relay, _relays_file, _start,
 from tests.integration.test_worker import StartWorker
 from tests.smtp_server import SmtpServer
 
+# The tests' usual reclaim delay (3 s) leaves a send 0.5 s to wait for its relay's slot, on a
+# machine whose load can stall a process for longer: a wait of up to 2 s keeps these about the
+# limits, not about reclaims (tested elsewhere).
+_TIMINGS = {"WORKER_RECLAIM_IDLE_SECONDS": "6"}
+
 
 @pytest.fixture
 def second() -> Iterator[SmtpServer]:
@@ -35,6 +41,11 @@ def second() -> Iterator[SmtpServer]:
 def _rate(server: SmtpServer) -> float:
     arrivals = sorted(r.at for r in server.received)
     return (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+
+
+def _stall(server: SmtpServer) -> float:
+    arrivals = [r.at for r in server.received]
+    return server.longest_stall(min(arrivals), max(arrivals))
 
 
 def _per_second(server: SmtpServer) -> list[int]:
@@ -66,7 +77,7 @@ def test_two_relays_each_hold_their_own_limit_across_workers(
         _relay("slow", second, weight=1, rate_limit=f"{slow}/s", rate_burst=burst),
     )
     ids = enqueue(redis_server.url, _tasks(600))
-    workers = [_start(start_worker, worker_env, relays) for _ in range(3)]
+    workers = [_start(start_worker, worker_env, relays, **_TIMINGS) for _ in range(3)]
     everything = set(ids)
     wait_until(
         lambda: set(smtp.task_ids()) | set(second.task_ids()) >= everything, 60, "every email"
@@ -74,7 +85,8 @@ def test_two_relays_each_hold_their_own_limit_across_workers(
     wait_until(lambda: pending_count(db) == 0, 10, "every entry settled")
     sent = Counter(smtp.task_ids() + second.task_ids())
     assert set(sent) == everything
-    assert max(sent.values()) == 1  # each once
+    reclaimed = [e for w in workers for e in _events(w.output(), "entry_reclaimed")]
+    assert max(sent.values()) == 1, reclaimed  # each once
     assert dead_letters(db) == []
     figures = []
     for server in (smtp, second):  # for the report: accepted per second
@@ -82,13 +94,16 @@ def test_two_relays_each_hold_their_own_limit_across_workers(
     for server, limit in ((smtp, fast), (second, slow)):
         rate = _rate(server)
         most = _most_in_any_window([r.at for r in server.received], 1.0)
+        stall = _stall(server)
         figures.append(
-            f"{limit}/s: {len(server.received)} sent at {rate:.2f}/s, most in 1 s {most}"
+            f"{limit}/s: {len(server.received)} sent at {rate:.2f}/s, most in 1 s {most}, "
+            f"server's longest stall {stall * 1000:.0f} ms"
         )
         assert abs(rate - limit) / limit <= 0.05, figures[-1]
         # The slots allow limit + burst in any 1 s window; a window counted from an arrival a
-        # few ms late may reach one more slot (see test_limits).
-        assert most <= limit + burst + 1, figures[-1]
+        # few ms late may reach one more slot, and a starved server timestamps at once what
+        # queued during its stall (see test_limits).
+        assert most <= limit + burst + 1 + math.ceil(limit * stall), figures[-1]
     print("\n" + "; ".join(figures))
     # Waiting for a relay uses no attempt: every email went out on its first.
     assert {event["attempt"] for event in _sent_events(workers)} == {1}
@@ -119,7 +134,7 @@ def test_a_relay_at_its_limit_makes_sends_wait_without_overflow(
         _relay("backup", second),
     )
     ids = enqueue(redis_server.url, _tasks(count))
-    workers = [_start(start_worker, worker_env, relays) for _ in range(2)]
+    workers = [_start(start_worker, worker_env, relays, **_TIMINGS) for _ in range(2)]
     wait_until(lambda: len(smtp.received) >= count, 30, "every email sent")
     wait_until(lambda: pending_count(db) == 0, 10, "every entry settled")
     assert sorted(smtp.task_ids()) == sorted(ids)
@@ -131,7 +146,8 @@ def test_a_relay_at_its_limit_makes_sends_wait_without_overflow(
     # Intake follows the relay's answers: few entries are read before their slot is near.
     assert held <= count / 2
     assert _rate(smtp) <= limit * 1.05
-    assert _most_in_any_window([r.at for r in smtp.received], 1.0) <= limit + 1 + 1
+    most = _most_in_any_window([r.at for r in smtp.received], 1.0)
+    assert most <= limit + 1 + 1 + math.ceil(limit * _stall(smtp))
 
 
 def test_with_overflow_the_next_relay_takes_the_excess(
@@ -152,7 +168,7 @@ def test_with_overflow_the_next_relay_takes_the_excess(
         _relay("backup", second),
     )
     ids = enqueue(redis_server.url, _tasks(count))
-    workers = [_start(start_worker, worker_env, relays) for _ in range(2)]
+    workers = [_start(start_worker, worker_env, relays, **_TIMINGS) for _ in range(2)]
     wait_until(lambda: len(smtp.received) + len(second.received) >= count, 30, "every email sent")
     wait_until(lambda: pending_count(db) == 0, 10, "every entry settled")
     assert sorted(smtp.task_ids() + second.task_ids()) == sorted(ids)  # each once
@@ -162,7 +178,10 @@ def test_with_overflow_the_next_relay_takes_the_excess(
     backup = len(second.received)
     print(f"\nprimary {len(primary)} (limit {limit}/s over {span:.2f} s), backup {backup}")
     assert len(second.received) > count / 2  # the backup took the excess...
-    assert _most_in_any_window(primary, 1.0) <= limit + burst + 1  # ...the primary its limit
+    most = _most_in_any_window(primary, 1.0)  # ...the primary its limit
+    stall = _stall(smtp)
+    print(f"most in 1 s: {most}; server's longest stall {stall * 1000:.0f} ms")
+    assert most <= limit + burst + 1 + math.ceil(limit * stall)
     assert {event["attempt"] for event in _sent_events(workers)} == {1}
 
 
@@ -184,7 +203,7 @@ def test_a_slow_down_from_one_relay_lowers_its_rate_only(
         _relay("easy", second, rate_limit="40/s"),
     )
     ids = enqueue(redis_server.url, _tasks(300))
-    worker = _start(start_worker, worker_env, relays)
+    worker = _start(start_worker, worker_env, relays, **_TIMINGS)
     wait_until(lambda: set(smtp.task_ids()) | set(second.task_ids()) >= set(ids), 60, "every email")
     assert dead_letters(db) == []
     lowered = _events(worker.output(), "relay_rate_lowered")
