@@ -19,6 +19,7 @@ from service.local.redis_server import RedisServer, free_port
 from tests.conftest import WorkerProcess, dead_letters, enqueue, pending_count, wait_until
 from tests.integration.test_admin import admin, admin_json
 from tests.integration.test_limits import _most_in_any_window
+from tests.integration.test_operate import scrape
 from tests.integration.test_relays import _events, _relay, _relays_file, _start, _tasks
 from tests.integration.test_worker import StartWorker
 from tests.smtp_server import SmtpServer
@@ -203,7 +204,8 @@ def test_a_slow_down_from_one_relay_lowers_its_rate_only(
         _relay("easy", second, rate_limit="40/s"),
     )
     ids = enqueue(redis_server.url, _tasks(300))
-    worker = _start(start_worker, worker_env, relays, **_TIMINGS)
+    metrics_port = free_port()
+    worker = _start(start_worker, worker_env, relays, **_TIMINGS, METRICS_PORT=str(metrics_port))
     wait_until(lambda: set(smtp.task_ids()) | set(second.task_ids()) >= set(ids), 60, "every email")
     assert dead_letters(db) == []
     lowered = _events(worker.output(), "relay_rate_lowered")
@@ -216,6 +218,11 @@ def test_a_slow_down_from_one_relay_lowers_its_rate_only(
     rows = {row["name"]: row for row in stats["relay_limits"]}
     assert rows["strict"]["effective_rate_per_s"] < 40
     assert rows["easy"]["effective_rate_per_s"] == 40
+    samples = scrape(metrics_port)
+    rate = 'email_worker_relay_send_rate_per_second{kind="%s",queue="emails",relay="%s"}'
+    assert samples[rate % ("limit", "strict")] == samples[rate % ("limit", "easy")] == 40
+    assert samples[rate % ("effective", "strict")] < 40
+    assert samples[rate % ("effective", "easy")] == 40
     text = admin(redis_server.url, "stats").stdout
     assert "relay limits  rate limit (/s)  burst  effective now (/s)" in text
     assert any(line.startswith("easy ") and " 40.0 " in line for line in text.splitlines())
