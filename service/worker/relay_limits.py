@@ -95,10 +95,11 @@ class RelayGate:
     ready: int | None
     wait_until: float = 0.0
     overflow: bool = False
+    burst: int = 1  # what it may take before it was asked
 
 
 def read_allowance(
-    gates: Sequence[RelayGate | None], *, mode: str, burst: int, now: float
+    gates: Sequence[RelayGate | None], *, mode: str, now: float
 ) -> tuple[int | None, float]:
     """How many entries the next read may take (None: no relay limit applies) and how long
     to wait first, for the usable relays that take any sender, in the file's order (`None`:
@@ -120,7 +121,7 @@ def read_allowance(
     for gate in carrying:
         assert gate is not None  # noqa: S101 - checked above; for mypy
         if gate.ready is None:
-            ready += burst
+            ready += gate.burst
         elif gate.ready > 0:
             ready += gate.ready
         elif gate.wait_until <= now:
@@ -189,7 +190,7 @@ class RelayLimits:
         state = self._states.get(relay)
         if state is None:
             return None
-        return RelayGate(state.ready, state.wait_until, state.overflow)
+        return RelayGate(state.ready, state.wait_until, state.overflow, state.config.burst)
 
     def cost(self, recipients: Sequence[str]) -> int:
         """What a send costs against a relay's limits (SMTP_RATE_COST, as for the queue's)."""

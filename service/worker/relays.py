@@ -230,7 +230,7 @@ class RelaySet:
                 for r in self._relays
                 if r.down_reason is None and not r.config.from_domains
             ]
-            allowed, wait = read_allowance(gates, mode=self._mode, burst=free, now=time.monotonic())
+            allowed, wait = read_allowance(gates, mode=self._mode, now=time.monotonic())
             if allowed is None:
                 return free
             if allowed > 0:

@@ -23,7 +23,7 @@ FULL_OVER = RelayGate(ready=0, wait_until=NOW + 0.2, overflow=True)
         ([], "failover", (None, 0.0)),
         ([None], "failover", (None, 0.0)),  # a relay without limits: no limit
         ([RelayGate(ready=5)], "failover", (5, 0.0)),
-        ([RelayGate(ready=None)], "failover", (3, 0.0)),  # not asked yet: its burst
+        ([RelayGate(ready=None, burst=3)], "failover", (3, 0.0)),  # not asked yet: its burst
         ([FULL], "failover", (0, pytest.approx(0.4))),  # full: wait for it
         ([RelayGate(ready=0, wait_until=NOW)], "failover", (1, 0.0)),  # waited: read one
         # Failover without overflow: the first relay alone carries the mail.
@@ -42,7 +42,7 @@ FULL_OVER = RelayGate(ready=0, wait_until=NOW + 0.2, overflow=True)
 def test_what_a_read_may_take(
     gates: list[RelayGate | None], mode: str, expected: tuple[int | None, float]
 ) -> None:
-    assert read_allowance(gates, mode=mode, burst=3, now=NOW) == expected
+    assert read_allowance(gates, mode=mode, now=NOW) == expected
 
 
 @pytest.mark.parametrize(
