@@ -87,6 +87,20 @@ class QueueKeys:
         return f"{{{self.queue}}}:quota"
 
     @property
+    def relays(self) -> str:
+        """Hash from the name of each relay with limits of its own to its limits (JSON), as the
+        workers last wrote them (`admin stats` reads the relays' limiters from it)."""
+        return f"{{{self.queue}}}:relays"
+
+    def relay_limiter(self, relay: str) -> str:
+        """Hash of one relay's own rate limiter (the layout of `limiter`)."""
+        return f"{{{self.queue}}}:relay:{relay}:limiter"
+
+    def relay_quota(self, relay: str) -> str:
+        """List of one relay's rolling quota buckets (the layout of `quota`)."""
+        return f"{{{self.queue}}}:relay:{relay}:quota"
+
+    @property
     def domain_limiter(self) -> str:
         """Hash of the per-domain limits: the configuration, each domain's next free slot."""
         return f"{{{self.queue}}}:domains"

@@ -3,7 +3,10 @@
 Without the file the worker has one relay, the `SMTP_*` settings. With it, the file lists the
 relays (`config/relays.example.toml`): each has a name (what logs, metrics and dead letters
 show; never its credentials), a host, port, security, credentials, a weight, how many
-connections it may have, and optionally the sender domains it accepts. `mode` says how they
+connections it may have, optionally the sender domains it accepts, and optionally its own
+limits (`rate_limit`, `rate_burst`, `daily_quota`, `daily_quota_window_seconds`: the syntax
+and checks of `SMTP_RATE_LIMIT` and friends) and whether a send that finds it at its limit may
+go to the next relay (`overflow`; else it waits for the relay's slot). `mode` says how they
 share the mail: `failover` (the first usable relay in file order carries everything) or
 `weighted` (each email picks a usable relay by weight). Either way a relay that cannot open a
 session is skipped until it can again (`service/worker/relays.py`).
@@ -33,6 +36,7 @@ from pydantic import (
 
 from .addresses import host_problem
 from .errors import ConfigError
+from .rates import Rate, parse_rate
 
 __all__ = ["DEFAULT_PORTS", "RelayConfig", "RelaysFile", "load_relays"]
 
@@ -62,6 +66,14 @@ class RelayConfig(BaseModel):
     # None: WORKER_CONCURRENCY. Many providers cap the connections of one account.
     max_connections: int | None = Field(default=None, ge=1, le=500)
     from_domains: tuple[Domain, ...] = ()
+    # This relay's own limits, shared by every worker (store/limiter.py, keyed per relay); the
+    # queue's SMTP_RATE_LIMIT and SMTP_DAILY_QUOTA apply as well.
+    rate_limit: str | None = None  # e.g. 14/s, 600/min
+    rate_burst: int = Field(default=1, ge=1, le=10_000)
+    daily_quota: int | None = Field(default=None, ge=1, le=1_000_000_000)
+    daily_quota_window_seconds: float = Field(default=86_400.0, ge=1, le=7 * 86_400)
+    # At its limit, a send may go to the next relay in order (True) or waits for a slot here.
+    overflow: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -84,6 +96,14 @@ class RelayConfig(BaseModel):
             raise ValueError(problem)
         return value
 
+    @field_validator("rate_limit")
+    @classmethod
+    def _check_rate(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None  # empty: no limit, as with SMTP_RATE_LIMIT
+        parse_rate(value)
+        return value
+
     @field_validator("password")
     @classmethod
     def _check_password(cls, value: SecretStr | None) -> SecretStr | None:
@@ -101,6 +121,16 @@ class RelayConfig(BaseModel):
                 "use starttls or tls"
             )
         return self
+
+    @property
+    def rate(self) -> Rate | None:
+        """`rate_limit`, parsed; None when unset."""
+        return parse_rate(self.rate_limit) if self.rate_limit else None
+
+    @property
+    def limited(self) -> bool:
+        """Whether the relay has limits of its own."""
+        return self.rate_limit is not None or self.daily_quota is not None
 
     @property
     def port_or_default(self) -> int:

@@ -80,6 +80,33 @@ class SendLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class RelayLimit:
+    """One relay's own limits (its `rate_limit` and `daily_quota`), as the workers last
+    applied them: configured and effective rate, quota used in the rolling window now."""
+
+    name: str
+    rate_limit_per_s: float | None
+    burst: int | None
+    effective_rate_per_s: float | None  # lowered after that relay's "slow down" replies
+    quota: int | None
+    quota_used: int
+    quota_window_s: float | None
+
+    @staticmethod
+    def from_state(name: str, state: LimiterState) -> RelayLimit:
+        """The row of relay `name`'s limiter `state`."""
+        return RelayLimit(
+            name=name,
+            rate_limit_per_s=state.per_second,
+            burst=state.burst,
+            effective_rate_per_s=state.effective_per_second,
+            quota=state.quota,
+            quota_used=state.quota_used,
+            quota_window_s=state.quota_window_s,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStats:
     """A queue at one moment."""
 
@@ -97,6 +124,7 @@ class QueueStats:
     domain_limits: tuple[DomainState, ...] = ()
     set_aside: int = 0  # entries put back until their domain's slot (their copies are delayed)
     relays: tuple[RelayRow, ...] = ()  # as the live workers' heartbeats report them
+    relay_limits: tuple[RelayLimit, ...] = ()  # the relays with limits of their own
     lanes: dict[str, int] = field(default_factory=dict)  # `stream` by priority lane
 
 
@@ -257,6 +285,10 @@ class QueueAdmin:
             if state.per_second or state.quota
             else None,
             relays=RelayRow.from_beats(await self.workers()),
+            relay_limits=tuple(
+                RelayLimit.from_state(name, relay)
+                for name, relay in (await self._store.relay_limiter_states()).items()
+            ),
             domain_limits=domains,
             set_aside=sum(domain.set_aside for domain in domains),
             lanes={lane: count for lane, count in (sizes.lanes or {}).items()},

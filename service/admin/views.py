@@ -31,7 +31,7 @@ _NOT_FAILED: Final = ("sent", "skipped", "requeued", "throttled", "held")
 
 def stats_text(stats: dict[str, Any]) -> str:
     """`stats`: the queue's places, then its consumers."""
-    s = QueueStats(**{**stats, "consumers": (), "limits": None, "relays": ()})
+    s = QueueStats(**{**stats, "consumers": (), "limits": None, "relays": (), "relay_limits": ()})
     lanes = [(f"  {lane} priority lane", count) for lane, count in s.lanes.items()]
     rows: list[tuple[str, object]] = [
         ("stream (waiting or being sent)", s.stream),
@@ -50,6 +50,7 @@ def stats_text(stats: dict[str, Any]) -> str:
         + "\n"
         + _limits_text(stats.get("limits"))
         + _relays_text(stats.get("relays", []))
+        + _relay_limits_text(stats.get("relay_limits", []))
         + _domain_limits_text(stats.get("domain_limits", []), stats.get("set_aside", 0))
         + table(["consumer", "pending", "idle (s)"], consumers)
     )
@@ -63,6 +64,26 @@ def _relays_text(relays: list[dict[str, Any]]) -> str:
         (r["name"], r["up"], r["down"], r["sent"], r["failed"], r["unavailable"]) for r in relays
     ]
     headers = ["relay", "up in", "down in", "sent", "failed", "unavailable"]
+    return table(headers, rows) + "\n"
+
+
+def _relay_limits_text(relays: list[dict[str, Any]]) -> str:
+    """The relays' own limits (nothing when no relay has any)."""
+    if not relays:
+        return ""
+    rows = [
+        (
+            r["name"],
+            r["rate_limit_per_s"] or "none",
+            r["burst"],
+            r["effective_rate_per_s"],
+            f"{r['quota_used']} of {r['quota']} per {r['quota_window_s']:g} s"
+            if r["quota"]
+            else "none",
+        )
+        for r in relays
+    ]
+    headers = ["relay limits", "rate limit (/s)", "burst", "effective now (/s)", "quota used"]
     return table(headers, rows) + "\n"
 
 

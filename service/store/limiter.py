@@ -60,15 +60,16 @@ _MIN_CALM_US: Final = 2_000_000
 _QUOTA_BUCKETS: Final = 1440
 
 # Acquires slots for a batch of entries, in order: each gets the delay (us) after which it may
-# be sent, or -1 when the quota has no room for it (nor for any later entry of the batch, so
-# that a lane keeps its order).
+# be sent, or -1 when the quota has no room for it, or its slot would be more than the longest
+# wait away (nor for any later entry of the batch, so that a lane keeps its order). A refused
+# entry takes nothing: the next caller may take that slot.
 # KEYS: limiter hash, quota list
 # ARGV: limit per second (0: no rate limit), burst, quota (0: none), quota window us, read
 #       horizon us, now us (0: Redis's TIME), recovery step per second, recovery interval us,
-#       then one cost per entry
+#       longest wait us (0: any), then one cost per entry
 # Returns {effective rate x1000, 1 if it was raised now else 0, units that the next call could
 #          start within the horizon, us to wait before that is at least 1, quota used,
-#          us until the quota has room for the first refused entry (0: none refused),
+#          us until the first refused entry would be taken (0: none refused),
 #          delay of each entry...}
 ACQUIRE: Final = """
 local now = tonumber(ARGV[6])
@@ -78,7 +79,7 @@ if now == 0 then
 end
 local limit, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
 local quota, window, horizon = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local step, interval = tonumber(ARGV[7]), tonumber(ARGV[8])
+local step, interval, longest = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local bucket_us = math.max(1, math.floor(window / 1440))
 local state = redis.call('HMGET', KEYS[1], 'tat', 'rate', 'stepped_at', 'used')
 local list_type = redis.call('TYPE', KEYS[2]).ok
@@ -124,20 +125,21 @@ if quota > 0 then
 end
 local T = 0
 if limit > 0 then T = 1000000 / rate end
-local delays, added, refused_cost = {}, 0, 0
-for i = 9, #ARGV do
+local delays, added, refused_cost, late = {}, 0, 0, 0
+for i = 10, #ARGV do
   local cost = tonumber(ARGV[i])
-  if refused_cost == 0 and quota > 0 and cost > 0 and used + added + cost > quota then
+  if refused_cost == 0 and late == 0 and quota > 0 and cost > 0 and used + added + cost > quota then
     refused_cost = cost
   end
-  if refused_cost > 0 then
+  local delay = 0
+  if refused_cost == 0 and late == 0 and T > 0 and cost > 0 then
+    delay = math.max(0, tat + cost * T - burst * T - now)
+    if longest > 0 and delay > longest then late = delay - longest end
+  end
+  if refused_cost > 0 or late > 0 then
     delays[#delays + 1] = -1
   else
-    local delay = 0
-    if T > 0 and cost > 0 then
-      tat = tat + cost * T
-      delay = math.max(0, tat - burst * T - now)
-    end
+    if T > 0 and cost > 0 then tat = tat + cost * T end
     added = added + cost
     delays[#delays + 1] = math.floor(delay)
   end
@@ -184,6 +186,7 @@ if quota > 0 then
     if ready == 0 then wait = math.max(wait, reopen) end
   end
 end
+if late > 0 then reopen = math.max(reopen, late) end
 redis.call('HSET', KEYS[1], 'tat', string.format('%.0f', tat), 'rate', string.format('%.6f', rate),
   'stepped_at', string.format('%.0f', stepped_at), 'used', used, 'limit', ARGV[1],
   'burst', burst, 'quota', quota, 'window', ARGV[4])
@@ -240,7 +243,7 @@ class Acquired:
     ready: int  # units the next batch may start within the read horizon
     wait_s: float  # before `ready` is at least 1
     quota_used: int
-    reopen_s: float  # until the quota has room for the first refused entry
+    reopen_s: float  # until the first refused entry would be taken (quota room, or its slot)
     delays_s: tuple[float | None, ...]  # per entry: seconds to wait, None: refused (quota)
 
 
@@ -270,9 +273,12 @@ def acquire(
     costs: Sequence[int],
     *,
     horizon_s: float,
+    longest_wait_s: float = 0.0,
+    relay: str | None = None,
     now_us: int = 0,
 ) -> ScriptCall:
-    """The ACQUIRE call for a batch whose entries cost `costs` (recipients or 1 each)."""
+    """The ACQUIRE call for a batch whose entries cost `costs` (recipients or 1 each): the
+    queue's limiter, or `relay`'s own. `longest_wait_s` (0: any) refuses a slot further away."""
     limit = config.per_second or 0.0
     args: list[EncodableT] = [
         repr(limit),
@@ -283,9 +289,17 @@ def acquire(
         now_us,
         repr(limit * RECOVERY_SHARE_PER_S),
         _RECOVERY_INTERVAL_US,
+        int(longest_wait_s * 1_000_000),
         *costs,
     ]
-    return ScriptCall(ACQUIRE, [keys.limiter, keys.quota], args)
+    return ScriptCall(ACQUIRE, list(_keys(keys, relay)), args)
+
+
+def _keys(keys: QueueKeys, relay: str | None) -> tuple[str, str]:
+    """The limiter hash and quota list of the queue, or of one relay."""
+    if relay is None:
+        return keys.limiter, keys.quota
+    return keys.relay_limiter(relay), keys.relay_quota(relay)
 
 
 def acquire_reply(reply: Any, config: LimiterConfig) -> Acquired:
@@ -302,8 +316,10 @@ def acquire_reply(reply: Any, config: LimiterConfig) -> Acquired:
     )
 
 
-def throttle(keys: QueueKeys, per_second: float, *, now_us: int = 0) -> ScriptCall:
-    """The THROTTLE call for a queue limited to `per_second`."""
+def throttle(
+    keys: QueueKeys, per_second: float, *, relay: str | None = None, now_us: int = 0
+) -> ScriptCall:
+    """The THROTTLE call for a queue (or `relay`) limited to `per_second`."""
     args: list[EncodableT] = [
         repr(per_second),
         repr(per_second * FLOOR_SHARE),
@@ -311,7 +327,7 @@ def throttle(keys: QueueKeys, per_second: float, *, now_us: int = 0) -> ScriptCa
         _MIN_CALM_US,
         now_us,
     ]
-    return ScriptCall(THROTTLE, [keys.limiter], args)
+    return ScriptCall(THROTTLE, [_keys(keys, relay)[0]], args)
 
 
 def throttle_reply(reply: Any) -> Throttled:

@@ -340,18 +340,50 @@ class QueueStore:
     # --- sending limits (store/limiter.py) ---------------------------------------------------
 
     async def acquire_slots(
-        self, config: LimiterConfig, costs: Sequence[int], *, horizon_s: float
+        self,
+        config: LimiterConfig,
+        costs: Sequence[int],
+        *,
+        horizon_s: float,
+        longest_wait_s: float = 0.0,
+        relay: str | None = None,
     ) -> Acquired:
         """Slots for a batch of entries costing `costs`, in order, from the shared limiter
-        (it goes through at maxmemory: see `limiter.ACQUIRE`)."""
-        call = limiter.acquire(self.keys, config, costs, horizon_s=horizon_s)
+        (or `relay`'s own; none further than `longest_wait_s` if set) (it goes through at
+        maxmemory: see `limiter.ACQUIRE`)."""
+        call = limiter.acquire(
+            self.keys,
+            config,
+            costs,
+            horizon_s=horizon_s,
+            longest_wait_s=longest_wait_s,
+            relay=relay,
+        )
         return limiter.acquire_reply(await self._run(call, "ACQUIRE"), config)
 
-    async def throttle(self, per_second: float) -> Throttled:
-        """Lower the shared effective rate after a "slow down" reply (once per calm period)."""
-        return limiter.throttle_reply(
-            await self._run(limiter.throttle(self.keys, per_second), "THROTTLE")
-        )
+    async def throttle(self, per_second: float, *, relay: str | None = None) -> Throttled:
+        """Lower the shared effective rate (or `relay`'s) after a "slow down" reply (once per
+        calm period)."""
+        call = limiter.throttle(self.keys, per_second, relay=relay)
+        return limiter.throttle_reply(await self._run(call, "THROTTLE"))
+
+    async def announce_relay_limits(self, relays: Sequence[str]) -> None:
+        """Name the relays that have limits of their own, for `admin stats`."""
+        if relays:
+            await self._redis.hset(self.keys.relays, mapping=dict.fromkeys(relays, "1"))
+
+    async def relay_limiter_states(self) -> dict[str, LimiterState]:
+        """Each announced relay's own limits, effective rate and quota used, read now."""
+        names = sorted(replies.as_str(name) for name in await self._redis.hkeys(self.keys.relays))
+        states: dict[str, LimiterState] = {}
+        seconds, micros = await self._redis.time(**await self._on_queue_node())
+        for name in names:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.execute_command("HGETALL", self.keys.relay_limiter(name))  # see limiter_state
+                pipe.lrange(self.keys.relay_quota(name), 0, -1)
+                fields, buckets = await pipe.execute()
+            states[name] = limiter.limiter_state(fields, buckets, seconds * 1_000_000 + micros)
+        return states
 
     async def plan_domain_slots(
         self,

@@ -25,6 +25,7 @@ from .delivery import Delivery
 from .heartbeat import Heartbeat
 from .metrics import WorkerMetrics
 from .pacing import Pacer
+from .relay_limits import RelayLimits, longest_wait_s
 from .relays import RelaySet
 from .shutdown import Shutdown, cancel_and_wait
 from .supervision import Supervision
@@ -66,14 +67,25 @@ async def serve(settings: WorkerSettings, shutdown: Shutdown) -> int:
     redis = connect_redis(redis_url)
     # Looked up once, off the event loop: getfqdn() can block on DNS.
     local_hostname = await asyncio.to_thread(socket.getfqdn)
-    smtp = RelaySet(settings, local_hostname=local_hostname)
     store = QueueStore(redis, QueueKeys(settings.email_queue), status_ttl=settings.task_status_ttl)
     consumer = consumer_name(settings)
-    breaker = SmtpBreaker(smtp.probe)
     metrics = WorkerMetrics(settings.email_queue)
     if settings.metrics_port is not None:
         metrics.serve(settings.metrics_host, settings.metrics_port)
-    pacer = Pacer(settings, store, metrics, stopping=shutdown.requested)
+    relay_limits = RelayLimits(
+        settings.relays,
+        store,
+        metrics,
+        per_recipient=settings.smtp_rate_cost == "recipient",
+        longest_wait_s=longest_wait_s(
+            timeout_s=settings.smtp_timeout_seconds,
+            reclaim_s=settings.worker_reclaim_idle_seconds,
+        ),
+        stopping=shutdown.requested,
+    )
+    smtp = RelaySet(settings, local_hostname=local_hostname, limits=relay_limits)
+    breaker = SmtpBreaker(smtp.probe)
+    pacer = Pacer(settings, store, metrics, stopping=shutdown.requested, relays=smtp)
     delivery = Delivery(
         settings,
         store,

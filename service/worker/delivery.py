@@ -2,10 +2,10 @@
 
 Every attempt ends in one atomic settle: sent, partly sent (refused recipients retried or
 dead-lettered), scheduled for a retry, requeued without using an attempt (the SMTP server was
-unusable, or asked us to slow down), held back unsent (no room in the quota, a recipient
-domain's slot too far ahead, or a stop before its slot came), or dead-lettered. What to write
-is planned by `fate.py`; this module performs it. Only a crash or a lost Redis leaves the entry
-pending, and then another delivery (here or in another worker) takes it over.
+unusable, or asked us to slow down), held back unsent (no room in a quota, a recipient
+domain's or the relay's slot too far ahead, or a stop before its slot came), or dead-lettered.
+What to write is planned by `fate.py`; this module performs it. Only a crash or a lost Redis
+leaves the entry pending, and then another delivery (here or in another worker) takes it over.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from .breaker import SmtpBreaker
 from .metrics import WorkerMetrics
 from .outcome import Decision, decide, is_poison
 from .pacing import SET_ASIDE_LEAD_SECONDS, Admission, Pacer
-from .relays import RelaySet, decision_via, write_via
+from .relays import Held, RelaySet, decision_via, write_via
 from .render import Outgoing, render
 
 __all__ = ["Delivery"]
@@ -140,6 +140,9 @@ class Delivery:
             if held is not None:
                 return held
         routed = await self._smtp.send(outgoing)
+        if isinstance(routed, Held):  # its relay is at its own limit: back until its slot
+            due_ms = time.time_ns() // 1_000_000 + int(routed.reopen_s * 1000)
+            return fate.hold(entry, queued, routed.reason, due_ms=due_ms)
         relay = routed.relay if self._smtp.several else None
         if routed.relay is not None:  # this delivery's task only: its log lines name the relay
             structlog.contextvars.bind_contextvars(relay=routed.relay)
@@ -148,7 +151,7 @@ class Delivery:
             outgoing.recipients,
             tries=queued.tries,
             max_attempts=self._policy.max_attempts,
-            adaptive=self._pacer.adaptive,
+            adaptive=self._pacer.adaptive or self._smtp.adaptive(routed.relay),
         )
         if routed.relay is not None:
             self._metrics.record_relay(routed.relay, _relay_result(decision))
@@ -156,7 +159,10 @@ class Delivery:
             decision = decision_via(decision, relay)
         if decision.paused:
             self._breaker.pause(decision.reason)
-        if decision.throttled:
+        # A relay with a rate of its own slows down alone; else the queue's rate is lowered.
+        if decision.throttled and not (
+            routed.relay is not None and await self._smtp.slow_down(routed.relay, decision.reason)
+        ):
             await self._pacer.slow_down(decision.reason)
         planned = fate.after_attempt(
             entry,

@@ -119,6 +119,19 @@ class WorkerMetrics:
             [*labels, "relay"],
             registry=registry,
         )
+        self._relay_rate = Gauge(
+            "email_worker_relay_send_rate_per_second",
+            "A relay's own send rate (its rate_limit): the configured limit, and the effective "
+            "one (lowered when that relay asks to slow down).",
+            [*labels, "relay", "kind"],
+            registry=registry,
+        )
+        self._relay_quota = Gauge(
+            "email_worker_relay_send_quota",
+            "A relay's own rolling quota (its daily_quota) and how much of it the window has used.",
+            [*labels, "relay", "kind"],
+            registry=registry,
+        )
         self._domain = Gauge(
             "email_worker_domain_limit",
             "Per recipient domain (SMTP_DOMAIN_LIMITS): its limit per second, and the seconds "
@@ -204,6 +217,18 @@ class WorkerMetrics:
         if self._registry is not None:
             self._quota.labels(self.queue, "limit").set(quota)
             self._quota.labels(self.queue, "used").set(used)
+
+    def observe_relay_rate(self, relay: str, limit: float, effective: float) -> None:
+        """A relay's configured and effective own rate (a no-op without Prometheus)."""
+        if self._registry is not None:
+            self._relay_rate.labels(self.queue, relay, "limit").set(limit)
+            self._relay_rate.labels(self.queue, relay, "effective").set(effective)
+
+    def observe_relay_quota(self, relay: str, quota: int, used: int) -> None:
+        """A relay's own rolling quota and its use (a no-op without Prometheus)."""
+        if self._registry is not None:
+            self._relay_quota.labels(self.queue, relay, "limit").set(quota)
+            self._relay_quota.labels(self.queue, relay, "used").set(used)
 
     def observe_domain(self, domain: str, per_second: float, next_free_s: float) -> None:
         """A limited domain's rate and next free slot (a no-op without Prometheus)."""

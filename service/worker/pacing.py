@@ -33,6 +33,7 @@ from ..wire import decode_entry
 from .backoff import retry_while_unavailable
 from .domains import DomainLines
 from .metrics import WorkerMetrics
+from .relays import RelaySet
 
 __all__ = [
     "SET_ASIDE_LEAD_SECONDS",
@@ -102,8 +103,10 @@ class Pacer:
         metrics: WorkerMetrics,
         *,
         stopping: asyncio.Event,
+        relays: RelaySet | None = None,
     ) -> None:
         self.config = limiter_config(settings)
+        self._relays = relays  # their own limits gate intake too (`RelaySet.wait_to_read`)
         self._domains = DomainLines(settings, store, metrics, horizon_s=_HORIZON_SECONDS)
         self._store = store
         self._metrics = metrics
@@ -124,7 +127,12 @@ class Pacer:
         return self.config.per_second is not None
 
     async def wait_to_read(self, free: int) -> int:
-        """Sleep until the limiter lets an entry start soon; how many of `free` to read."""
+        """Sleep until the limiters let an entry start soon (the queue's, then the relays'
+        own); how many of `free` to read."""
+        free = await self._shared_wait_to_read(free)
+        return await self._relays.wait_to_read(free) if self._relays is not None else free
+
+    async def _shared_wait_to_read(self, free: int) -> int:
         if not self.config.active:
             return free
         waited = False

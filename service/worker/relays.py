@@ -14,6 +14,11 @@ Only when every relay that could carry an email is down does the send come back
 (`RelaySet.probe`) passes as soon as any relay opens a session. With one relay (the `SMTP_*`
 settings) that breaker is the only one, exactly as without this module.
 
+A relay with limits of its own (`relay_limits.py`) is not down when it is at its limit: the
+send waits for its slot there, or goes on to the next relay in order if the relay allows
+`overflow`; with no relay able to take it soon, it comes back `Held` (put back unsent, no
+attempt used, due when the slot comes).
+
 A send that breaks after MAIL FROM (the relay dies mid-transaction) is not moved to another
 relay: the server may have taken the message, so it is retried as any broken send is
 (RFC 1047's window; see docs/reliability.md).
@@ -37,11 +42,13 @@ from ..settings import WorkerSettings
 from ..store import SettleWrite
 from .backoff import backoff_delay
 from .outcome import Decision
+from .relay_limits import RelayLimits, read_allowance
 from .render import Outgoing
 from .smtp import SmtpPool
 from .smtp_result import FailureKind, SendFailure, SendResult
 
 __all__ = [
+    "Held",
     "RelaySet",
     "RelayView",
     "Routed",
@@ -57,6 +64,8 @@ log = structlog.get_logger("service.worker")
 
 _FIRST_PROBE_SECONDS: Final = 1.0
 _MAX_PROBE_SECONDS: Final = 30.0
+# While the relays are full, intake looks again this often (a relay may go down or come up).
+_MAX_READ_WAIT_SECONDS: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +87,16 @@ class Routed:
 
     result: SendResult
     relay: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """No relay takes the send now: `relay` is at its limit, with a slot `reopen_s` away (0:
+    the worker is stopping); the entry goes back unsent, without using an attempt."""
+
+    relay: str
+    reopen_s: float
+    reason: str
 
 
 def sender_domain(mail_from: str) -> str:
@@ -168,6 +187,7 @@ class RelaySet:
         *,
         local_hostname: str,
         pick: Callable[[], float] = random.random,
+        limits: RelayLimits | None = None,
     ) -> None:
         self._mode = settings.relay_mode
         self._pick = pick  # where a weighted draw falls: 0 to 1
@@ -176,6 +196,7 @@ class RelaySet:
         self._relays = [
             _Relay(config, _pool(settings, config, local_hostname)) for config in settings.relays
         ]
+        self.limits = limits if limits is not None and limits.active else None
 
     @property
     def several(self) -> bool:
@@ -198,16 +219,36 @@ class RelaySet:
         """Each relay's name and state: up or down."""
         return {r.config.name: "up" if r.down_reason is None else "down" for r in self._relays}
 
-    async def send(self, outgoing: Outgoing) -> Routed:
-        """Send over the first relay in `try_order` that opens a session; say how it went."""
+    async def wait_to_read(self, free: int) -> int:
+        """Sleep while the relays that would carry the next entries are at their own limits;
+        how many of `free` to read (see `relay_limits.read_allowance`)."""
+        if self.limits is None:
+            return free
+        while True:
+            gates = [
+                self.limits.gate(r.config.name)
+                for r in self._relays
+                if r.down_reason is None and not r.config.from_domains
+            ]
+            allowed, wait = read_allowance(gates, mode=self._mode, now=time.monotonic())
+            if allowed is None:
+                return free
+            if allowed > 0:
+                return min(free, allowed)
+            await asyncio.sleep(min(wait, _MAX_READ_WAIT_SECONDS))
+
+    async def send(self, outgoing: Outgoing) -> Routed | Held:
+        """Send over the first relay in `try_order` that opens a session (and has a slot);
+        say how it went."""
         domain = sender_domain(outgoing.mail_from)
         views = [relay.view() for relay in self._relays]
         order = try_order(views, mode=self._mode, domain=domain, pick=self._pick())
         if not order:
             return Routed(self._no_relay(domain), None)
         last: Routed | None = None
+        held: Held | None = None
         started = time.monotonic()
-        for index in order:
+        for position, index in enumerate(order):
             relay = self._relays[index]
             if relay.down_reason is not None:  # went down while an earlier relay was tried
                 continue
@@ -216,12 +257,43 @@ class RelaySet:
                 elapsed, timeout_s=self._timeout_s, reclaim_s=self._reclaim_s
             ):
                 return last
+            if self.limits is not None and self.limits.limited(relay.config.name):
+                overflow = relay.config.overflow and position + 1 < len(order)
+                held = await self._take_slot(relay, outgoing, overflow=overflow)
+                if held is not None:
+                    if overflow and held.reopen_s:
+                        continue  # at its limit, not down: the next relay may take it
+                    return held
             result = await relay.pool.send(outgoing)
             last = Routed(result, relay.config.name)
             if not (isinstance(result, SendFailure) and result.kind is FailureKind.UNAVAILABLE):
                 return last
             self._mark_down(relay, result.detail)
-        return last or Routed(self._no_relay(domain), None)
+        return held or last or Routed(self._no_relay(domain), None)
+
+    async def _take_slot(self, relay: _Relay, outgoing: Outgoing, *, overflow: bool) -> Held | None:
+        """Wait for the relay's own slot; the `Held` that says why not, if it is not soon."""
+        assert self.limits is not None  # noqa: S101 - the caller checked; for mypy
+        name = relay.config.name
+        cost = self.limits.cost(outgoing.recipients)
+        slot = await self.limits.take(name, cost, overflow=overflow)
+        if slot.refused:
+            return Held(name, slot.reopen_s, f"relay {name} at its limit")
+        if not await self.limits.wait(slot):
+            return Held(name, 0.0, "worker stopping before the relay's slot")
+        return None
+
+    async def slow_down(self, relay: str, reason: str) -> bool:
+        """`relay` asked to slow down: lower its own rate; False if it has none (the queue's
+        rate is then the one to lower)."""
+        if self.limits is None or not self.limits.adaptive(relay):
+            return False
+        await self.limits.slow_down(relay, reason)
+        return True
+
+    def adaptive(self, relay: str | None) -> bool:
+        """Whether "slow down" replies from `relay` lower a rate of its own."""
+        return relay is not None and self.limits is not None and self.limits.adaptive(relay)
 
     async def probe(self) -> None:
         """Pass once any relay is usable: one already, or one that opens a session now.

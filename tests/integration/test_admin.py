@@ -72,6 +72,7 @@ def test_stats_on_an_empty_queue(redis_server: RedisServer, db: redis_sync.Redis
         "consumers": [],
         "limits": None,
         "relays": [],
+        "relay_limits": [],
         "domain_limits": [],
         "set_aside": 0,
         "lanes": {"high": 0, "normal": 0, "low": 0},

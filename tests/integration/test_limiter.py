@@ -184,3 +184,62 @@ async def test_the_limiter_works_at_maxmemory(redis: Redis) -> None:
         await redis.config_set("maxmemory", 0)
     assert (first.delays_s, again.delays_s, again.quota_used) == ((0.0, 0.0), (0.0,), 3)
     assert lowered.lowered
+
+
+@pytest.mark.parametrize(
+    ("config", "longest_ms", "batches", "delays_ms", "reopen_ms"),
+    [
+        # 10/s, burst 1, wait at most 150 ms: the third slot (200 ms) is refused, untaken...
+        (LimiterConfig(10.0), 150, [(0, [1, 1, 1, 1])], [[0, 100, None, None]], [50]),
+        # ...so a later call gets it, as soon as it is within 150 ms (at 60 ms: 140 ms away).
+        (LimiterConfig(10.0), 150, [(0, [1, 1, 1]), (60, [1])], [[0, 100, None], [140]], [50, 0]),
+        # Bursts are not waits: five at once, the sixth 20 ms later is within 30 ms.
+        (LimiterConfig(50.0, burst=5), 30, [(0, [1] * 7)], [[0, 0, 0, 0, 0, 20, None]], [10]),
+        # The quota still refuses first (and says when it has room).
+        (
+            LimiterConfig(10.0, quota=1, quota_window_s=10),
+            500,
+            [(0, [1, 1])],
+            [[0, None]],
+            [10_002],
+        ),
+    ],
+)
+async def test_a_slot_further_than_the_longest_wait_is_refused_and_left_free(  # noqa: PLR0917 - a table's columns
+    redis: Redis,
+    config: LimiterConfig,
+    longest_ms: int,
+    batches: list[tuple[int, list[int]]],
+    delays_ms: list[list[float | None]],
+    reopen_ms: list[int],
+) -> None:
+    got, reopens = [], []
+    for at_ms, costs in batches:
+        call = acquire(
+            KEYS,
+            config,
+            costs,
+            horizon_s=0.1,
+            longest_wait_s=longest_ms / 1000,
+            relay="ses",
+            now_us=T0 + at_ms * 1000,
+        )
+        acquired = acquire_reply(await _run(redis, call), config)
+        got.append([None if d is None else round(d * 1000, 3) for d in acquired.delays_s])
+        reopens.append(round(acquired.reopen_s * 1000))
+    assert (got, reopens) == (delays_ms, reopen_ms)
+    # The relay's limiter is its own: the queue's was not touched.
+    assert not await redis.exists(KEYS.limiter)
+    assert await redis.exists(KEYS.relay_limiter("ses"))
+
+
+async def test_relays_announced_are_read_back_by_admin(redis: Redis) -> None:
+    store = QueueStore(redis, KEYS)
+    await store.announce_relay_limits(["ses", "postmark"])
+    config = LimiterConfig(14.0, burst=2, quota=100)
+    await store.acquire_slots(config, [1, 1, 1], horizon_s=0.1, relay="ses", longest_wait_s=1)
+    states = await store.relay_limiter_states()
+    assert list(states) == ["postmark", "ses"]
+    assert (states["ses"].per_second, states["ses"].burst, states["ses"].quota) == (14.0, 2, 100)
+    assert states["ses"].quota_used == 3
+    assert (states["postmark"].per_second, states["postmark"].quota_used) == (None, 0)

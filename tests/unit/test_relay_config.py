@@ -36,6 +36,17 @@ def test_the_example_file_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [r.name for r in relays.relay] == ["ses", "postmark", "corporate"]
     assert relays.relay[2].from_domains == ("example.com",)
     assert relays.relay[1].port_or_default == 587
+    ses = relays.relay[0]
+    assert (ses.rate_limit, ses.rate_burst, ses.daily_quota, ses.overflow) == (
+        "14/s",
+        14,
+        50_000,
+        True,
+    )
+    assert ses.rate is not None
+    assert ses.rate.per_second == 14
+    assert ses.limited
+    assert not relays.relay[1].limited
 
 
 @pytest.mark.parametrize(
@@ -61,6 +72,12 @@ def test_the_example_file_loads(monkeypatch: pytest.MonkeyPatch) -> None:
             "relay[1]: security 'none' would send credentials in clear text",
         ),
         ('[[relay]]\nname="a"\nhost="h"\n[[relay]]\nname="a"\nhost="g"', "'a' is used twice"),
+        ('[[relay]]\nname="a"\nhost="h"\nrate_limit="14"', "relay[1].rate_limit: '14' is not a"),
+        ('[[relay]]\nname="a"\nhost="h"\nrate_limit="1000000/s"', "relay[1].rate_limit: '1000"),
+        ('[[relay]]\nname="a"\nhost="h"\nrate_burst=0', "relay[1].rate_burst"),
+        ('[[relay]]\nname="a"\nhost="h"\ndaily_quota=0', "relay[1].daily_quota"),
+        ('[[relay]]\nname="a"\nhost="h"\ndaily_quota_window_seconds=0', "relay[1].daily_quota_w"),
+        ('[[relay]]\nname="a"\nhost="h"\noverflow="maybe"', "relay[1].overflow"),
         ("[[relay]\n", "is not valid TOML"),
         (f'[[relay]]\nname="a"\nhost="h"\nusername="u"\npassword={SECRET}', "is not valid TOML"),
     ],
