@@ -28,6 +28,7 @@ from .workers import CONCURRENCY, WorkerConfig, peak_rss_kib, start_worker, stop
 __all__ = ["DrainResult", "Lab", "LatencyResult", "drain_rate", "enqueue_paced", "paced_latency"]
 
 _WARMUP_EMAILS = 200
+_MAX_OVERLAPPING = 50
 _queue_numbers = itertools.count(1)
 
 
@@ -179,13 +180,17 @@ async def enqueue_paced(
 
     One after the other, a late enqueue delays the next ones (they catch up without sleeping);
     with `overlap`, each starts on time whatever the earlier ones are doing, as the requests of
-    a web app do, so the schedule holds where one enqueue's round trip can exceed its slot.
+    a web app do, so the schedule holds where one enqueue's round trip can exceed its slot. At
+    most `_MAX_OVERLAPPING` run at once (the producer's connection pool has 100): a later one
+    waits for one of them to end, and its time is taken when it starts.
     """
     enqueued: dict[str, float] = {}
+    slots = asyncio.Semaphore(_MAX_OVERLAPPING if overlap else 1)
 
     async def enqueue(task: EmailTask) -> None:
-        at = clock()
-        enqueued[await producer.enqueue(task)] = at
+        async with slots:
+            at = clock()
+            enqueued[await producer.enqueue(task)] = at
 
     pending: set[asyncio.Task[None]] = set()
     started = time.monotonic()
@@ -197,7 +202,10 @@ async def enqueue_paced(
             await enqueue(task)
             continue
         pending.add(asyncio.create_task(enqueue(task)))
-        pending = {running for running in pending if not running.done()}
+        done = {running for running in pending if running.done()}
+        for finished in done:
+            finished.result()  # an enqueue that failed ends the run, here
+        pending -= done
     await asyncio.gather(*pending)
     return enqueued, time.monotonic() - started
 
