@@ -69,7 +69,8 @@ bench: $(STAMP)
 
 # What users send (bench/mix.py): the realistic mix and each kind, on Postfix's C smtp-sink and
 # behind a 10 ms proxy, one worker with default settings beside taskiq's Redis Stream broker (its
-# own virtualenv in var/bench-peer, made on first use). Options: make bench-mix ARGS='--emails 1000'.
+# own virtualenv in var/bench-peer, made on first use); then the mix paced at half the worker's
+# drain rate, enqueue-to-accept p50/p99 (bench/mix_latency.py). ARGS='--emails 1000'.
 bench-mix: $(STAMP)
 	$(BIN)/python -m bench.mix $(ARGS)
 

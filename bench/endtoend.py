@@ -12,7 +12,7 @@ import itertools
 import statistics
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +23,12 @@ from .children import Children
 from .floors import redis_client
 from .producing import BATCH_SIZE
 from .sinks import SinkKind, SinkProcess, start_sink
-from .workers import WorkerConfig, peak_rss_kib, start_worker, stop_worker
+from .workers import CONCURRENCY, WorkerConfig, peak_rss_kib, start_worker, stop_worker
 
-__all__ = ["DrainResult", "Lab", "LatencyResult", "drain_rate", "paced_latency"]
+__all__ = ["DrainResult", "Lab", "LatencyResult", "drain_rate", "enqueue_paced", "paced_latency"]
 
 _WARMUP_EMAILS = 200
+_MAX_OVERLAPPING = 50
 _queue_numbers = itertools.count(1)
 
 
@@ -106,7 +107,7 @@ async def drain_rate(
     return DrainResult(
         sink=kind,
         processes=processes,
-        connections=processes * config.concurrency,
+        connections=processes * CONCURRENCY,
         emails=emails,
         startup_s=first - started,
         total_s=last - started,
@@ -127,7 +128,7 @@ async def paced_latency(
             with _workers(lab, config, 1):
                 await producer.enqueue_many(tasks[:1] * _WARMUP_EMAILS)
                 await sink.reached(_WARMUP_EMAILS, within=60)
-                enqueued, seconds = await _enqueue_paced(producer, tasks, rate)
+                enqueued, seconds = await enqueue_paced(producer, tasks, rate)
                 await sink.reached(total, within=60 + len(tasks) / 100)
         received = sink.received_at()
     latencies = sorted(received[task_id] - at for task_id, at in enqueued.items())
@@ -166,18 +167,46 @@ async def profiled_drain(
             await asyncio.to_thread(recorder.wait, 60)
 
 
-async def _enqueue_paced(
-    producer: Producer, tasks: list[EmailTask], rate: float
+async def enqueue_paced(
+    producer: Producer,
+    tasks: list[EmailTask],
+    rate: float,
+    clock: Callable[[], float] = time.monotonic,
+    *,
+    overlap: bool = False,
 ) -> tuple[dict[str, float], float]:
-    """Enqueue on a fixed schedule (catching up without sleeping when late)."""
+    """Enqueue one task per call on a fixed schedule; the task ids with the `clock` time just
+    before each enqueue, and the seconds it took.
+
+    One after the other, a late enqueue delays the next ones (they catch up without sleeping);
+    with `overlap`, each starts on time whatever the earlier ones are doing, as the requests of
+    a web app do, so the schedule holds where one enqueue's round trip can exceed its slot. At
+    most `_MAX_OVERLAPPING` run at once (the producer's connection pool has 100): a later one
+    waits for one of them to end, and its time is taken when it starts.
+    """
     enqueued: dict[str, float] = {}
+    slots = asyncio.Semaphore(_MAX_OVERLAPPING if overlap else 1)
+
+    async def enqueue(task: EmailTask) -> None:
+        async with slots:
+            at = clock()
+            enqueued[await producer.enqueue(task)] = at
+
+    pending: set[asyncio.Task[None]] = set()
     started = time.monotonic()
     for index, task in enumerate(tasks):
         delay = started + index / rate - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        at = time.monotonic()
-        enqueued[await producer.enqueue(task)] = at
+        if not overlap:
+            await enqueue(task)
+            continue
+        pending.add(asyncio.create_task(enqueue(task)))
+        done = {running for running in pending if running.done()}
+        for finished in done:
+            finished.result()  # an enqueue that failed ends the run, here
+        pending -= done
+    await asyncio.gather(*pending)
     return enqueued, time.monotonic() - started
 
 

@@ -6,8 +6,11 @@ one worker with **default settings** drains a pre-filled queue, then the peer (t
 Stream broker, `peer_taskiq.py`, 100 tasks at once) drains the same emails. Rates count from
 the first email the sink received to the last (start-up excluded); CPU is the sender's own
 (user + system, all its processes) over the same span, per email; RSS is the worker's peak.
+Then, on each network, the latency phase (`mix_latency.py`): the mix enqueued one by one at half
+the worker's drain rate of it, enqueue-to-accept p50/p99 from smtp-sink's own timestamps.
 
     python -m bench.mix [--emails 3000] [--delay-ms 10] [--workloads mix,plain,html,intl,attachment]
+    python -m bench.mix --latency-emails 0    # no latency phase (2000 emails per network)
     python -m bench.mix --profile    # then one worker draining the mix under py-spy (in .venv)
     python -m bench.mix --concurrency 10    # the worker with another WORKER_CONCURRENCY
 
@@ -22,35 +25,37 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
 from service import Producer
-from service.local.redis_server import RedisServer, free_port
+from service.local.redis_server import RedisServer
 from service.worker import eventloop
 
 from .children import Children
 from .endtoend import Lab, profiled_drain
+from .mix_latency import PacedRun, paced_mix
 from .mix_workload import Email, emails
 from .producing import BATCH_SIZE
 from .profile import summarize_collapsed
+from .relay import relay
 from .report import describe, machine
-from .sinks import SinkProcess, start_sink
-from .workers import WorkerConfig, peak_rss_kib, stop_worker, worker_env
+from .sinks import SinkProcess
+from .workers import WorkerConfig, peak_rss_kib, start_worker, stop_worker
 
 VAR: Final = Path("var/bench")
 PEER_VENV: Final = Path("var/bench-peer")
 PEER_PACKAGES: Final = ("taskiq", "taskiq-redis", "aiosmtplib")
 # The peer runs this many tasks at once, each on a connection of its own.
 PEER_TASKS: Final = 100
+# Emails sent before the latency phase's clock starts: connections opened, code paths warm.
+LATENCY_WARMUP: Final = 200
 _REPOSITORY: Final = Path(__file__).resolve().parent.parent
 _TICKS: Final = os.sysconf("SC_CLK_TCK")
 
@@ -62,6 +67,14 @@ class Drain:
     rate: float  # emails per second, first to last received
     cpu_us: float  # the sender's CPU per email, microseconds
     rss_mb: float  # the sender's peak resident set
+
+
+@dataclass(frozen=True, slots=True)
+class PacedLine:
+    """The latency phase on one network."""
+
+    network: str
+    run: PacedRun
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,39 +154,6 @@ async def _measure(sink: SinkProcess, sender: subprocess.Popen[bytes], count: in
     )
 
 
-@contextmanager
-def _network(lab: Lab, count: int, delay_ms: float) -> Iterator[tuple[SinkProcess, int]]:
-    """A counting smtp-sink, and the port to send to: the sink's, or a latency proxy's."""
-    sink = start_sink(lab.children, "smtp-sink", lab.workdir, [1, count])
-    proxy = None
-    try:
-        port = sink.port
-        if delay_ms:
-            port = free_port()
-            proxy = lab.children.spawn(
-                [sys.executable, "-m", "bench.latency_proxy", "--port", str(port),
-                 "--target", str(sink.port), "--delay-ms", str(delay_ms)],
-                env={**os.environ, "PYTHONPATH": str(_REPOSITORY)},
-            )  # fmt: skip
-            _wait_for_port(port)
-        yield sink, port
-    finally:
-        if proxy is not None:
-            lab.children.stop(proxy)
-        lab.children.stop(sink.process)
-
-
-def _wait_for_port(port: int) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise TimeoutError(f"nothing listens on port {port}")
-
-
 async def drain_worker(
     lab: Lab, batch: list[Email], delay_ms: float, concurrency: int | None = None
 ) -> Drain:
@@ -183,16 +163,9 @@ async def drain_worker(
         tasks = [email.task() for email in batch]
         for start in range(0, len(tasks), BATCH_SIZE):
             await producer.enqueue_many(tasks[start : start + BATCH_SIZE])
-    with _network(lab, len(batch), delay_ms) as (sink, port):
-        env = worker_env(WorkerConfig(lab.redis_url, queue, port))
-        env.pop("WORKER_CONCURRENCY")  # the default is what is measured, unless asked
-        if concurrency is not None:
-            env["WORKER_CONCURRENCY"] = str(concurrency)
-        log = (lab.workdir / f"worker-{queue}.log").open("ab")
-        with log:
-            worker = lab.children.spawn(
-                [sys.executable, "-m", "service.worker"], env=env, cwd=lab.workdir, stdout=log
-            )
+    with relay(lab, [1, len(batch)], delay_ms) as (sink, port):
+        config = WorkerConfig(lab.redis_url, queue, port, concurrency)  # None: the default
+        worker = start_worker(lab.children, config, lab.workdir / f"worker-{queue}.log")
         try:
             return await _measure(sink, worker, len(batch))
         finally:
@@ -204,7 +177,7 @@ async def drain_peer(lab: Lab, peer: Path, batch: list[Email], delay_ms: float) 
     queue = await lab.fresh_queue()
     emails_file = lab.workdir / f"peer-{queue}.json"
     emails_file.write_text(json.dumps([email.peer_fields() for email in batch]))
-    with _network(lab, len(batch), delay_ms) as (sink, port):
+    with relay(lab, [1, len(batch)], delay_ms) as (sink, port):
         env = {
             **os.environ,
             "PYTHONPATH": str(_REPOSITORY),
@@ -238,9 +211,12 @@ async def _lab(workdir: Path) -> AsyncIterator[Lab]:
             redis.stop()
 
 
-async def measure(options: argparse.Namespace, peer: Path, workdir: Path) -> list[Line]:
-    """Every network x workload, the worker then the peer; prints each line as it comes."""
-    lines = []
+async def measure(
+    options: argparse.Namespace, peer: Path, workdir: Path
+) -> tuple[list[Line], list[PacedLine]]:
+    """Every network x workload, the worker then the peer, then on each network the mix paced
+    at half the worker's drain rate of it; prints each line as it comes."""
+    lines, paced = [], []
     async with _lab(workdir) as lab:
         networks = (
             ("C sink", 0.0),
@@ -254,9 +230,23 @@ async def measure(options: argparse.Namespace, peer: Path, workdir: Path) -> lis
                 line = Line(network, workload, ours, theirs)
                 print(_row(line), flush=True)
                 lines.append(line)
+        for line in lines:
+            if line.workload == "mix" and options.latency_emails > 0:
+                delay_ms = options.delay_ms if line.network != "C sink" else 0.0
+                run = await paced_mix(
+                    lab,
+                    emails("mix", LATENCY_WARMUP),
+                    emails("mix", options.latency_emails),
+                    line.worker.rate / 2,
+                    delay_ms,
+                )
+                paced.append(PacedLine(line.network, run))
+        if paced:
+            print(f"\n{_LATENCY_HEADER}")
+            print("\n".join(_latency_row(line) for line in paced), flush=True)
         if options.profile:
             await _profile(lab, options.emails)
-    return lines
+    return lines, paced
 
 
 async def _profile(lab: Lab, count: int) -> None:
@@ -275,6 +265,25 @@ _HEADER: Final = (
 )
 
 
+_LATENCY_HEADER: Final = (
+    "Enqueue-to-accept, the mix enqueued one by one at half the worker's drain rate above (one "
+    "worker, default settings;\nupper bounds: a watcher's stamps of smtp-sink's files; the "
+    "files' own times give the lower bound of p99):\n\n"
+    "| network | paced at | kept up | p50 | p99 | max | p99 by file times | emails | worker RSS "
+    "| worker waiting for a CPU |\n|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def _latency_row(line: PacedLine) -> str:
+    run, figures = line.run, line.run.latencies
+    return (
+        f"| {line.network} | {run.target_rate:,.0f}/s | {run.achieved_rate:,.0f}/s "
+        f"| {figures.p50_ms:.1f} ms | {figures.p99_ms:.1f} ms | {figures.max_ms:.1f} ms "
+        f"| {run.file_time_latencies.p99_ms:.1f} ms | {figures.emails:,} | {run.rss_mb:.0f} MB "
+        f"| {run.cpu_wait_share:.0%} of the time |"
+    )
+
+
 def _row(line: Line) -> str:
     ours, theirs = line.worker, line.peer
     return (
@@ -290,6 +299,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--emails", type=int, default=3000, help="emails per drain (3000)")
     parser.add_argument("--delay-ms", type=float, default=10.0, help="proxy delay each way (10)")
     parser.add_argument("--workloads", default="mix,plain,html,intl,attachment")
+    parser.add_argument(
+        "--latency-emails",
+        type=int,
+        default=2000,
+        help="emails paced through the latency phase, per network (2000; 0: no phase)",
+    )
     parser.add_argument("--profile", action="store_true", help="profile the mix with py-spy")
     parser.add_argument(
         "--concurrency", type=int, help="the worker's WORKER_CONCURRENCY (default: its default)"
@@ -314,10 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True)
     print(f"Machine: {describe(machine())}; {options.emails:,} emails per drain, one run each")
     print(_HEADER, flush=True)
-    lines = eventloop.run(measure(options, peer, workdir))
+    lines, paced = eventloop.run(measure(options, peer, workdir))
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     result = VAR / f"mix-{stamp}.json"
-    result.write_text(json.dumps([asdict(line) for line in lines], indent=2))
+    figures = {"drains": [asdict(line) for line in lines], "latency": [asdict(p) for p in paced]}
+    result.write_text(json.dumps(figures, indent=2))
     print(f"\nwritten: {result}")
     return 0
 

@@ -3,6 +3,8 @@
 - `aiosmtpd`: `python -m bench.sink`, which also records when each task id arrived;
 - `smtp-sink`: Postfix's C sink, when it is on the PATH; the parent reads its `-c` counter
   (`sess=.. quit=.. mesg=N`, one update per message) and timestamps each milestone itself.
+  With a dump directory it also writes each message to a file of its own there (`-d`), whose
+  modification time is when the sink had the whole message (see `bench.acceptance`).
 """
 
 from __future__ import annotations
@@ -108,12 +110,19 @@ def start_sink(
     kind: SinkKind,
     workdir: Path,
     milestones: list[int] | None = None,
+    *,
+    dump: Path | None = None,
 ) -> SinkProcess:
-    """Start a sink on a free port; with `milestones`, follow its count (else it only accepts)."""
+    """Start a sink on a free port; with `milestones`, follow its count (else it only accepts).
+
+    `dump` (smtp-sink only): the directory it writes each message into, one file per message.
+    """
+    if dump is not None and kind != "smtp-sink":
+        raise ValueError("only smtp-sink dumps messages")
     port = free_port()
     counting = bool(milestones)
     record = workdir / f"received-{port}.json" if kind == "aiosmtpd" and counting else None
-    args = _command(kind, port, milestones or [], record)
+    args = _command(kind, port, milestones or [], record, dump)
     if counting:
         process = children.spawn(args, stdout=subprocess.PIPE, cwd=workdir, env=_env())
     else:
@@ -131,7 +140,9 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
 
 
-def _command(kind: SinkKind, port: int, milestones: list[int], record: Path | None) -> list[str]:
+def _command(
+    kind: SinkKind, port: int, milestones: list[int], record: Path | None, dump: Path | None
+) -> list[str]:
     if kind == "aiosmtpd":
         args = [sys.executable, "-m", "bench.sink", "--port", str(port)]
         if milestones:
@@ -141,8 +152,11 @@ def _command(kind: SinkKind, port: int, milestones: list[int], record: Path | No
         return args
     binary = shutil.which("smtp-sink") or "smtp-sink"
     counter = ["-c"] if milestones else []
+    # The file name is the template plus a random 32-bit hex number: the time in the name
+    # keeps two messages from drawing the same file.
+    dumping = [] if dump is None else ["-d", f"{dump}/%H%M%S."]
     # -u root: smtp-sink refuses to keep root privileges; 1000: listen backlog.
-    return [binary, *counter, "-u", "root", f"127.0.0.1:{port}", "1000"]
+    return [binary, *counter, *dumping, "-u", "root", f"127.0.0.1:{port}", "1000"]
 
 
 def _wait_until_listening(sink: SinkProcess) -> None:

@@ -12,11 +12,11 @@ from typing import Final
 from .children import Children
 from .workload import MAIL_FROM
 
-__all__ = ["WorkerConfig", "peak_rss_kib", "start_worker", "stop_worker"]
+__all__ = ["CONCURRENCY", "WorkerConfig", "peak_rss_kib", "start_worker", "stop_worker"]
 
 # Settings inherited from the caller's shell would change what is measured: drop them all.
 _SETTING_PREFIXES: Final = ("REDIS_", "SMTP_", "MAIL_", "EMAIL_", "WORKER_", "LOG_")
-_CONCURRENCY: Final = 10
+CONCURRENCY: Final = 10  # connections per worker in most runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +26,7 @@ class WorkerConfig:
     redis_url: str
     queue: str
     smtp_port: int
-    concurrency: int = _CONCURRENCY
+    concurrency: int | None = CONCURRENCY  # None: the worker's own default
     status_records: bool = True  # False: TASK_STATUS_TTL_SECONDS=0, no status records
 
 
@@ -40,10 +40,11 @@ def worker_env(config: WorkerConfig) -> dict[str, str]:
         SMTP_PORT=str(config.smtp_port),
         SMTP_SECURITY="none",
         MAIL_FROM=MAIL_FROM,
-        WORKER_CONCURRENCY=str(config.concurrency),
         LOG_LEVEL="WARNING",  # per-email log lines are INFO: keep them out of the measurement
         LOG_FORMAT="json",
     )
+    if config.concurrency is not None:
+        env["WORKER_CONCURRENCY"] = str(config.concurrency)
     if not config.status_records:
         env["TASK_STATUS_TTL_SECONDS"] = "0"
     return env

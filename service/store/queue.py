@@ -64,6 +64,7 @@ class QueueStore:
             source: redis.register_script(source)
             for source in (
                 scripts.ENQUEUE,
+                scripts.ADD_NOW,
                 scripts.PROMOTE_DUE,
                 scripts.REQUEUE_DEAD,
                 scripts.FORGET_CONSUMER,
@@ -113,16 +114,7 @@ class QueueStore:
             status_ttl_ms=self.status_ttl_ms,
             now_ms=_now_ms(),
         )
-        try:
-            if self.waits_for_replicas:
-                raw = await self._run_replicated(call, "ENQUEUE")
-            else:
-                raw = await self._run(call, "ENQUEUE")
-            reply = scripts.enqueue_reply(raw)
-        except RedisFull:
-            raise QueueFull(self.queue, backlog=None, limit=None) from None
-        except RedisError as exc:
-            raise replies.enqueue_error(self.queue, exc) from exc
+        reply = scripts.enqueue_reply(await self._add_tasks(call, "ENQUEUE"))
         if reply.full:
             raise QueueFull(self.queue, backlog=reply.backlog, limit=max_backlog)
         return reply
@@ -130,12 +122,15 @@ class QueueStore:
     async def add_now(self, tasks: Sequence[NewTask]) -> None:
         """Add tasks due now without the backlog check (the producer knows it is far off).
 
-        Without status records: one XADD, or XADDs in one MULTI/EXEC. With them: the ENQUEUE
-        script without its backlog count, which notes each task's stream entry id. All or
-        nothing; raises as `enqueue` does.
+        Without status records: one XADD, or XADDs in one MULTI/EXEC. With them: the ADD_NOW
+        script, which notes each task's stream entry id in its record. All or nothing; raises
+        as `enqueue` does.
         """
-        if self.status_ttl_ms:  # plain tasks have no idempotency key: the window is unused
-            await self.enqueue(tasks, max_backlog=0, window_ms=1)
+        if self.status_ttl_ms:
+            call = scripts.add_now(
+                self.keys, tasks, status_ttl_ms=self.status_ttl_ms, now_ms=_now_ms()
+            )
+            await self._add_tasks(call, "ADD_NOW")
             return
         # str keys and bytes values are what xadd takes; dict invariance hides it from mypy.
         items = [
@@ -151,6 +146,18 @@ class QueueStore:
                     pipe.xadd(stream, fields)
                 await pipe.execute()
         except RedisError as exc:  # OOM in a MULTI: EXEC then runs nothing, all or nothing holds
+            raise replies.enqueue_error(self.queue, exc) from exc
+
+    async def _add_tasks(self, call: ScriptCall, operation: str) -> Any:
+        """Run an enqueueing script (waiting for the replicas if the URL asks it); Redis's
+        refusals raised as the producer's errors."""
+        try:
+            if self.waits_for_replicas:
+                return await self._run_replicated(call, operation)
+            return await self._run(call, operation)
+        except RedisFull:
+            raise QueueFull(self.queue, backlog=None, limit=None) from None
+        except RedisError as exc:
             raise replies.enqueue_error(self.queue, exc) from exc
 
     # --- consuming --------------------------------------------------------------------------

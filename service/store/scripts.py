@@ -35,6 +35,7 @@ __all__ = [
     "SettleReply",
     "SettleWrite",
     "StatusNote",
+    "add_now",
     "cancel",
     "enqueue",
     "enqueue_reply",
@@ -215,6 +216,55 @@ def enqueue(
         args += [item for pair in task.fields.items() for item in pair]
         script_keys += [keys.idempotency(task.idempotency_key or _NONE), keys.status(task.task_id)]
     return ScriptCall(ENQUEUE, script_keys, args)
+
+
+# Adds tasks due now to their lanes' streams, each with its status record saying queued (with
+# its stream entry id): the producer's plain path with status records (tasks without a due time
+# or an idempotency key, while the backlog limit is far off: see `service.producer.backlog`),
+# at the cost of an XADD, an HSET and a PEXPIREAT each. Nothing is checked but the status
+# records' types (before the first write), so none of the backlog count, idempotency keys or
+# per-task due times ENQUEUE reads and passes. The record is the one ENQUEUE writes.
+# KEYS: per task, the stream of its lane (`NewTask.lane`, as `_LANE` reads it) and its status
+#       record
+# ARGV: now ms, status expiry ms since the epoch, then per task: its tags (space-separated), n,
+#       and the entry's n fields and values
+# Returns the number of tasks added.
+ADD_NOW: Final = (
+    _LANE
+    + """
+local tasks = #KEYS / 2
+-- A status record of the wrong type fails its read here, before anything is written.
+for task = 1, tasks do redis.call('HGET', KEYS[2 * task], 's') end
+local i = 3
+for task = 1, tasks do
+  local n, status = tonumber(ARGV[i + 1]), KEYS[2 * task]
+  local entry_id = redis.call('XADD', KEYS[2 * task - 1], '*', unpack(ARGV, i + 2, i + 1 + n))
+  redis.call('HSET', status, 's', 'queued', 'at', ARGV[1], 'e', entry_id,
+    'l', lane_in(ARGV, i + 2, i + 1 + n), 'tags', ARGV[i])
+  redis.call('PEXPIREAT', status, ARGV[2])
+  i = i + 2 + n
+end
+return tasks
+"""
+)
+
+
+def add_now(
+    keys: QueueKeys, tasks: Sequence[NewTask], *, status_ttl_ms: int, now_ms: int
+) -> ScriptCall:
+    """The ADD_NOW call for `tasks`, all due now (ValueError for one that is not, or for no
+    status TTL: without records, plain XADDs do the job)."""
+    if status_ttl_ms <= 0:
+        raise ValueError("ADD_NOW writes status records: status_ttl_ms must be positive")
+    args: list[EncodableT] = [now_ms, status_expiry(status_ttl_ms, now_ms=now_ms)]
+    script_keys: list[str] = []
+    for task in tasks:
+        if task.due_ms or task.idempotency_key is not None:
+            raise ValueError("ADD_NOW takes tasks due now without an idempotency key")
+        script_keys += [keys.lane(task.lane), keys.status(task.task_id)]
+        args += [" ".join(task.tags), 2 * len(task.fields)]
+        args += [item for pair in task.fields.items() for item in pair]
+    return ScriptCall(ADD_NOW, script_keys, args)
 
 
 def status_ttl_ms(ttl: timedelta) -> int:

@@ -41,7 +41,7 @@ class SyncQueueStore:
         self.status_ttl_ms = scripts.status_ttl_ms(status_ttl)
         self._scripts = {
             source: redis_client.register_script(source)
-            for source in (scripts.ENQUEUE, scripts.TASK_STATUS, scripts.CANCEL)
+            for source in (scripts.ENQUEUE, scripts.ADD_NOW, scripts.TASK_STATUS, scripts.CANCEL)
         }
         self._durability = durability_of(redis_client)
 
@@ -101,8 +101,14 @@ class SyncQueueStore:
 
     def add_now(self, tasks: Sequence[NewTask]) -> None:
         """As `QueueStore.add_now`."""
-        if self.status_ttl_ms:  # plain tasks have no idempotency key: the window is unused
-            self.enqueue(tasks, max_backlog=0, window_ms=1)
+        if self.status_ttl_ms:
+            call = scripts.add_now(
+                self.keys, tasks, status_ttl_ms=self.status_ttl_ms, now_ms=_now_ms()
+            )
+            try:
+                self._run(call)
+            except RedisError as exc:
+                raise replies.enqueue_error(self.queue, exc) from exc
             return
         items = [
             (self.keys.lane(task.lane), cast("dict[FieldT, EncodableT]", dict(task.fields)))

@@ -6,15 +6,25 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import redis as redis_sync
 from redis.asyncio import Redis
 
-from service import CancelResult, EmailTask, Producer, QueueFull, SyncProducer, TaskState
-from service.keys import LANES, QueueKeys
+from service import (
+    CancelResult,
+    EmailTask,
+    Producer,
+    QueueFull,
+    QueueUnavailable,
+    SyncProducer,
+    TaskState,
+)
+from service.keys import LANES, Lane, QueueKeys
 from service.local.redis_server import RedisServer
-from service.store import QueueStore, RetryCopy, SettleWrite, StatusNote
+from service.producer.prepare import DEFAULT_MAX_EMAIL_BYTES, new_tasks
+from service.store import NewTask, QueueStore, RetryCopy, SettleWrite, StatusNote
 
 # Part of the inner-loop subset (`make test-fast`): real servers, but seconds in all.
 pytestmark = pytest.mark.fast
@@ -222,3 +232,40 @@ async def test_a_send_that_lost_its_settle_race_stays_sent_through_the_retry_cop
     assert (await producer.status(task_id)).state is TaskState.SENT
     assert await producer.cancel(task_id) == CancelResult(task_id, False, TaskState.SENT)
     assert await redis.xlen(KEYS.stream) == 1  # the copy, which the worker will skip
+
+
+def _new(*tasks: EmailTask) -> list[NewTask]:
+    return new_tasks(tasks, queue=KEYS.queue, max_email_bytes=DEFAULT_MAX_EMAIL_BYTES)
+
+
+@pytest.mark.parametrize("priority", ["normal", "high", "low"])
+async def test_the_plain_path_writes_the_record_the_enqueue_script_writes(
+    redis: Redis, priority: Lane
+) -> None:
+    # The producer's plain path (ADD_NOW) and the checked one (ENQUEUE) must leave the same
+    # record: state, lane, tags and expiry; the entry id and the time are each task's own.
+    store = QueueStore(redis, KEYS, status_ttl=timedelta(hours=1))
+    task = TASK.model_copy(update={"priority": priority})
+    (plain,), (checked,) = _new(task), _new(task)
+    await store.add_now([plain])
+    await store.enqueue([checked], max_backlog=0, window_ms=1)
+    records = [await redis.hgetall(KEYS.status(t.task_id)) for t in (plain, checked)]
+    for record, task_id in zip(records, (plain.task_id, checked.task_id), strict=True):
+        entries: Any = await redis.xrange(KEYS.lane(priority), record[b"e"], record[b"e"])
+        assert entries[0][1][b"id"] == task_id.encode()  # the entry id is the task's entry
+        del record[b"e"], record[b"at"]
+    assert records[0] == records[1]
+    assert records[0][b"s"] == b"queued"
+    ttls = [await redis.pttl(KEYS.status(t.task_id)) for t in (plain, checked)]
+    assert all(3_590_000 < ttl <= 3_600_000 for ttl in ttls)
+
+
+async def test_a_record_of_the_wrong_type_stops_a_plain_batch_before_any_write(
+    redis: Redis,
+) -> None:
+    store = QueueStore(redis, KEYS)
+    first, second = _new(TASK, TASK)
+    await redis.set(KEYS.status(second.task_id), "not a hash")
+    with pytest.raises(QueueUnavailable, match="WRONGTYPE"):
+        await store.add_now([first, second])
+    assert await redis.exists(KEYS.stream, KEYS.status(first.task_id)) == 0

@@ -75,6 +75,39 @@ def test_enqueue_lays_out_each_task_with_its_key_or_a_placeholder() -> None:
     ]
 
 
+def test_add_now_lays_out_each_task_with_its_lane_stream_and_record() -> None:
+    call = scripts.add_now(
+        KEYS,
+        [
+            scripts.NewTask("t1", {"v": b"1", "id": b"t1"}),
+            scripts.NewTask("t2", {"v": b"1", "lane": b"high"}, tags=("welcome", "user:42")),
+        ],
+        status_ttl_ms=1_000,
+        now_ms=2_000,
+    )
+    assert call.source == scripts.ADD_NOW
+    assert call.keys == ["{q}:stream", "{q}:status:t1", "{q}:stream:high", "{q}:status:t2"]
+    # Now and one expiry for all (every task is due now), then per task: tags, the fields.
+    assert call.args == [
+        2_000, 3_000,
+        "", 4, "v", b"1", "id", b"t1",
+        "welcome user:42", 4, "v", b"1", "lane", b"high",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("task", "ttl_ms"),
+    [
+        (scripts.NewTask("t1", {"v": b"1"}, due_ms=5_000), 1_000),  # scheduled: ENQUEUE's
+        (scripts.NewTask("t1", {"v": b"1"}, idempotency_key="k"), 1_000),  # a key: ENQUEUE's
+        (scripts.NewTask("t1", {"v": b"1"}), 0),  # no records: plain XADDs
+    ],
+)
+def test_add_now_takes_only_plain_tasks_with_records(task: scripts.NewTask, ttl_ms: int) -> None:
+    with pytest.raises(ValueError, match="ADD_NOW"):
+        scripts.add_now(KEYS, [task], status_ttl_ms=ttl_ms, now_ms=2_000)
+
+
 def test_enqueue_without_status_records_asks_for_none() -> None:
     call = scripts.enqueue(
         KEYS, [scripts.NewTask("t1", {"v": b"1"})], max_backlog=0, window_ms=1, now_ms=2_000
