@@ -22,6 +22,7 @@ every other copy has a window; anything else is reported as unexplained and fail
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ class Outcome:
     at: float
     settled_elsewhere: bool = False
     reason: str = ""
+    started: float | None = None  # when the attempt began (its line's duration_ms before `at`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,7 @@ def parse_outcomes(lines: Iterable[str]) -> list[Outcome]:
         if record.get("event") not in _OUTCOME_EVENTS or "task_id" not in record:
             continue
         at = datetime.fromisoformat(record["timestamp"]).timestamp()
+        duration_ms = record.get("duration_ms")
         outcomes.append(
             Outcome(
                 task_id=record["task_id"],
@@ -107,6 +110,7 @@ def parse_outcomes(lines: Iterable[str]) -> list[Outcome]:
                 at=at,
                 settled_elsewhere=bool(record.get("settled_elsewhere")),
                 reason=str(record.get("reason", "")),
+                started=None if duration_ms is None else at - float(duration_ms) / 1000,
             )
         )
     return outcomes
@@ -157,8 +161,11 @@ def _match(
 ) -> dict[Copy, tuple[Outcome | None, Outcome | None]]:
     """Per copy: the outcome of its attempt and the last outcome before it, same worker.
 
-    The outcome of the attempt that produced a copy is the first one its worker logged for the
-    task after the copy and before that worker's next copy of the task (if any).
+    The outcome of the attempt that produced a copy is one its worker logged for the task after
+    the copy and before that worker's next copy of the task (if any), of an attempt that began
+    before the copy: of those, the attempt that began last (else the first logged). An outcome
+    is logged once its settle returns, and with `?wait_replicas=` that waits for a replica: the
+    next attempt (a retry read at once) may send its copy before the previous one is logged.
     """
     per_sender: dict[tuple[int, str], list[Outcome]] = defaultdict(list)
     for incarnation, events in outcomes.items():
@@ -170,10 +177,20 @@ def _match(
         later = [c.at for c in copies if c.incarnation == copy.incarnation and c.at > copy.at]
         until = min(later, default=float("inf"))
         # Log stamps and the server's clock are one clock; 5 ms covers rounding.
-        after = [o for o in events if copy.at - 0.005 <= o.at < until]
+        after = [
+            o
+            for o in events
+            if copy.at - 0.005 <= o.at < until and (o.started is None or o.started < copy.at)
+        ]
+        attempt = max(after, key=_began_then_logged, default=None)
         before = [o for o in events if o.at < copy.at - 0.005]
-        matched[copy] = (after[0] if after else None, before[-1] if before else None)
+        matched[copy] = (attempt, before[-1] if before else None)
     return matched
+
+
+def _began_then_logged(outcome: Outcome) -> tuple[float, float]:
+    """Sorts the attempt that began last highest; among equals, the one logged first."""
+    return (-math.inf if outcome.started is None else outcome.started, -outcome.at)
 
 
 def _window(  # noqa: PLR0911 - one return per window, in the order the module docstring gives

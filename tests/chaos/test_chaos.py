@@ -118,6 +118,22 @@ ALIVE = ("stopped at the end", None)
             ["W2 final dot arrived after the worker gave up", "recorded"],
             True,
         ),
+        # An outcome is logged once its settle returns, and with ?wait_replicas= that waits for
+        # a replica: the retry the 450 scheduled was read and sent (the copy at 7.19) before
+        # the 450's line (7.2). The copy is the later attempt's, which settled it as sent.
+        (
+            [_copy(0.3, 0, dropped=True), _copy(7.19, 1)],
+            {
+                1: [
+                    Outcome("t", "task_retry_scheduled", 7.2, reason="450 busy", started=0.5),
+                    Outcome("t", "task_sent", 9.2, started=7.16),
+                ]
+            },
+            {0: ALIVE, 1: ALIVE},
+            [],
+            ["W2 dropped after the final dot", "recorded"],
+            True,
+        ),
         # No outcome and no fault to explain it.
         (
             [_copy(3.5, 0), _copy(4.0, 0)],
