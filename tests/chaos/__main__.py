@@ -33,6 +33,15 @@ async def run_and_judge(config: RunConfig, workdir: Path) -> Summary:
     evidence = {
         "failures": summary.failures,
         "duplicates": summary.duplicates,
+        # Each duplicate's copies (time, worker, dropped) and task id: its lines in the logs.
+        "duplicate_copies": {
+            name: [
+                {"task_id": c.task_id, "at": c.at, "worker": c.incarnation, "dropped": c.dropped}
+                for c in facts.copies
+                if f"#{c.seq}" == name
+            ]
+            for name in summary.duplicates
+        },
         "faults": [asdict(d) for d in facts.disruptions],
         "workers": {str(n): {"end": end, "at": at} for n, (end, at) in facts.endings.items()},
         "lost": summary.lost,

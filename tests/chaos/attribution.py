@@ -162,10 +162,11 @@ def _match(
     """Per copy: the outcome of its attempt and the last outcome before it, same worker.
 
     The outcome of the attempt that produced a copy is one its worker logged for the task after
-    the copy and before that worker's next copy of the task (if any), of an attempt that began
-    before the copy: of those, the attempt that began last (else the first logged). An outcome
-    is logged once its settle returns, and with `?wait_replicas=` that waits for a replica: the
-    next attempt (a retry read at once) may send its copy before the previous one is logged.
+    the copy, of an attempt that began before it; of those, the attempt that began last. An
+    outcome is logged once its settle returns, and with `?wait_replicas=` that waits for a
+    replica: the next attempt (a retry read at once) may send its copy before the previous one
+    is logged, so attempts are told apart by when they began (the line's `duration_ms`). An
+    outcome without a start (a table's) counts only until that worker's next copy of the task.
     """
     per_sender: dict[tuple[int, str], list[Outcome]] = defaultdict(list)
     for incarnation, events in outcomes.items():
@@ -180,7 +181,8 @@ def _match(
         after = [
             o
             for o in events
-            if copy.at - 0.005 <= o.at < until and (o.started is None or o.started < copy.at)
+            if o.at >= copy.at - 0.005
+            and (o.at < until if o.started is None else o.started < copy.at)
         ]
         attempt = max(after, key=_began_then_logged, default=None)
         before = [o for o in events if o.at < copy.at - 0.005]

@@ -59,11 +59,21 @@ class Injector:
         self.disruptions: list[Disruption] = []
         self.counts: dict[str, int] = {}
         self.malformed_written: dict[int, str] = {}
+        self.failed: list[str] = []  # faults that could not be injected, and why
 
     async def inject(self, fault: Fault) -> None:
         """Run one fault to its end (or until cancelled, undoing it on the way out)."""
         name = "oversized entry (16 MiB + 1)" if fault.variant == "oversized" else fault.kind
-        self.counts[name] = self.counts.get(name, 0) + 1
+        if fault.kind != "redis failover":  # counted once it starts (it may wait its turn)
+            self.counts[name] = self.counts.get(name, 0) + 1
+        try:
+            await self._inject(fault)
+        except Exception as exc:
+            # The run did not have the fault its report would claim: that fails it.
+            self.failed.append(f"{fault.kind} at {fault.at_s:.1f} s: {exc!r}")
+            raise
+
+    async def _inject(self, fault: Fault) -> None:
         kind = fault.kind
         if kind.startswith("worker"):
             await self._worker_fault(fault)
@@ -159,6 +169,7 @@ class Injector:
         """Kill the queue's primary, let its replica take over, bring the killed node back as a
         replica and wait for it to sync. Its window runs from the kill until then: a settle or
         a read the promoted replica did not have shows up as a resend within it."""
+        self.counts["redis failover"] = self.counts.get("redis failover", 0) + 1
         job = asyncio.ensure_future(asyncio.to_thread(_fail_over_and_relink, cluster))
         try:
             # Shielded: a failover cut short would leave the cluster without the killed node.

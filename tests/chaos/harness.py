@@ -57,6 +57,7 @@ class RunFacts:
     exit_codes: dict[int, tuple[str, int | None]] = field(default_factory=dict)
     disruptions: list[Disruption] = field(default_factory=list)
     fault_counts: dict[str, int] = field(default_factory=dict)
+    faults_failed: list[str] = field(default_factory=list)  # could not be injected, and why
     tally: Tally = field(default_factory=Tally)
     last_enqueue_at: float = 0.0  # time.time() of the last enqueue
     drained: bool = False
@@ -245,6 +246,7 @@ async def _collect(
     facts.malformed_written = dict(injector.malformed_written)
     facts.disruptions = list(injector.disruptions)
     facts.fault_counts = dict(injector.counts)
+    facts.faults_failed = list(injector.failed)
     for incarnation in fleet.incarnations:
         with incarnation.log_path.open(errors="replace") as log:
             facts.outcomes[incarnation.number] = parse_outcomes(log)
