@@ -16,6 +16,11 @@ and it is put in the README's duplicate windows ("Delivery guarantee") only on e
   link delivered the final dot after the worker had timed out and logged the failure;
 - W3: as W1's second case, but the fault was the worker itself being frozen (SIGSTOP).
 
+On a cluster a failover is one more W1 case: a copy recorded as sent whose settle the promoted
+replica never got (the primary was killed within the settle's WAIT timeout of its line), and
+the entry sent again from there ("settle lost in a failover"); the other W1 cases count a
+failover as a Redis fault.
+
 A duplicate (two copies or more) is explained when at most one of its copies is recorded and
 every other copy has a window; anything else is reported as unexplained and fails the run.
 """
@@ -52,6 +57,9 @@ _REPLY_LOST: Final = ("timed out", "Disconnected", "Connection", "Reset", "close
 _SLACK_S: Final = 1.0  # clock and scheduling slack around a fault's edges
 # After SIGTERM a worker's fate writes get WORKER_SHUTDOWN_SECONDS (3 in a run) plus 5 s.
 _FATE_GRACE_S: Final = 8.0
+# With ?wait_replicas=, a settle that no replica confirmed within this (the default
+# wait_timeout_ms) stands on the primary alone: a failover then loses it.
+_WAIT_TIMEOUT_S: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +157,7 @@ def attribute(
                     task_copies=task_copies,
                 )
             )
+        _settles_lost_in_failovers(windows, [matches[c][0] for c in task_copies], disruptions)
         verdicts[task_id] = windows
         explained[task_id] = windows.count(RECORDED) <= 1 and not any(
             w.startswith("unexplained") for w in windows
@@ -188,6 +197,22 @@ def _match(
         before = [o for o in events if o.at < copy.at - 0.005]
         matched[copy] = (attempt, before[-1] if before else None)
     return matched
+
+
+def _settles_lost_in_failovers(
+    windows: list[str], outcomes: Sequence[Outcome | None], disruptions: Sequence[Disruption]
+) -> None:
+    """Every recorded copy but the last whose settle a failover may have lost: the queue's
+    primary was killed within the settle's WAIT timeout (plus slack) of its outcome's line."""
+    recorded = [n for n, window in enumerate(windows) if window == RECORDED]
+    for n in recorded[:-1]:
+        outcome = outcomes[n]
+        if outcome is not None and any(
+            d.kind == "redis failover"
+            and outcome.at - _WAIT_TIMEOUT_S - _SLACK_S <= d.start <= outcome.at + _SLACK_S
+            for d in disruptions
+        ):
+            windows[n] = "W1 settle lost in a failover"
 
 
 def _began_then_logged(outcome: Outcome) -> tuple[float, float]:

@@ -232,6 +232,17 @@ ALIVE = ("stopped at the end", None)
             ["unexplained: settled elsewhere with no fault to explain it", "recorded"],
             False,
         ),
+        # Both settled as sent, the first just before the queue's primary was killed: its
+        # settle's WAIT timed out, the settle stood on the dying primary only, and the promoted
+        # replica still had the entry pending, which another worker reclaimed and sent.
+        (
+            [_copy(1.0, 0), _copy(6.0, 1)],
+            {0: [_sent(2.1)], 1: [_sent(6.1)]},
+            {0: ALIVE, 1: ALIVE},
+            [Disruption("redis failover", 2.3, 9.0)],
+            ["W1 settle lost in a failover", "recorded"],
+            True,
+        ),
         # Two copies both settled as sent: sent again after being recorded.
         (
             [_copy(1.0, 0), _copy(3.0, 1)],
