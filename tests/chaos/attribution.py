@@ -6,7 +6,8 @@ fault was active. A copy is *recorded* when its own worker logged the send as se
 (`task_sent` / `task_partly_sent`, not `settled_elsewhere`). Any other copy is a resend risk,
 and it is put in the README's duplicate windows ("Delivery guarantee") only on evidence:
 
-- W1: its worker was SIGKILLed after the server accepted and before any outcome was logged, or
+- W1: its worker was SIGKILLed after the server accepted and before any outcome was logged (or
+  just before the server accepted, the final dot still held in a faulted SMTP link), or
   SIGTERMed (a deploy) while cut off from Redis, so its settle was never written; or the entry
   was held by two workers at once (one logged `settled_elsewhere`) while a Redis fault
   (restart, pause, link fault) hit one of them, so the entry outlived
@@ -236,6 +237,17 @@ def _window(  # noqa: PLR0911 - one return per window, in the order the module d
     end, ended_at = endings.get(copy.incarnation, ("", None))
     if outcome is None:
         if end.startswith("SIGKILL") and ended_at is not None and ended_at >= copy.at:
+            return "W1 killed between accept and settle"
+        if (
+            end.startswith("SIGKILL")
+            and ended_at is not None
+            and any(
+                d.kind.startswith("smtp link") and d.hits([copy.incarnation], ended_at, copy.at)
+                for d in disruptions
+            )
+        ):
+            # Its final dot was in a slow or stalled SMTP link when it was killed: the proxy
+            # forwarded it to the server afterwards.
             return "W1 killed between accept and settle"
         if (
             end == "SIGTERM"

@@ -148,6 +148,16 @@ ALIVE = ("stopped at the end", None)
             ["W1 killed between accept and settle", "recorded"],
             True,
         ),
+        # Killed with its final dot in a slow SMTP link: the dot reached the server after the
+        # kill (the proxy forwards what it read), and another worker resent it.
+        (
+            [_copy(1.13, 0), _copy(9.0, 1)],
+            {0: [], 1: [_sent(9.1)]},
+            {0: ("SIGKILL", 1.0), 1: ALIVE},
+            [Disruption("smtp link latency", 0.5, 7.0, 0)],
+            ["W1 killed between accept and settle", "recorded"],
+            True,
+        ),
         # Cut off from Redis past the reclaim idle time: its late settle lost the race.
         (
             [_copy(1.0, 0), _copy(4.5, 1)],
