@@ -93,12 +93,17 @@ bench-scaling: $(STAMP)
 # Chaos runs (tests/chaos/): several workers, producers, a private Redis (AOF) and a counting SMTP
 # server under injected faults; prints a table per seed and exits 1 if any invariant broke (an
 # email lost, a duplicate outside the documented windows...). A short run is part of `make test`.
+# TOPOLOGY=cluster runs on a 3-primary, 3-replica Redis Cluster with ?wait_replicas=1 (0 lost
+# stays the rule) and draws failovers (the queue's primary SIGKILLed, its replica promoted, the
+# node back as a replica) instead of the faults of the one Redis (docs/reliability.md).
 # Options: make chaos SEEDS='1 2 3' DURATION=60 EMAILS=5000 ARGS='--workers 4 --redis-pause 12'
 SEEDS    ?= 1 2 3
 DURATION ?= 60
 EMAILS   ?= 5000
+TOPOLOGY ?= single
 chaos: $(STAMP)
-	$(BIN)/python -m tests.chaos --seeds $(SEEDS) --duration $(DURATION) --emails $(EMAILS) $(ARGS)
+	$(BIN)/python -m tests.chaos --seeds $(SEEDS) --duration $(DURATION) --emails $(EMAILS) \
+		--topology $(TOPOLOGY) $(ARGS)
 
 # Redis failovers under load (tests/chaos/test_failover.py): a 3+3 Redis Cluster and a Sentinel
 # setup on free ports, the queue's primary killed, with and without ?wait_replicas=1 (two of the

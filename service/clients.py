@@ -107,8 +107,11 @@ class _ClosedWriteIsConnectionError(AbstractConnection):
 
     asyncio's loop reports such a write as an OSError, which redis-py turns into ConnectionError
     (and the worker rides out); uvloop raises RuntimeError("... the handler is closed"), which
-    redis-py lets through as if it were a bug. redis-py has already dropped the connection when
-    the error reaches here, so the next command opens a new one.
+    redis-py lets through as if it were a bug. The same for a write whose connection another
+    task closed while it waited to run (a cluster client does that to a node's connections when
+    a failover changes the slot map): redis-py reads a writer that is now None, an
+    AttributeError. redis-py has already dropped the connection when the error reaches here, so
+    the next command opens a new one.
     """
 
     async def send_packed_command(
@@ -118,6 +121,10 @@ class _ClosedWriteIsConnectionError(AbstractConnection):
             await super().send_packed_command(command, check_health)
         except RuntimeError as exc:
             if "handler is closed" not in str(exc):
+                raise
+            raise RedisConnectionError("Error while writing to socket: connection closed") from exc
+        except AttributeError as exc:
+            if "'NoneType'" not in str(exc):
                 raise
             raise RedisConnectionError("Error while writing to socket: connection closed") from exc
 

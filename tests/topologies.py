@@ -1,6 +1,7 @@
 """Highly available Redis setups for the tests, on free ports: a Redis Cluster (3 primaries, 3
 replicas) and a Sentinel setup (1 primary, 1 replica, 3 sentinels), each a set of real
-redis-server processes that a test can kill (SIGKILL) to force a failover."""
+redis-server processes that a test can kill (SIGKILL) to force a failover (`fail_over`: used by
+the failover tests and by the chaos runs on a cluster)."""
 
 from __future__ import annotations
 
@@ -138,6 +139,27 @@ class Cluster:
             time.sleep(0.1)
         raise AssertionError("the cluster did not become healthy")
 
+    def wait_replicas_linked(self, timeout: float = 30) -> None:
+        """Until each of the 3 replicas has its link to its primary up (after a failover: the
+        restarted node has synced from the one that took over)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            linked = 0
+            for node in self.nodes:
+                if node.process is None or node.process.poll() is not None:
+                    continue
+                try:
+                    with node.client() as client:
+                        info = client.info("replication")
+                except redis_sync.RedisError:
+                    continue  # still loading, or going down
+                if info.get("role") == "slave" and info.get("master_link_status") == "up":
+                    linked += 1
+            if linked == 3:
+                return
+            time.sleep(0.1)
+        raise AssertionError("the cluster's replicas did not link")
+
 
 def _cluster_info(node: Node) -> dict[str, str]:
     with node.client() as client:
@@ -168,26 +190,11 @@ def redis_cluster(workdir: Path) -> Iterator[Cluster]:
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60,
         )  # fmt: skip
         cluster.wait_healthy()
-        _wait_replicas_linked(cluster)
+        cluster.wait_replicas_linked()
         yield cluster
     finally:
         for node in cluster.nodes:
             node.stop()
-
-
-def _wait_replicas_linked(cluster: Cluster, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        linked = 0
-        for node in cluster.nodes:
-            with node.client() as client:
-                info = client.info("replication")
-            if info.get("role") == "slave" and info.get("master_link_status") == "up":
-                linked += 1
-        if linked == 3:
-            return
-        time.sleep(0.1)
-    raise AssertionError("the cluster's replicas did not link")
 
 
 @dataclass
@@ -294,3 +301,48 @@ def _wait_sentinels_see_replica(setup: SentinelSetup, timeout: float = 30) -> No
             return
         time.sleep(0.1)
     raise AssertionError("the sentinels did not find the replica and each other")
+
+
+def _wait_for_new_primary(
+    topology: Cluster | SentinelSetup, old: Node, timeout: float = 30
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if topology.queue_primary() is not old:
+                return
+        except (redis_sync.RedisError, RuntimeError):
+            pass  # a node that is going down, or none answering yet
+        time.sleep(0.1)
+    raise AssertionError("no replica took over")
+
+
+def fail_over(topology: Cluster | SentinelSetup, *, replica_stall_s: float = 0.0) -> float:
+    """SIGKILL the primary holding the queue, wait for its replica to take over, then start the
+    killed node again as a replica of the new primary; returns when the kill was (time.time()).
+
+    With `replica_stall_s`, the replica is cut off that long before the kill: what the primary
+    acknowledged in that time is what asynchronous replication loses.
+    """
+    victim = topology.queue_primary()
+    if replica_stall_s > 0:
+        replica = topology.replica_of(victim)
+        # Stopped, and its link closed by the primary, so that what the primary acknowledges
+        # from now on reaches no replica (a stopped replica would still find the bytes already
+        # sent in its socket buffer).
+        replica.pause()
+        with victim.client() as client:
+            client.execute_command("CLIENT", "KILL", "TYPE", "replica")
+        time.sleep(replica_stall_s)
+    killed_at = time.time()
+    victim.kill()
+    if replica_stall_s > 0:
+        replica.resume()
+    # The dead primary comes back (empty, as a supervisor restarts it) once the replica took
+    # over, and becomes its replica: the durability mode has a replica to wait for again.
+    _wait_for_new_primary(topology, victim)
+    if isinstance(topology, Cluster):
+        victim.start()  # the cluster makes it a replica of the node that took over
+    else:
+        topology.restart_as_replica(victim)
+    return killed_at

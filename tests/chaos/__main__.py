@@ -33,6 +33,15 @@ async def run_and_judge(config: RunConfig, workdir: Path) -> Summary:
     evidence = {
         "failures": summary.failures,
         "duplicates": summary.duplicates,
+        # Each duplicate's copies (time, worker, dropped) and task id: its lines in the logs.
+        "duplicate_copies": {
+            name: [
+                {"task_id": c.task_id, "at": c.at, "worker": c.incarnation, "dropped": c.dropped}
+                for c in facts.copies
+                if f"#{c.seq}" == name
+            ]
+            for name in summary.duplicates
+        },
         "faults": [asdict(d) for d in facts.disruptions],
         "workers": {str(n): {"end": end, "at": at} for n, (end, at) in facts.endings.items()},
         "lost": summary.lost,
@@ -56,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain-timeout", type=float, default=180.0)
     parser.add_argument("--worker-module", default="service.worker")
     parser.add_argument(
+        "--topology",
+        choices=["single", "cluster"],
+        default="single",
+        help="one redis-server (AOF), or a 3+3 Redis Cluster with failovers (?wait_replicas=1)",
+    )
+    parser.add_argument(
         "--workdir",
         type=Path,
         help="keep every seed's logs here (default: var/chaos/<time>/<seed>, failing seeds only)",
@@ -75,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         mean_fault_gap_s=args.fault_gap,
         drain_timeout_s=args.drain_timeout,
         worker_module=args.worker_module,
+        topology=args.topology,
     )
     summaries = []
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -83,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         replay = sys.argv[1:] if argv is None else argv
         planned = len(draw_faults(config))
         command = f"python -m tests.chaos {shlex.join(_with_seed(replay, seed))}"
-        print(f"chaos seed {seed}: {planned} faults planned; replay: {command}", flush=True)
+        print(
+            f"chaos seed {seed} ({config.topology}): {planned} faults planned; replay: {command}",
+            flush=True,
+        )
         # Without --workdir, a passing seed's logs are removed and a failing seed's are kept:
         # a failure that does not come back on replay can still be read.
         workdir = ((args.workdir or _FAILED_RUNS / stamp) / str(seed)).resolve()

@@ -6,7 +6,8 @@ fault was active. A copy is *recorded* when its own worker logged the send as se
 (`task_sent` / `task_partly_sent`, not `settled_elsewhere`). Any other copy is a resend risk,
 and it is put in the README's duplicate windows ("Delivery guarantee") only on evidence:
 
-- W1: its worker was SIGKILLed after the server accepted and before any outcome was logged, or
+- W1: its worker was SIGKILLed after the server accepted and before any outcome was logged (or
+  just before the server accepted, the final dot still held in a faulted SMTP link), or
   SIGTERMed (a deploy) while cut off from Redis, so its settle was never written; or the entry
   was held by two workers at once (one logged `settled_elsewhere`) while a Redis fault
   (restart, pause, link fault) hit one of them, so the entry outlived
@@ -16,12 +17,18 @@ and it is put in the README's duplicate windows ("Delivery guarantee") only on e
   link delivered the final dot after the worker had timed out and logged the failure;
 - W3: as W1's second case, but the fault was the worker itself being frozen (SIGSTOP).
 
+On a cluster a failover is one more W1 case: a copy recorded as sent whose settle the promoted
+replica never got (the primary was killed within the settle's WAIT timeout of its line), and
+the entry sent again from there ("settle lost in a failover"); the other W1 cases count a
+failover as a Redis fault.
+
 A duplicate (two copies or more) is explained when at most one of its copies is recorded and
 every other copy has a window; anything else is reported as unexplained and fails the run.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,6 +58,9 @@ _REPLY_LOST: Final = ("timed out", "Disconnected", "Connection", "Reset", "close
 _SLACK_S: Final = 1.0  # clock and scheduling slack around a fault's edges
 # After SIGTERM a worker's fate writes get WORKER_SHUTDOWN_SECONDS (3 in a run) plus 5 s.
 _FATE_GRACE_S: Final = 8.0
+# With ?wait_replicas=, a settle that no replica confirmed within this (the default
+# wait_timeout_ms) stands on the primary alone: a failover then loses it.
+_WAIT_TIMEOUT_S: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +72,7 @@ class Outcome:
     at: float
     settled_elsewhere: bool = False
     reason: str = ""
+    started: float | None = None  # when the attempt began (its line's duration_ms before `at`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +111,7 @@ def parse_outcomes(lines: Iterable[str]) -> list[Outcome]:
         if record.get("event") not in _OUTCOME_EVENTS or "task_id" not in record:
             continue
         at = datetime.fromisoformat(record["timestamp"]).timestamp()
+        duration_ms = record.get("duration_ms")
         outcomes.append(
             Outcome(
                 task_id=record["task_id"],
@@ -107,6 +119,7 @@ def parse_outcomes(lines: Iterable[str]) -> list[Outcome]:
                 at=at,
                 settled_elsewhere=bool(record.get("settled_elsewhere")),
                 reason=str(record.get("reason", "")),
+                started=None if duration_ms is None else at - float(duration_ms) / 1000,
             )
         )
     return outcomes
@@ -145,6 +158,7 @@ def attribute(
                     task_copies=task_copies,
                 )
             )
+        _settles_lost_in_failovers(windows, [matches[c][0] for c in task_copies], disruptions)
         verdicts[task_id] = windows
         explained[task_id] = windows.count(RECORDED) <= 1 and not any(
             w.startswith("unexplained") for w in windows
@@ -157,8 +171,12 @@ def _match(
 ) -> dict[Copy, tuple[Outcome | None, Outcome | None]]:
     """Per copy: the outcome of its attempt and the last outcome before it, same worker.
 
-    The outcome of the attempt that produced a copy is the first one its worker logged for the
-    task after the copy and before that worker's next copy of the task (if any).
+    The outcome of the attempt that produced a copy is one its worker logged for the task after
+    the copy, of an attempt that began before it; of those, the attempt that began last. An
+    outcome is logged once its settle returns, and with `?wait_replicas=` that waits for a
+    replica: the next attempt (a retry read at once) may send its copy before the previous one
+    is logged, so attempts are told apart by when they began (the line's `duration_ms`). An
+    outcome without a start (a table's) counts only until that worker's next copy of the task.
     """
     per_sender: dict[tuple[int, str], list[Outcome]] = defaultdict(list)
     for incarnation, events in outcomes.items():
@@ -170,10 +188,37 @@ def _match(
         later = [c.at for c in copies if c.incarnation == copy.incarnation and c.at > copy.at]
         until = min(later, default=float("inf"))
         # Log stamps and the server's clock are one clock; 5 ms covers rounding.
-        after = [o for o in events if copy.at - 0.005 <= o.at < until]
+        after = [
+            o
+            for o in events
+            if o.at >= copy.at - 0.005
+            and (o.at < until if o.started is None else o.started < copy.at)
+        ]
+        attempt = max(after, key=_began_then_logged, default=None)
         before = [o for o in events if o.at < copy.at - 0.005]
-        matched[copy] = (after[0] if after else None, before[-1] if before else None)
+        matched[copy] = (attempt, before[-1] if before else None)
     return matched
+
+
+def _settles_lost_in_failovers(
+    windows: list[str], outcomes: Sequence[Outcome | None], disruptions: Sequence[Disruption]
+) -> None:
+    """Every recorded copy but the last whose settle a failover may have lost: the queue's
+    primary was killed within the settle's WAIT timeout (plus slack) of its outcome's line."""
+    recorded = [n for n, window in enumerate(windows) if window == RECORDED]
+    for n in recorded[:-1]:
+        outcome = outcomes[n]
+        if outcome is not None and any(
+            d.kind == "redis failover"
+            and outcome.at - _WAIT_TIMEOUT_S - _SLACK_S <= d.start <= outcome.at + _SLACK_S
+            for d in disruptions
+        ):
+            windows[n] = "W1 settle lost in a failover"
+
+
+def _began_then_logged(outcome: Outcome) -> tuple[float, float]:
+    """Sorts the attempt that began last highest; among equals, the one logged first."""
+    return (-math.inf if outcome.started is None else outcome.started, -outcome.at)
 
 
 def _window(  # noqa: PLR0911 - one return per window, in the order the module docstring gives
@@ -192,6 +237,17 @@ def _window(  # noqa: PLR0911 - one return per window, in the order the module d
     end, ended_at = endings.get(copy.incarnation, ("", None))
     if outcome is None:
         if end.startswith("SIGKILL") and ended_at is not None and ended_at >= copy.at:
+            return "W1 killed between accept and settle"
+        if (
+            end.startswith("SIGKILL")
+            and ended_at is not None
+            and any(
+                d.kind.startswith("smtp link") and d.hits([copy.incarnation], ended_at, copy.at)
+                for d in disruptions
+            )
+        ):
+            # Its final dot was in a slow or stalled SMTP link when it was killed: the proxy
+            # forwarded it to the server afterwards.
             return "W1 killed between accept and settle"
         if (
             end == "SIGTERM"

@@ -23,13 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
-from redis.exceptions import RedisError
 
 from service import EmailTask, QueueUnavailable, SyncProducer
 from service.keys import QueueKeys
 from tests.conftest import WorkerProcess
 from tests.smtp_server import SmtpServer
-from tests.topologies import Cluster, Node, SentinelSetup
+from tests.topologies import Cluster, SentinelSetup, fail_over
 
 KEYS = QueueKeys("emails")
 
@@ -148,20 +147,6 @@ def worker_env(url: str, smtp_port: int) -> dict[str, str]:
     return env
 
 
-def _wait_for_new_primary(
-    topology: Cluster | SentinelSetup, old: Node, timeout: float = 30
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if topology.queue_primary() is not old:
-                return
-        except (RedisError, RuntimeError):
-            pass  # a node that is going down, or none answering yet
-        time.sleep(0.1)
-    raise AssertionError("no replica took over")
-
-
 def run_failover(
     topology: Cluster | SentinelSetup, smtp: SmtpServer, config: FailoverConfig, workdir: Path
 ) -> tuple[FailoverResult, list[WorkerProcess]]:
@@ -177,25 +162,7 @@ def run_failover(
     load = _Load(url, config.rate_per_s)
     load.start()
     time.sleep(config.before_kill_s)
-    victim = topology.queue_primary()
-    replica = topology.replica_of(victim)
-    # Cut the replica off: stopped, and its link closed by the primary, so that what the
-    # primary acknowledges from now on reaches no replica (a stopped replica would still find
-    # the bytes already sent in its socket buffer).
-    replica.pause()
-    with victim.client() as client:
-        client.execute_command("CLIENT", "KILL", "TYPE", "replica")
-    time.sleep(config.replica_stall_s)
-    killed_at = time.time()
-    victim.kill()
-    replica.resume()
-    # The dead primary comes back (empty, as a supervisor restarts it) once the replica took
-    # over, and becomes its replica: the durability mode has a replica to wait for again.
-    _wait_for_new_primary(topology, victim)
-    if isinstance(topology, Cluster):
-        victim.start()  # the cluster makes it a replica of the node that took over
-    else:
-        topology.restart_as_replica(victim)
+    killed_at = fail_over(topology, replica_stall_s=config.replica_stall_s)
     time.sleep(config.after_kill_s)
     load.stop.set()
     load.join(timeout=10)

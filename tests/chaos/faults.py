@@ -9,14 +9,15 @@ import time
 from typing import Final
 
 import orjson
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from service.connection import AnyRedis
 from tests.chaos.attribution import Disruption
 from tests.chaos.mailserver import MailServer
 from tests.chaos.plan import Fault
 from tests.chaos.processes import ChaosRedis, Incarnation, WorkerFleet
 from tests.chaos.proxy import FaultProxy, Mode
+from tests.topologies import Cluster, fail_over
 
 __all__ = ["Injector", "malformed_entry"]
 
@@ -46,21 +47,33 @@ class Injector:
     """Applies faults; every fault undoes itself when its time is up or when it is cancelled."""
 
     def __init__(
-        self, redis: ChaosRedis, admin: Redis, fleet: WorkerFleet, mail: MailServer
+        self, redis: ChaosRedis | Cluster, admin: AnyRedis, fleet: WorkerFleet, mail: MailServer
     ) -> None:
         self._redis = redis
         self._admin = admin
         self._fleet = fleet
         self._mail = mail
-        self._redis_turn = asyncio.Lock()  # a restart and a pause of Redis never overlap
+        # A restart and a pause of Redis never overlap; nor do two failovers: the next one waits
+        # until the killed node is back as a replica.
+        self._redis_turn = asyncio.Lock()
         self.disruptions: list[Disruption] = []
         self.counts: dict[str, int] = {}
         self.malformed_written: dict[int, str] = {}
+        self.failed: list[str] = []  # faults that could not be injected, and why
 
     async def inject(self, fault: Fault) -> None:
         """Run one fault to its end (or until cancelled, undoing it on the way out)."""
         name = "oversized entry (16 MiB + 1)" if fault.variant == "oversized" else fault.kind
-        self.counts[name] = self.counts.get(name, 0) + 1
+        if fault.kind != "redis failover":  # counted once it starts (it may wait its turn)
+            self.counts[name] = self.counts.get(name, 0) + 1
+        try:
+            await self._inject(fault)
+        except Exception as exc:
+            # The run did not have the fault its report would claim: that fails it.
+            self.failed.append(f"{fault.kind} at {fault.at_s:.1f} s: {exc!r}")
+            raise
+
+    async def _inject(self, fault: Fault) -> None:
         kind = fault.kind
         if kind.startswith("worker"):
             await self._worker_fault(fault)
@@ -102,6 +115,9 @@ class Injector:
             await self._fleet.start()
         elif fault.kind.startswith("worker SIGTERM"):
             await self._fleet.start()  # a deploy starts the new instance first
+            # The old instance is up (a restart just before may still be importing): a SIGTERM
+            # before its handlers are in place ends it as the default action does.
+            await self._fleet.wait_started(target)
             await self._fleet.terminate(target)
         else:
             start = time.time()
@@ -117,6 +133,8 @@ class Injector:
         if target is None:
             return
         link = target.redis_link if fault.kind.startswith("redis") else target.smtp_link
+        if link is None:
+            return  # no Redis proxy on a cluster (the plan draws no such fault there)
         mode: Mode = fault.kind.rsplit(" ", 1)[1]  # type: ignore[assignment]
         await self._hold(link, mode, fault, target.number)
 
@@ -130,6 +148,9 @@ class Injector:
             self._note(fault.kind, start, number)
 
     async def _redis_fault(self, fault: Fault) -> None:
+        if isinstance(self._redis, Cluster):
+            await self._failover(self._redis)
+            return
         start = time.time()
         try:
             if fault.kind == "redis restart":
@@ -143,6 +164,21 @@ class Injector:
             if not self._redis.running:
                 await asyncio.to_thread(self._redis.start, 30.0)
             self._note(fault.kind, start, None)
+
+    async def _failover(self, cluster: Cluster) -> None:
+        """Kill the queue's primary, let its replica take over, bring the killed node back as a
+        replica and wait for it to sync. Its window runs from the kill until then: a settle or
+        a read the promoted replica did not have shows up as a resend within it."""
+        self.counts["redis failover"] = self.counts.get("redis failover", 0) + 1
+        job = asyncio.ensure_future(asyncio.to_thread(_fail_over_and_relink, cluster))
+        try:
+            # Shielded: a failover cut short would leave the cluster without the killed node.
+            killed_at = await asyncio.shield(job)
+        except asyncio.CancelledError:
+            killed_at = await job
+            self._note("redis failover", killed_at, None)
+            raise
+        self._note("redis failover", killed_at, None)
 
     async def _mail_fault(self, fault: Fault) -> None:
         behaviour = self._mail.behaviour
@@ -161,10 +197,17 @@ class Injector:
         self._mail.behaviour.storm_until = self._mail.behaviour.slow_until = 0.0
         self._mail.behaviour.drop_next = 0
         for incarnation in self._fleet.alive():
-            incarnation.redis_link.set_mode("pass")
+            if incarnation.redis_link is not None:
+                incarnation.redis_link.set_mode("pass")
             incarnation.smtp_link.set_mode("pass")
             if incarnation.process.poll() is None:
                 os.kill(incarnation.process.pid, signal.SIGCONT)
 
     def _note(self, kind: str, start: float, number: int | None, end: float | None = None) -> None:
         self.disruptions.append(Disruption(kind, start, end or time.time(), number))
+
+
+def _fail_over_and_relink(cluster: Cluster) -> float:
+    killed_at = fail_over(cluster)
+    cluster.wait_replicas_linked()
+    return killed_at

@@ -9,9 +9,20 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal
 
-__all__ = ["FAULT_KINDS", "MALFORMED_KINDS", "Fault", "RunConfig", "draw_faults", "draw_rejected"]
+__all__ = [
+    "CLUSTER_FAULT_KINDS",
+    "FAULT_KINDS",
+    "MALFORMED_KINDS",
+    "Fault",
+    "RunConfig",
+    "draw_faults",
+    "draw_rejected",
+    "fault_kinds",
+]
+
+Topology = Literal["single", "cluster"]
 
 # Every kind of fault a run injects at least once (when the run is long enough).
 FAULT_KINDS: Final = (
@@ -32,6 +43,15 @@ FAULT_KINDS: Final = (
     "smtp slow DATA",
     "smtp drop after final dot",
     "malformed entry",
+)
+# On a Redis Cluster: the queue's primary is killed and its replica promoted (a failover), in
+# place of the faults of THE Redis. A restart is what the failover ends with (the killed node
+# comes back, empty, as a replica). Not drawn: a SIGSTOP of a node, which a cluster turns into
+# a failover of a frozen primary, and the Redis link faults, whose per-worker proxy cannot stand
+# in front of a cluster (the client connects to the nodes the cluster announces).
+CLUSTER_FAULT_KINDS: Final = (
+    *(kind for kind in FAULT_KINDS if not kind.startswith("redis")),
+    "redis failover",
 )
 # Written straight into the stream, bypassing the producer's validation.
 MALFORMED_KINDS: Final = (
@@ -62,6 +82,7 @@ class RunConfig:
     reclaim_idle_s: float = 3.0
     smtp_timeout_s: float = 2.0
     oversized_entry: bool = True  # one `task` field over 16 MiB
+    topology: Topology = "single"  # one redis-server (AOF), or a 3+3 cluster (failovers)
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -84,12 +105,18 @@ def draw_rejected(config: RunConfig) -> frozenset[int]:
     return frozenset(seq for seq in range(config.emails) if rng.random() < config.rejected_ratio)
 
 
+def fault_kinds(topology: Topology) -> tuple[str, ...]:
+    """The kinds of fault a run on `topology` draws from."""
+    return CLUSTER_FAULT_KINDS if topology == "cluster" else FAULT_KINDS
+
+
 def draw_faults(config: RunConfig) -> list[Fault]:
     """The faults of a run, in time order: each kind once, then random ones to fill the window."""
     rng = random.Random(f"{config.seed}:faults")
-    count = max(len(FAULT_KINDS), int(config.duration_s / config.mean_fault_gap_s))
-    kinds = list(FAULT_KINDS)
-    kinds += rng.choices(FAULT_KINDS, k=count - len(kinds))
+    every = fault_kinds(config.topology)
+    count = max(len(every), int(config.duration_s / config.mean_fault_gap_s))
+    kinds = list(every)
+    kinds += rng.choices(every, k=count - len(kinds))
     rng.shuffle(kinds)
     # Offsets leave the first second for start-up and the last one for the tail of the load.
     offsets = sorted(rng.uniform(1.0, max(config.duration_s - 1.0, 1.5)) for _ in kinds)

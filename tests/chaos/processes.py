@@ -1,5 +1,6 @@
 """The processes of a chaos run: one redis-server (AOF) and the worker processes, each behind its
-own pair of fault proxies, with a record of how each one ended."""
+own pair of fault proxies, with a record of how each one ended. On a Redis Cluster a worker has
+an SMTP proxy only: it reaches the nodes the cluster announces, directly."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ REPO: Final = Path(__file__).resolve().parents[2]
 # Settings the harness controls; anything inherited from the shell is removed.
 _SETTING_PREFIXES: Final = ("REDIS_", "SMTP_", "MAIL_", "EMAIL_", "WORKER_", "LOG_")
 _EXIT_WAIT_SECONDS: Final = 30.0
+_START_WAIT_SECONDS: Final = 60.0
 
 
 class ChaosRedis(RedisServer):
@@ -57,7 +59,7 @@ class Incarnation:
     number: int
     process: subprocess.Popen[bytes]
     log_path: Path
-    redis_link: FaultProxy
+    redis_link: FaultProxy | None  # None on a cluster
     smtp_link: FaultProxy
     started: float
     ended: float | None = None
@@ -74,10 +76,12 @@ class WorkerFleet:
     """Starts worker processes and keeps the record of every one of them."""
 
     def __init__(
-        self, workdir: Path, redis_port: int, mail: MailServer, env: dict[str, str], module: str
+        self, workdir: Path, redis: int | str, mail: MailServer, env: dict[str, str], module: str
     ) -> None:
+        """`redis`: the port of the one redis-server (each worker gets a proxy to it), or the
+        URL the workers use as it is (a cluster)."""
         self._workdir = workdir
-        self._redis_port = redis_port
+        self._redis = redis
         self._mail = mail
         self._module = module
         base = {k: v for k, v in os.environ.items() if not k.startswith(_SETTING_PREFIXES)}
@@ -94,15 +98,16 @@ class WorkerFleet:
         """Start one more worker, with its own proxies and its own SMTP listening port."""
         number = len(self.incarnations)
         smtp_port = await self._mail.listen(number)
-        redis_link = FaultProxy(self._redis_port, f"redis-{number}")
         smtp_link = FaultProxy(smtp_port, f"smtp-{number}")
-        await redis_link.start()
         await smtp_link.start()
-        env = {
-            **self._env,
-            "REDIS_URL": f"redis://127.0.0.1:{redis_link.port}/0",
-            "SMTP_PORT": str(smtp_link.port),
-        }
+        redis_link = None
+        if isinstance(self._redis, str):
+            redis_url = self._redis
+        else:
+            redis_link = FaultProxy(self._redis, f"redis-{number}")
+            await redis_link.start()
+            redis_url = f"redis://127.0.0.1:{redis_link.port}/0"
+        env = {**self._env, "REDIS_URL": redis_url, "SMTP_PORT": str(smtp_link.port)}
         log_path = self._workdir / f"worker-{number}.log"
         with log_path.open("wb") as log:  # the child keeps its own descriptor
             # Popen returns at once (the child runs on its own): the event loop is not held up.
@@ -117,6 +122,18 @@ class WorkerFleet:
         incarnation = Incarnation(number, process, log_path, redis_link, smtp_link, time.time())
         self.incarnations.append(incarnation)
         return incarnation
+
+    async def wait_started(self, incarnation: Incarnation) -> None:
+        """Until its log says it started: a SIGTERM before its handlers are in place would end
+        it as the default action does (exit -15), which is not what the run tests."""
+        deadline = time.monotonic() + _START_WAIT_SECONDS
+        # Polled: the log is a file the child writes.
+        while time.monotonic() < deadline:
+            if b'"event":"worker_started"' in incarnation.log_path.read_bytes():
+                return
+            if incarnation.process.poll() is not None:
+                return  # the report names how it ended
+            await asyncio.sleep(0.1)
 
     def kill(self, incarnation: Incarnation) -> None:
         """SIGKILL: no drain, no settle; its pending entries wait for the reclaim."""
@@ -180,5 +197,6 @@ class WorkerFleet:
             await self._release(incarnation)
 
     async def _release(self, incarnation: Incarnation) -> None:
-        await incarnation.redis_link.close()
+        if incarnation.redis_link is not None:
+            await incarnation.redis_link.close()
         await incarnation.smtp_link.close()

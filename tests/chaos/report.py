@@ -85,6 +85,7 @@ def summarize(facts: RunFacts) -> Summary:
     summary.workers_started = len(facts.endings)
     summary.faults = dict(sorted(facts.fault_counts.items()))
     _check(facts, summary)
+    summary.failures += [f"fault not injected: {failed}" for failed in facts.faults_failed]
     return summary
 
 

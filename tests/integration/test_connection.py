@@ -68,6 +68,41 @@ def test_plain_redis_py_on_uvloop_raises_runtime_error(redis_server: RedisServer
     assert "handler is closed" in str(error)
 
 
+async def _write_while_disconnected(redis_port: int) -> BaseException | None:
+    """A write whose connection another task disconnects before it runs: what it raises.
+
+    A Redis Cluster client does that to a node's connections when a failover changes the slot
+    map. Under a socket timeout (Python 3.11's `wait_for`), the write runs in a task of its own
+    and finds the writer gone.
+    """
+    client = connect_redis(f"redis://127.0.0.1:{redis_port}/0?socket_timeout=5")
+    assert isinstance(client, Redis)
+    connection = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call] # untyped in redis-py
+    try:
+        write = asyncio.create_task(connection.send_packed_command(b"*1\r\n$4\r\nPING\r\n", False))
+        await asyncio.sleep(0)  # the write is under way: it waits for its own task
+        await connection.disconnect(nowait=True)
+        try:
+            await write
+        except Exception as exc:  # noqa: BLE001 - which exception it is, is the result
+            return exc
+        return None
+    finally:
+        await client.connection_pool.release(connection)
+        await client.aclose()
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_a_write_on_a_connection_closed_underneath_is_a_connection_error(
+    redis_server: RedisServer, loop: str
+) -> None:
+    error = LOOPS[loop](_write_while_disconnected(redis_server.port))
+
+    # Not an AttributeError ('NoneType' has no 'writelines'): the worker would take that for a
+    # bug and leave the entry for the reclaim (a resend); a ConnectionError it rides out.
+    assert error is None or isinstance(error, redis.exceptions.ConnectionError), repr(error)
+
+
 @pytest.mark.parametrize(
     ("url", "kind"),
     [
