@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import Any, Final, cast
 
@@ -22,6 +23,7 @@ from redis.asyncio.connection import (
 )
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.retry import Retry
 
 __all__ = ["Cluster", "SentinelRedis", "SyncSentinelRedis", "closed_write_safe"]
@@ -44,6 +46,17 @@ class Cluster(RedisCluster):
             node_kwargs["connection_class"] = safe
             for node in self.nodes_manager.startup_nodes.values():
                 node.connection_class = cast("type[Connection]", safe)  # TCP or TLS: a Connection
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        # redis-py 8.1 resolves a command's policy (COMMAND, on the startup node) before it
+        # initialises the client, and initialising closes the startup node's connections: a
+        # fresh client given a burst of commands (a web app's first requests) saw writes on
+        # closed connections. Every command of the burst waits for the one initialisation; one
+        # that fails is left to redis-py's own retries, below.
+        if self._initialize:
+            with contextlib.suppress(RedisError, OSError):
+                await self.initialize()
+        return await super().execute_command(*args, **kwargs)
 
     async def aclose(self) -> None:
         if self._initialize:
