@@ -19,6 +19,7 @@ from service import EmailTask
 from service.task import Attachment
 from service.wire import QueuedTask
 from service.worker.render import _name_and_address, render
+from service.worker.transaction import dot_stuffed
 
 TASK_ID = "0123456789abcdef0123456789abcdef"
 SENDER = "Worker <worker@example.com>"
@@ -174,6 +175,10 @@ def test_the_parser_reads_back_what_was_enqueued(task: EmailTask) -> None:
     assert not out.smtputf8
     _check(task, out.data(eightbit=True), eightbit=True)
     _check(task, out.data(eightbit=False), eightbit=False)
+    for eightbit in (True, False):  # what DATA carries unscanned needs no stuffing
+        data = out.data(eightbit=eightbit)
+        if out.plain_lines(eightbit=eightbit):
+            assert dot_stuffed(data) == data + b".\r\n"
 
 
 @settings(max_examples=500, deadline=None)
