@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import structlog
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "iso_utc"]
 
 
 def configure_logging(*, level: str, json: bool) -> None:
@@ -22,7 +25,7 @@ def configure_logging(*, level: str, json: bool) -> None:
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _stamp_utc,
     ]
     renderer: structlog.typing.Processor
     if json:
@@ -45,6 +48,36 @@ def configure_logging(*, level: str, json: bool) -> None:
         cache_logger_on_first_use=True,
     )
     _route_stdlib_logging(shared, level_number, json=json)
+
+
+class _IsoUtc:
+    """The time as structlog's `TimeStamper(fmt="iso", utc=True)` writes it, e.g.
+    `2026-12-02T05:00:01.250000Z`, with the date and time of day formatted once per second:
+    building a datetime for every line was a third of the cost of a worker's line per email."""
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        # One attribute, replaced whole: a thread logging meanwhile sees a matching pair.
+        self._last = (-1, "")
+
+    def __call__(self, nanoseconds: int) -> str:
+        """The instant `nanoseconds` after the epoch, to the microsecond (rounded down)."""
+        second, micros = divmod(nanoseconds // 1000, 1_000_000)
+        last_second, prefix = self._last
+        if second != last_second:
+            prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._last = (second, prefix)
+        # As datetime.isoformat: no fraction at all on a whole second.
+        return f"{prefix}.{micros:06d}Z" if micros else f"{prefix}Z"
+
+
+iso_utc = _IsoUtc()
+
+
+def _stamp_utc(_logger: Any, _method: str, event_dict: Any) -> Any:
+    event_dict["timestamp"] = iso_utc(time.time_ns())
+    return event_dict
 
 
 def _route_stdlib_logging(

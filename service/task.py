@@ -18,6 +18,7 @@ from email.headerregistry import Address, HeaderRegistry
 from typing import Annotated, Any, Final
 
 from email_validator import EmailNotValidError, validate_email
+from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -162,11 +163,58 @@ def _check_header_names(headers: dict[str, str]) -> dict[str, str]:
 # parsing one address costs more than the rest of a task. Both are pure functions of a string;
 # a refused address raises and so is never cached.
 _ADDRESS_CACHE_SIZE: Final = 4096
+# Most mailboxes are already in the form validation writes: `local@domain` or `Name <local@domain>`
+# with a dot-atom local part, a lower-case ASCII domain and a display name of words (letters,
+# digits, some marks; no specials, quotes, `=?`, or runs of spaces). The full parse (the email
+# library's header parser, then email_validator) returns such a mailbox unchanged, and costs
+# about 150 µs: most of what a worker spends decoding a task, since each recipient is new to it.
+# For this shape only the domain is left to check, once per domain. Anything else goes the full
+# way; tests/unit/test_task.py checks that the short way never accepts what the full way would
+# refuse or rewrite.
+_WORD_CHARS: Final = r"\w'!#$%&*+/=^`{|}~-"  # atext without "?" (no encoded word), plus letters
+_ATOM: Final = r"[A-Za-z0-9!#$%&'*+/=^_`{|}~-]+"
+_SIMPLE_MAILBOX: Final = re.compile(
+    rf"(?:(?P<name>[{_WORD_CHARS}]+(?: [{_WORD_CHARS}]+)*) <)?"
+    rf"(?P<local>{_ATOM}(?:\.{_ATOM})*)@(?P<domain>[a-z0-9.-]{{1,253}})(?(name)>)"
+)
+# RFC 5321 4.5.3.1.3, as email_validator counts it.
+_MAX_ADDRESS_CHARS: Final = 254
 
 
 @functools.lru_cache(maxsize=_ADDRESS_CACHE_SIZE)
 def _parse_address(value: str) -> str:
     """Validate one mailbox (`a@example.com` or `Name <a@example.com>`); return it normalized."""
+    if _is_simple_mailbox(value):
+        return value
+    return _parse_address_fully(value)
+
+
+def _is_simple_mailbox(value: str) -> bool:
+    """Whether `value` has the simple shape above and the full parse would return it unchanged."""
+    simple = _SIMPLE_MAILBOX.fullmatch(value)
+    if simple is None:
+        return False
+    local, domain = simple["local"], simple["domain"]
+    return (
+        len(local) + 1 + len(domain) <= _MAX_ADDRESS_CHARS
+        # email_validator lower-cases these (RFC 2142) local parts.
+        and local.lower() not in CASE_INSENSITIVE_MAILBOX_NAMES
+        and _domain_kept(domain)
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _domain_kept(domain: str) -> bool:
+    """Whether the full parse accepts `domain` and keeps it as written (once per domain)."""
+    probe = f"a@{domain}"
+    try:
+        return _parse_address_fully(probe) == probe
+    except ValueError:
+        return False
+
+
+def _parse_address_fully(value: str) -> str:
+    """Validate one mailbox with the email library's parser and email_validator."""
     _reject_control_characters(value)
     try:
         header = email.policy.default.header_factory("to", value)

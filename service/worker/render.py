@@ -79,13 +79,22 @@ class Content:
 
     __slots__ = ("_eightbit", "_segments", "_sevenbit")
 
-    def __init__(self, segments: list[bytes | _TextPart]) -> None:
+    def __init__(self, segments: list[_Segment]) -> None:
         self._segments = segments
-        self._eightbit: bytes | None = None
-        self._sevenbit: bytes | None = None
+        self._eightbit: tuple[bytes, bool] | None = None
+        self._sevenbit: tuple[bytes, bool] | None = None
 
     def data(self, *, eightbit: bool) -> bytes:
         """The message, CRLF line ends, not dot-stuffed."""
+        return self._form(eightbit=eightbit)[0]
+
+    def plain_lines(self, *, eightbit: bool) -> bool:
+        """Whether every line of `data(eightbit)` ends in CRLF and none starts with a dot: then
+        SMTP's DATA carries it as it is (RFC 5321 4.5.2), with no scan of the whole message.
+        False says nothing: the transaction looks for itself."""
+        return self._form(eightbit=eightbit)[1]
+
+    def _form(self, *, eightbit: bool) -> tuple[bytes, bool]:
         if eightbit:
             if self._eightbit is None:
                 self._eightbit = self._join(eightbit=True)
@@ -94,10 +103,32 @@ class Content:
             self._sevenbit = self._join(eightbit=False)
         return self._sevenbit
 
-    def _join(self, *, eightbit: bool) -> bytes:
-        return b"".join(
-            [s if isinstance(s, bytes) else s.encoded(eightbit=eightbit) for s in self._segments]
-        )
+    def _join(self, *, eightbit: bool) -> tuple[bytes, bool]:
+        """The bytes, and whether their lines are plain. Base64 bodies, most of the bytes of an
+        email with attachments, are plain by construction and are not scanned; every other
+        piece is small, and is checked (each ends a line, so the next one starts one)."""
+        pieces: list[bytes] = []
+        plain = True
+        for segment in self._segments:
+            if isinstance(segment, _Base64Body):
+                pieces.append(segment.lines)
+                continue
+            piece = segment if isinstance(segment, bytes) else segment.encoded(eightbit=eightbit)
+            plain = plain and _plain_lines(piece)
+            pieces.append(piece)
+        return b"".join(pieces), plain
+
+
+def _plain_lines(piece: bytes) -> bool:
+    """Whether `piece` is whole lines, each ending in CRLF, none starting with a dot."""
+    line_ends = piece.count(b"\r\n")
+    return (
+        piece.endswith(b"\r\n")
+        and piece.count(b"\r") == line_ends
+        and piece.count(b"\n") == line_ends
+        and not piece.startswith(b".")
+        and b"\n." not in piece
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +150,10 @@ class Outgoing:
     def data(self, *, eightbit: bool) -> bytes:
         """The message, CRLF, not dot-stuffed; `eightbit` when the server offers 8BITMIME."""
         return self.content.data(eightbit=eightbit)
+
+    def plain_lines(self, *, eightbit: bool) -> bool:
+        """Whether DATA may carry `data(eightbit)` as it is (see `Content.plain_lines`)."""
+        return self.content.plain_lines(eightbit=eightbit)
 
     @property
     def message(self) -> EmailMessage:
@@ -160,7 +195,7 @@ def render(queued: QueuedTask, *, default_sender: str, default_mail_from: str = 
     # Each address once, also in a retry copy written before envelopes were made distinct.
     recipients = distinct_addresses(queued.envelope_recipients())
     smtputf8 = not (lines.isascii() and mail_from.isascii() and all(map(str.isascii, recipients)))
-    segments: list[bytes | _TextPart] = [lines.encode()]
+    segments: list[_Segment] = [lines.encode()]
     _body(segments, task.text, task.html, task.attachments)
     return Outgoing(mail_from, recipients, smtputf8, Content(segments))
 
@@ -286,8 +321,18 @@ class _TextPart:
         return _transfer_encoded(self.subtype, self.data, chars=len(self.data.decode()))
 
 
+@dataclass(frozen=True, slots=True)
+class _Base64Body:
+    """Base64 in lines of 76 characters (RFC 2045 6.8): CRLF line ends, and no dot anywhere."""
+
+    lines: bytes
+
+
+_Segment = bytes | _TextPart | _Base64Body
+
+
 def _body(
-    segments: list[bytes | _TextPart],
+    segments: list[_Segment],
     text: str | None,
     html: str | None,
     attachments: list[Attachment],
@@ -296,11 +341,11 @@ def _body(
     token = _boundary_token()
     while any(body is not None and token.decode() in body for body in (text, html)):
         token = _boundary_token()  # a chance of 2**-64, unless the body echoes this email
-    parts: list[list[bytes | _TextPart]] = []
+    parts: list[list[_Segment]] = []
     if text is not None:
         parts.append([_text_part("plain", text)])
     if html is not None:
-        html_part: list[bytes | _TextPart] = [_text_part("html", html)]
+        html_part: list[_Segment] = [_text_part("html", html)]
         inline = [_attachment(a) for a in attachments if a.content_id is not None]
         if inline:
             html_part = _multipart("related", token, [html_part, *inline])
@@ -318,11 +363,9 @@ def _boundary_token() -> bytes:
     return b"=_%016x" % random.getrandbits(64)
 
 
-def _multipart(
-    subtype: str, token: bytes, parts: list[list[bytes | _TextPart]]
-) -> list[bytes | _TextPart]:
+def _multipart(subtype: str, token: bytes, parts: list[list[_Segment]]) -> list[_Segment]:
     boundary = token + b"_" + subtype[0].encode()
-    segments: list[bytes | _TextPart] = [
+    segments: list[_Segment] = [
         b'Content-Type: multipart/%s;\r\n boundary="%s"\r\n\r\n' % (subtype.encode(), boundary)
     ]
     for part in parts:
@@ -386,7 +429,7 @@ def _base64_lines(data: bytes) -> bytes:
     return b"\r\n".join(_BASE64_LINE.findall(encoded)) + b"\r\n"
 
 
-def _attachment(attachment: Attachment) -> list[bytes | _TextPart]:
+def _attachment(attachment: Attachment) -> list[_Segment]:
     disposition = "attachment" if attachment.content_id is None else "inline"
     name = attachment.filename
     head = [
@@ -397,7 +440,7 @@ def _attachment(attachment: Attachment) -> list[bytes | _TextPart]:
     if attachment.content_id is not None:
         head.append(f"Content-ID: <{attachment.content_id}>\r\n")
     head.append("\r\n")
-    return ["".join(head).encode(), _base64_lines(attachment.content)]
+    return ["".join(head).encode(), _Base64Body(_base64_lines(attachment.content))]
 
 
 @functools.lru_cache(maxsize=1024)

@@ -354,4 +354,5 @@ async def _transmit(client: aiosmtplib.SMTP, outgoing: Outgoing) -> Transmitted:
         outgoing.recipients,
         outgoing.data(eightbit=eight_bit),
         mail_options=options,
+        plain_lines=outgoing.plain_lines(eightbit=eight_bit),
     )

@@ -88,11 +88,14 @@ async def transmit(
     data: bytes,
     *,
     mail_options: Sequence[str] = (),
+    plain_lines: bool = False,
 ) -> Transmitted:
     """Send `data` from `mail_from` to `recipients` over `client`; what the server answered.
 
     `mail_options` are MAIL FROM parameters (`BODY=8BITMIME`, `SMTPUTF8`); SIZE is added where
-    the server offers it, SMTPUTF8 where an address is not ASCII. Raises, sending nothing,
+    the server offers it, SMTPUTF8 where an address is not ASCII. `plain_lines` says that every
+    line of `data` ends in CRLF and none starts with a dot (the renderer knows it of its own
+    output): DATA then carries it without a scan (see `dot_stuffed`). Raises, sending nothing,
     ValueError for an address no command can carry or no recipient, and SMTPNotSupported for a
     message the server cannot take (see the module). Then raises SMTPSenderRefused,
     SMTPRecipientsRefused (all refused) or SMTPDataError after an RSET, as aiosmtplib's
@@ -113,8 +116,9 @@ async def transmit(
     mail = b"MAIL FROM:%s%s\r\n" % (mail_address, b"".join(b" " + o for o in options))
     try:
         if client.supports_extension("pipelining"):
+            content = data + b".\r\n" if plain_lines else dot_stuffed(data)
             return await _pipelined(
-                client, mail, mail_from=mail_from, recipients=recipients, rcpts=rcpts, content=data
+                client, mail, mail_from=mail_from, recipients=recipients, rcpts=rcpts, wire=content
             )
         refused = await _one_by_one(client, mail, mail_from, recipients, rcpts)
         reply = await client.data(data, timeout=None)
@@ -163,9 +167,11 @@ async def _pipelined(
     mail_from: str,
     recipients: Sequence[str],
     rcpts: list[bytes],
-    content: bytes,
+    wire: bytes,
 ) -> Transmitted:
-    """MAIL, every RCPT and DATA in one write; the message (if DATA was accepted) in another."""
+    """MAIL, every RCPT and DATA in one write; the message (if DATA was accepted) in another.
+
+    `wire` is the message as DATA carries it: dot-stuffed and ended."""
     tap = ReplyTap.on(client)
     group = [mail, *rcpts, b"DATA\r\n"]
     mail_reply, *rcpt_replies, data_reply = await tap.exchange(b"".join(group), len(group))
@@ -179,7 +185,7 @@ async def _pipelined(
         raise
     if not go_ahead:
         raise aiosmtplib.SMTPDataError(data_reply.code, data_reply.message)
-    (reply,) = await tap.exchange(dot_stuffed(content), 1)
+    (reply,) = await tap.exchange(wire, 1)
     if reply.code != SMTPStatus.completed:
         raise aiosmtplib.SMTPDataError(reply.code, reply.message)
     return Transmitted(refused, reply)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
 import structlog
 
-from service.logs import configure_logging
+from service.logs import configure_logging, iso_utc
 
 
 @pytest.fixture(autouse=True)
@@ -66,3 +67,31 @@ def test_tracebacks_never_show_local_variables(
     if json and source == "structlog":
         (event,) = [orjson.loads(line) for line in out.splitlines()]
         assert event["exception"][0]["exc_type"] == "ConnectionError"
+
+
+@pytest.mark.parametrize(
+    "nanoseconds",
+    [
+        0,
+        1_764_651_601_000_000_000,  # a whole second: no fraction, as isoformat writes it
+        1_764_651_601_000_000_999,  # less than a microsecond past it
+        1_764_651_601_250_000_000,
+        1_764_651_601_999_999_999,
+        1_764_651_602_000_001_000,  # the next second, just after
+        4_102_444_800_123_456_789,  # 2100
+    ],
+)
+def test_the_timestamp_is_written_as_structlogs_iso_utc_stamper_writes_it(
+    nanoseconds: int,
+) -> None:
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=nanoseconds // 1000)
+    assert iso_utc(nanoseconds) == moment.isoformat().replace("+00:00", "Z")
+
+
+def test_a_line_is_stamped_with_the_time_it_was_written(capfd: pytest.CaptureFixture[str]) -> None:
+    configure_logging(level="INFO", json=True)
+    before = datetime.now(UTC)
+    structlog.get_logger("service.test").info("task_sent")
+    after = datetime.now(UTC)
+    (line,) = capfd.readouterr().out.splitlines()
+    assert before <= datetime.fromisoformat(orjson.loads(line)["timestamp"]) <= after

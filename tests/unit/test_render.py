@@ -15,6 +15,7 @@ from service import EmailTask
 from service.task import Attachment
 from service.wire import QueuedTask
 from service.worker.render import render
+from service.worker.transaction import dot_stuffed
 
 TASK_ID = "0123456789abcdef0123456789abcdef"
 
@@ -264,3 +265,35 @@ def test_control_characters_in_bodies_are_sent_encoded(
         if _RAW_CONTROL.search(body.encode()):
             assert part["Content-Transfer-Encoding"] in ("quoted-printable", "base64")
         assert part.get_content().replace("\r\n", "\n") == body + "\n"  # exactly as written
+
+
+_PDF = bytes(range(256)) * 80  # 20 KB: its base64 lines are most of the message
+
+
+@pytest.mark.parametrize(
+    ("changes", "plain"),
+    [
+        ({}, True),
+        (
+            {
+                "html": "<p>Hello.</p>\n<p>.</p>",
+                "attachments": [{"filename": "a.pdf", "content": _PDF}],
+            },
+            True,
+        ),
+        ({"text": "Grüße.\n"}, True),  # 8bit, or quoted-printable in the 7-bit form
+        ({"text": "first\n.hidden\n"}, False),  # a line starting with a dot: stuffed
+        ({"text": ".\n"}, False),
+        ({"headers": {".X": "v"}}, False),  # a header line starting with a dot
+        ({"html": "<p>\n.x</p>", "attachments": [{"filename": "a.pdf", "content": _PDF}]}, False),
+    ],
+)
+def test_the_renderer_says_whether_its_lines_need_dot_stuffing(
+    changes: dict[str, Any], plain: bool
+) -> None:
+    task = EmailTask(**{"to": "a@example.com", "subject": "s", "text": "Hello.\n", **changes})
+    out = render(QueuedTask(TASK_ID, 1_700_000_000_000, task), default_sender="d@example.com")
+    for eightbit in (True, False):
+        data = out.data(eightbit=eightbit)
+        assert out.plain_lines(eightbit=eightbit) is plain
+        assert (dot_stuffed(data) == data + b".\r\n") is plain

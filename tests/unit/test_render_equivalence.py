@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from service import EmailTask
 from service.wire import QueuedTask
 from service.worker.render import _name_and_address, render
+from service.worker.transaction import dot_stuffed
 from tests.emails import check_read_back, mailbox, tasks
 
 TASK_ID = "0123456789abcdef0123456789abcdef"
@@ -24,10 +25,13 @@ def test_the_parser_reads_back_what_was_enqueued(task: EmailTask) -> None:
     out = render(QueuedTask(TASK_ID, 1_700_000_000_000, task), default_sender=SENDER)
     assert not out.smtputf8
     for eightbit in (True, False):
+        data = out.data(eightbit=eightbit)
         check_read_back(
-            task, out.data(eightbit=eightbit), message_id=f"<{TASK_ID}@example.com>",
+            task, data, message_id=f"<{TASK_ID}@example.com>",
             default_sender=SENDER, eightbit=eightbit,
         )  # fmt: skip
+        if out.plain_lines(eightbit=eightbit):  # what DATA carries unscanned needs no stuffing
+            assert dot_stuffed(data) == data + b".\r\n"
 
 
 @settings(max_examples=500, deadline=None)
