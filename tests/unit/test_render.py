@@ -285,6 +285,12 @@ _PDF = bytes(range(256)) * 80  # 20 KB: its base64 lines are most of the message
         ({"text": "Grüße.\n"}, True),  # 8bit, or quoted-printable in the 7-bit form
         ({"text": "first\n.hidden\n"}, False),  # a line starting with a dot: stuffed
         ({"text": ".\n"}, False),
+        # Mostly ASCII in UTF-8: 8bit, or quoted-printable (which keeps a leading dot).
+        ({"text": "Grüße from the whole team\n.x\n"}, False),
+        ({"text": ".Grüße from the whole team\n"}, False),
+        ({"text": "Grüße\n", "html": "<p>\n.x</p>"}, False),
+        ({"text": "x\r\n.y\rz\r"}, False),  # CR and CRLF line ends, written as CRLF
+        ({"text": "x\r\ny\rz\r"}, True),
         ({"headers": {".X": "v"}}, False),  # a header line starting with a dot
         ({"html": "<p>\n.x</p>", "attachments": [{"filename": "a.pdf", "content": _PDF}]}, False),
     ],
