@@ -43,6 +43,8 @@ def main() -> int:
         print(f"error: invalid setting {exc}", file=sys.stderr)
         return 2
     configure_logging(level=settings.log_level, json=settings.json_logs)
+    # Here, not in `serve`: tests run `serve` inside their own process, which must not freeze.
+    freeze_start_up_objects()
     try:
         return eventloop.run(serve_until_signalled(settings), choice=settings.worker_event_loop)
     except ConfigError as exc:  # what only the running worker can find: a metrics port in use
@@ -145,7 +147,6 @@ async def serve(settings: WorkerSettings, shutdown: Shutdown) -> int:
             exit_code = await supervision.start_up()  # Redis reachable, looked at, permitted
             if exit_code is not None:
                 return exit_code
-            freeze_start_up_objects()
             beating = asyncio.create_task(heartbeat.run(), name="heartbeat")
             return await worker.run()
     finally:
@@ -173,8 +174,8 @@ async def _best_effort(step: Awaitable[None], seconds: float, failed: str, **abo
 
 
 def freeze_start_up_objects() -> None:
-    """Move what start-up made (modules, pydantic and structlog machinery, clients) out of
-    the garbage collector's sight, once, before the first email.
+    """Move what start-up made (the modules, pydantic's and structlog's machinery, the
+    settings) out of the garbage collector's sight, once, before the event loop starts.
 
     Those objects live as long as the process, yet every full (oldest generation) collection
     walks them all: in the worker that was a pause of 80-240 ms now and then, stalling every
