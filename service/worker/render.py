@@ -31,6 +31,7 @@ import email.policy
 import functools
 import random
 import re
+import struct
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -48,7 +49,9 @@ _MAX_LINE: Final = 998
 # Printable ASCII words separated by single spaces: written as they are (folded if long).
 _PLAIN_WORDS: Final = re.compile(r"[!-~]+(?: [!-~]+)*")
 _QUOTED_PAIR: Final = re.compile(r"\\(.)")
-_BASE64_LINE: Final = re.compile(rb".{1,76}", re.DOTALL)
+# Base64 body lines: 76 characters (RFC 2045 6.8), cut by `struct` 64 lines per C call.
+_BASE64_LINE: Final = 76
+_BASE64_BLOCK: Final = 64
 # An encoded word is at most 75 characters (RFC 2047 2); at 36 bytes (12 of syntax and 48 of
 # base64) one still fits on the first line beside a field name of up to 16 characters.
 _WORD_BYTES: Final = 36
@@ -104,17 +107,21 @@ class Content:
         return self._sevenbit
 
     def _join(self, *, eightbit: bool) -> tuple[bytes, bool]:
-        """The bytes, and whether their lines are plain. Base64 bodies, most of the bytes of an
-        email with attachments, are plain by construction and are not scanned; every other
-        piece is small, and is checked (each ends a line, so the next one starts one)."""
+        """The bytes, and whether their lines are plain. Bodies, most of an email's bytes, are
+        known plain or not from how they were written and are not scanned; every other piece
+        is small, and is checked (each ends a line, so the next one starts one)."""
         pieces: list[bytes] = []
         plain = True
         for segment in self._segments:
-            if isinstance(segment, _Base64Body):
+            if isinstance(segment, _PlainLines):
                 pieces.append(segment.lines)
                 continue
-            piece = segment if isinstance(segment, bytes) else segment.encoded(eightbit=eightbit)
-            plain = plain and _plain_lines(piece)
+            if isinstance(segment, bytes):
+                piece = segment
+                plain = plain and _plain_lines(piece)
+            else:
+                piece = segment.encoded(eightbit=eightbit)
+                plain = plain and (segment.undotted if eightbit else _plain_lines(piece))
             pieces.append(piece)
         return b"".join(pieces), plain
 
@@ -314,6 +321,7 @@ class _TextPart:
 
     subtype: str
     data: bytes  # CRLF line ends, lines of at most 998 octets, no control characters
+    undotted: bool  # no line of `data` starts with a dot: the 8bit form's lines are plain
 
     def encoded(self, *, eightbit: bool) -> bytes:
         if eightbit:
@@ -322,13 +330,15 @@ class _TextPart:
 
 
 @dataclass(frozen=True, slots=True)
-class _Base64Body:
-    """Base64 in lines of 76 characters (RFC 2045 6.8): CRLF line ends, and no dot anywhere."""
+class _PlainLines:
+    """Bytes that are, by how they were written, whole CRLF lines none of which starts with a
+    dot (base64 has no dot; a 7bit body's dots were looked for): DATA carries them as they are.
+    """
 
     lines: bytes
 
 
-_Segment = bytes | _TextPart | _Base64Body
+_Segment = bytes | _TextPart | _PlainLines
 
 
 def _body(
@@ -376,15 +386,20 @@ def _multipart(subtype: str, token: bytes, parts: list[list[_Segment]]) -> list[
     return segments
 
 
-def _text_part(subtype: str, body: str) -> bytes | _TextPart:
+def _text_part(subtype: str, body: str) -> _Segment:
     """A text/`subtype` part, headers included, in the cheapest valid encoding."""
     lines = _crlf_lines(body)
     data = lines.encode()
     if _BODY_CONTROL.search(data) or _has_long_line(data):
         return _transfer_encoded(subtype, data, chars=len(lines))
+    # `_crlf_lines` wrote every line end as CRLF: only a dot starting a line can keep DATA
+    # from carrying the body as it is, and one search finds it (a body is most of an email:
+    # `_plain_lines`' five passes over it were a third of rendering an HTML email).
+    undotted = not (data.startswith(b".") or b"\n." in data)
     if data.isascii():
-        return _text_head(subtype, "7bit") + data
-    return _TextPart(subtype, data)
+        part = _text_head(subtype, "7bit") + data
+        return _PlainLines(part) if undotted else part
+    return _TextPart(subtype, data, undotted)
 
 
 def _has_long_line(data: bytes) -> bool:
@@ -425,8 +440,30 @@ def _base64_lines(data: bytes) -> bytes:
     if not data:
         return b""
     encoded = binascii.b2a_base64(data, newline=False)
-    # One regular expression splits the lines in C: a third faster than encodebytes' loop.
-    return b"\r\n".join(_BASE64_LINE.findall(encoded)) + b"\r\n"
+    # Splitting the encoded text into lines costs as much as encoding it; a Struct of "76s"
+    # fields unpacks many lines per call, a third faster than a regular expression's findall
+    # and twice as fast as encodebytes' loop over 57-byte chunks. No copy of the data beyond
+    # the lines themselves and the final join.
+    lines: list[bytes] = []
+    whole = len(encoded) // _BASE64_LINE
+    blocks = whole // _BASE64_BLOCK
+    block = _lines_struct(_BASE64_BLOCK)
+    for offset in range(0, blocks * block.size, block.size):
+        lines.extend(block.unpack_from(encoded, offset))
+    offset = blocks * block.size
+    if rest := whole - blocks * _BASE64_BLOCK:
+        lines.extend(_lines_struct(rest).unpack_from(encoded, offset))
+    offset = whole * _BASE64_LINE
+    if offset < len(encoded):
+        lines.append(encoded[offset:])
+    lines.append(b"")  # the last line's CRLF
+    return b"\r\n".join(lines)
+
+
+@functools.lru_cache(maxsize=_BASE64_BLOCK)
+def _lines_struct(count: int) -> struct.Struct:
+    """A Struct that unpacks `count` base64 lines (at most `_BASE64_BLOCK`)."""
+    return struct.Struct(f"{_BASE64_LINE}s" * count)
 
 
 def _attachment(attachment: Attachment) -> list[_Segment]:
@@ -440,7 +477,7 @@ def _attachment(attachment: Attachment) -> list[_Segment]:
     if attachment.content_id is not None:
         head.append(f"Content-ID: <{attachment.content_id}>\r\n")
     head.append("\r\n")
-    return ["".join(head).encode(), _Base64Body(_base64_lines(attachment.content))]
+    return ["".join(head).encode(), _PlainLines(_base64_lines(attachment.content))]
 
 
 @functools.lru_cache(maxsize=1024)

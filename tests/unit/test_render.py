@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import re
@@ -14,7 +15,7 @@ from pydantic import ValidationError
 from service import EmailTask
 from service.task import Attachment
 from service.wire import QueuedTask
-from service.worker.render import render
+from service.worker.render import _base64_lines, render
 from service.worker.transaction import dot_stuffed
 
 TASK_ID = "0123456789abcdef0123456789abcdef"
@@ -284,6 +285,12 @@ _PDF = bytes(range(256)) * 80  # 20 KB: its base64 lines are most of the message
         ({"text": "Grüße.\n"}, True),  # 8bit, or quoted-printable in the 7-bit form
         ({"text": "first\n.hidden\n"}, False),  # a line starting with a dot: stuffed
         ({"text": ".\n"}, False),
+        # Mostly ASCII in UTF-8: 8bit, or quoted-printable (which keeps a leading dot).
+        ({"text": "Grüße from the whole team\n.x\n"}, False),
+        ({"text": ".Grüße from the whole team\n"}, False),
+        ({"text": "Grüße\n", "html": "<p>\n.x</p>"}, False),
+        ({"text": "x\r\n.y\rz\r"}, False),  # CR and CRLF line ends, written as CRLF
+        ({"text": "x\r\ny\rz\r"}, True),
         ({"headers": {".X": "v"}}, False),  # a header line starting with a dot
         ({"html": "<p>\n.x</p>", "attachments": [{"filename": "a.pdf", "content": _PDF}]}, False),
     ],
@@ -297,3 +304,16 @@ def test_the_renderer_says_whether_its_lines_need_dot_stuffing(
         data = out.data(eightbit=eightbit)
         assert out.plain_lines(eightbit=eightbit) is plain
         assert (dot_stuffed(data) == data + b".\r\n") is plain
+
+
+# Around the lengths where the encoder changes how it cuts lines: 57 bytes a line, 64 lines a
+# block (3,648 bytes), padding of 0, 1 or 2 bytes.
+BASE64_LENGTHS = [1, 2, 3, 56, 57, 58, 114, 3_647, 3_648, 3_649, 3_648 * 2 + 57, 20_489, 100_000]
+
+
+@pytest.mark.parametrize("length", BASE64_LENGTHS)
+def test_base64_bodies_are_the_standard_encoding_in_lines_of_76(length: int) -> None:
+    data = bytes(range(256)) * (length // 256) + bytes(range(length % 256))
+    expected = base64.encodebytes(data).replace(b"\n", b"\r\n")  # 76 characters a line
+    assert _base64_lines(data) == expected
+    assert _base64_lines(b"") == b""
