@@ -169,8 +169,8 @@ _ADDRESS_CACHE_SIZE: Final = 4096
 # library's header parser, then email_validator) returns such a mailbox unchanged, and costs
 # about 150 µs: most of what a worker spends decoding a task, since each recipient is new to it.
 # For this shape only the domain is left to check, once per domain. Anything else goes the full
-# way; tests/unit/test_task.py checks that the short way never accepts what the full way would
-# refuse or rewrite.
+# way; tests/unit/test_address_shortcut.py checks that the short way never accepts what the
+# full way would refuse or rewrite.
 _WORD_CHARS: Final = r"\w'!#$%&*+/=^`{|}~-"  # atext without "?" (no encoded word), plus letters
 _ATOM: Final = r"[A-Za-z0-9!#$%&'*+/=^_`{|}~-]+"
 _SIMPLE_MAILBOX: Final = re.compile(
