@@ -33,6 +33,7 @@ from ..wire import decode_entry
 from .backoff import retry_while_unavailable
 from .domains import DomainLines
 from .metrics import WorkerMetrics
+from .relay_limits import HORIZON_S
 from .relays import RelaySet
 
 __all__ = [
@@ -45,15 +46,12 @@ __all__ = [
 
 log = structlog.get_logger("service.worker")
 
-# Entries are read only when their slot is at most this far ahead: a read entry waits for its
-# slot while pending, and the shorter that wait the less a stop or a crash delays it.
-_HORIZON_SECONDS: Final = 0.1
 # While the limiter says wait longer than this, it is asked again this often (the effective
 # rate climbs back, the quota's window moves, another worker's settings may differ).
 _RECHECK_SECONDS: Final = 5.0
 # A set-aside entry's copy is due this long before its domain slot (within the horizon): read
 # again a little before its slot, it waits for it; later, it goes at once.
-SET_ASIDE_LEAD_SECONDS: Final = _HORIZON_SECONDS / 2
+SET_ASIDE_LEAD_SECONDS: Final = HORIZON_S / 2
 
 
 def limiter_config(settings: WorkerSettings) -> LimiterConfig:
@@ -107,7 +105,7 @@ class Pacer:
     ) -> None:
         self.config = limiter_config(settings)
         self._relays = relays  # their own limits gate intake too (`RelaySet.wait_to_read`)
-        self._domains = DomainLines(settings, store, metrics, horizon_s=_HORIZON_SECONDS)
+        self._domains = DomainLines(settings, store, metrics, horizon_s=HORIZON_S)
         self._store = store
         self._metrics = metrics
         self._stopping = stopping
@@ -246,7 +244,7 @@ class Pacer:
     async def _ask(self, costs: list[int]) -> Acquired:
         acquired = await retry_while_unavailable(
             "acquire_slots",
-            lambda: self._store.acquire_slots(self.config, costs, horizon_s=_HORIZON_SECONDS),
+            lambda: self._store.acquire_slots(self.config, costs, horizon_s=HORIZON_S),
         )
         self._ready = acquired.ready
         self._wait_until = time.monotonic() + acquired.wait_s if acquired.ready == 0 else 0.0

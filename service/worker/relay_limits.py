@@ -52,8 +52,10 @@ log = structlog.get_logger("service.worker")
 # further away puts the entry back until then (it keeps no place: put back often, entries
 # would compete for slots, so intake, not this, is what keeps waits short).
 LONGEST_WAIT_S: Final = 10.0
-# Reads take what the relays can start within this; a relay whose slot is further away is
-# "at its limit" for a send that may overflow to the next relay.
+# Entries are read only when their slots (the queue's, their domain's, their relay's) are at most
+# this far ahead: a read entry waits for its slot while pending, and the shorter that wait the
+# less a stop or a crash delays it. A relay whose slot is further away is "at its limit" for a
+# send that may overflow to the next relay. (Here rather than in pacing.py, which imports this.)
 HORIZON_S: Final = 0.1
 
 
