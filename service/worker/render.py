@@ -59,7 +59,10 @@ _NAME_WORD_BYTES: Final = 700
 # Control characters other than TAB, CR and LF: 7bit and 8bit data may not hold NUL (RFC 2045
 # 2.7, 2.8) and clients mangle the others, so a body with any is sent encoded (=XX or base64)
 # and arrives exactly as written.
-_BODY_CONTROL: Final = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_BODY_CONTROL: Final = frozenset(range(0x20)).union({0x7F}).difference(b"\t\r\n")
+# `bytes.translate` deleting every other octet leaves the controls: one C pass, six times
+# faster than a regular expression's character class (13 against 2 µs on 2.4 KB of HTML).
+_NOT_BODY_CONTROL: Final = bytes(sorted(frozenset(range(256)).difference(_BODY_CONTROL)))
 _LINE_END: Final = re.compile(r"\r\n|\r|\n")
 # RFC 2231 attribute-char: what a parameter value may hold without percent-encoding.
 _ATTRIBUTE_CHARS: Final = frozenset(
@@ -109,32 +112,47 @@ class Content:
     def _join(self, *, eightbit: bool) -> tuple[bytes, bool]:
         """The bytes, and whether their lines are plain. Bodies, most of an email's bytes, are
         known plain or not from how they were written and are not scanned; every other piece
-        is small, and is checked (each ends a line, so the next one starts one)."""
+        is small, and is checked (each must end a line, so the next one starts one)."""
         pieces: list[bytes] = []
-        plain = True
+        checked: list[bytes] = []
+        known_plain = True
         for segment in self._segments:
             if isinstance(segment, _PlainLines):
                 pieces.append(segment.lines)
                 continue
             if isinstance(segment, bytes):
                 piece = segment
-                plain = plain and _plain_lines(piece)
+                checked.append(piece)
             else:
                 piece = segment.encoded(eightbit=eightbit)
-                plain = plain and (segment.undotted if eightbit else _plain_lines(piece))
+                if eightbit:
+                    known_plain = known_plain and segment.undotted
+                else:
+                    checked.append(piece)
             pieces.append(piece)
-        return b"".join(pieces), plain
+        return b"".join(pieces), known_plain and _plain_pieces(checked)
 
 
-def _plain_lines(piece: bytes) -> bool:
-    """Whether `piece` is whole lines, each ending in CRLF, none starting with a dot."""
-    line_ends = piece.count(b"\r\n")
+def _plain_pieces(pieces: list[bytes]) -> bool:
+    """Whether every one of `pieces` is whole lines, each ending in CRLF, none starting with a
+    dot. One pass over them all: a call per piece cost as much as the rest of joining them (an
+    email with an attachment has some fifteen small pieces: boundaries, part headers)."""
+    # NUL after each piece marks where it ends: a piece ends a line when CRLF comes before its
+    # NUL, and starts one with a dot when a dot comes after the NUL before it. A NUL of a
+    # piece's own only makes the answer False, which says nothing (see Content.plain_lines).
+    pieces = [piece for piece in pieces if piece]
+    if not pieces:
+        return True
+    joined = b"\0".join(pieces) + b"\0"
+    line_ends = joined.count(b"\r\n")
     return (
-        piece.endswith(b"\r\n")
-        and piece.count(b"\r") == line_ends
-        and piece.count(b"\n") == line_ends
-        and not piece.startswith(b".")
-        and b"\n." not in piece
+        joined.count(b"\0") == len(pieces)
+        and joined.count(b"\r\n\0") == len(pieces)
+        and joined.count(b"\r") == line_ends
+        and joined.count(b"\n") == line_ends
+        and not joined.startswith(b".")
+        and b"\0." not in joined
+        and b"\n." not in joined
     )
 
 
@@ -390,7 +408,7 @@ def _text_part(subtype: str, body: str) -> _Segment:
     """A text/`subtype` part, headers included, in the cheapest valid encoding."""
     lines = _crlf_lines(body)
     data = lines.encode()
-    if _BODY_CONTROL.search(data) or _has_long_line(data):
+    if _has_control(data) or _has_long_line(data):
         return _transfer_encoded(subtype, data, chars=len(lines))
     # `_crlf_lines` wrote every line end as CRLF: only a dot starting a line can keep DATA
     # from carrying the body as it is, and one search finds it (a body is most of an email:
@@ -400,6 +418,11 @@ def _text_part(subtype: str, body: str) -> _Segment:
         part = _text_head(subtype, "7bit") + data
         return _PlainLines(part) if undotted else part
     return _TextPart(subtype, data, undotted)
+
+
+def _has_control(data: bytes) -> bool:
+    """Whether `data` holds a control character other than TAB, CR and LF."""
+    return bool(data.translate(None, _NOT_BODY_CONTROL))
 
 
 def _has_long_line(data: bytes) -> bool:

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from service import EmailTask
 from service.task import Attachment
 from service.wire import QueuedTask
-from service.worker.render import _base64_lines, render
+from service.worker.render import _base64_lines, _has_control, _plain_pieces, render
 from service.worker.transaction import dot_stuffed
 
 TASK_ID = "0123456789abcdef0123456789abcdef"
@@ -248,6 +248,14 @@ CONTROL_BODIES = {
 }
 
 
+@pytest.mark.parametrize("octet", range(256))
+def test_a_control_is_found_wherever_it_is(octet: int) -> None:
+    control = _RAW_CONTROL.fullmatch(bytes([octet])) is not None
+    for data in (bytes([octet]), b"<p>" + bytes([octet]) + b"</p>\r\n", "Grüße".encode() * 50):
+        expected = control and octet in data
+        assert _has_control(data) is expected, (octet, data[:20])
+
+
 @pytest.mark.parametrize("fields", CONTROL_BODIES.values(), ids=CONTROL_BODIES.keys())
 @pytest.mark.parametrize("eightbit", [True, False])
 def test_control_characters_in_bodies_are_sent_encoded(
@@ -304,6 +312,36 @@ def test_the_renderer_says_whether_its_lines_need_dot_stuffing(
         data = out.data(eightbit=eightbit)
         assert out.plain_lines(eightbit=eightbit) is plain
         assert (dot_stuffed(data) == data + b".\r\n") is plain
+
+
+def _plain_piece(piece: bytes) -> bool:
+    lines = piece.split(b"\r\n")
+    return (
+        lines[-1] == b""
+        and not any(b"\r" in line or b"\n" in line for line in lines)
+        and not any(line.startswith(b".") for line in lines)
+    )
+
+
+PIECES = {
+    "none": [],
+    "one line": [b"a\r\n"],
+    "lines in pieces": [b"a\r\nb\r\n", b"\r\n", b"--b\r\n"],
+    "a CRLF split between pieces": [b"a\r", b"\nb\r\n"],
+    "a piece not ending a line": [b"a\r\n", b"b"],
+    "a piece starting with a dot": [b"a\r\n", b".b\r\n"],
+    "the first piece starting with a dot": [b".a\r\n"],
+    "a line inside a piece starting with a dot": [b"a\r\n.b\r\n"],
+    "a bare LF": [b"a\nb\r\n"],
+    "a bare CR": [b"a\rb\r\n"],
+    "an empty piece": [b"a\r\n", b""],
+    "a dot not starting a line": [b"a.b\r\n", b"x.\r\n"],
+}
+
+
+@pytest.mark.parametrize("pieces", PIECES.values(), ids=PIECES.keys())
+def test_pieces_are_plain_when_each_is(pieces: list[bytes]) -> None:
+    assert _plain_pieces(pieces) is all(_plain_piece(piece) for piece in pieces)
 
 
 # Around the lengths where the encoder changes how it cuts lines: 57 bytes a line, 64 lines a
