@@ -21,6 +21,8 @@ from service.worker.transaction import dot_stuffed, envelope_address
         (b"250\r\n", [(250, "")], 5),  # a bare code
         (b"250 OK\n", [(250, "OK")], 7),  # LF alone, as aiosmtplib accepts
         (b"250 caf\xc3\xa9\r\n", [(250, "café")], 11),
+        (b"250 " + b"x" * 8186 + b"\r\n", [(250, "x" * 8186)], 8192),  # the longest line
+        (b"250-a\r\n250-b\r\n250 c\r\n221 bye\r\n", [(250, "a\nb\nc"), (221, "bye")], 30),
     ],
 )
 def test_complete_replies_are_parsed_and_the_rest_left(
@@ -38,6 +40,7 @@ def test_complete_replies_are_parsed_and_the_rest_left(
         (b"hello\r\n", "Malformed SMTP response line: hello"),
         (b"25 OK\r\n", "Malformed SMTP response line"),
         (b"250 " + b"x" * 9000 + b"\r\n", "Response too long"),
+        (b"250 " + b"x" * 8187 + b"\r\n", "Response too long"),  # one octet too long
     ],
 )
 def test_a_reply_no_server_would_send_is_an_error(buffer: bytes, error: str) -> None:
