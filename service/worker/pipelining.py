@@ -9,6 +9,7 @@ time it hands every event on to aiosmtplib's protocol as if it were not there.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Final, NamedTuple, cast
 
 import aiosmtplib
@@ -52,8 +53,8 @@ def parse_replies(buffer: bytes | bytearray) -> _Parsed:
             )
         lines.append(line[4:].strip(b" \t\r"))
         if line[3:4] != b"-":  # the last line of this reply
-            text = lines[0] if len(lines) == 1 else b"\n".join(lines)
-            replies.append(SMTPResponse(int(code), text.decode("utf-8", "surrogateescape")))
+            message = lines[0] if len(lines) == 1 else b"\n".join(lines)
+            replies.append(SMTPResponse(int(code), message.decode("utf-8", "surrogateescape")))
             lines, consumed = [], offset
     return _Parsed(replies, consumed)
 
@@ -87,8 +88,9 @@ class ReplyTap(asyncio.Protocol):
         transport.set_protocol(tap)
         return tap
 
-    async def exchange(self, commands: bytes, replies: int) -> list[SMTPResponse]:
-        """Write `commands` at once; return the next `replies` replies."""
+    async def exchange(self, chunks: Sequence[bytes], replies: int) -> list[SMTPResponse]:
+        """Write `chunks` at once (one system call where the transport can); return the next
+        `replies` replies."""
         if self._waiter is not None:
             raise RuntimeError("another exchange is waiting on this session")
         if self._transport.is_closing():
@@ -96,7 +98,7 @@ class ReplyTap(asyncio.Protocol):
         self._waiter = asyncio.get_running_loop().create_future()
         self._expected, self._replies = replies, []
         try:
-            self._transport.write(commands)
+            self._transport.writelines(chunks)
             return await self._waiter
         finally:
             self._waiter = None

@@ -116,9 +116,11 @@ async def transmit(
     mail = b"MAIL FROM:%s%s\r\n" % (mail_address, b"".join(b" " + o for o in options))
     try:
         if client.supports_extension("pipelining"):
-            content = data + b".\r\n" if plain_lines else dot_stuffed(data)
+            # The message and its end in one write, not copied into one buffer: a message with
+            # an attachment is tens of KB.
+            wire = (data, b".\r\n") if plain_lines else (dot_stuffed(data),)
             return await _pipelined(
-                client, mail, mail_from=mail_from, recipients=recipients, rcpts=rcpts, wire=content
+                client, mail, mail_from=mail_from, recipients=recipients, rcpts=rcpts, wire=wire
             )
         refused = await _one_by_one(client, mail, mail_from, recipients, rcpts)
         reply = await client.data(data, timeout=None)
@@ -167,21 +169,21 @@ async def _pipelined(
     mail_from: str,
     recipients: Sequence[str],
     rcpts: list[bytes],
-    wire: bytes,
+    wire: Sequence[bytes],
 ) -> Transmitted:
     """MAIL, every RCPT and DATA in one write; the message (if DATA was accepted) in another.
 
-    `wire` is the message as DATA carries it: dot-stuffed and ended."""
+    `wire` is the message as DATA carries it, dot-stuffed and ended, in one or more pieces."""
     tap = ReplyTap.on(client)
     group = [mail, *rcpts, b"DATA\r\n"]
-    mail_reply, *rcpt_replies, data_reply = await tap.exchange(b"".join(group), len(group))
+    mail_reply, *rcpt_replies, data_reply = await tap.exchange(group, len(group))
     go_ahead = data_reply.code == SMTPStatus.start_input
     try:
         _check_sender(mail_reply, mail_from)
         refused = _refused(recipients, rcpt_replies)
     except (aiosmtplib.SMTPSenderRefused, aiosmtplib.SMTPRecipientsRefused):
         if go_ahead:  # RFC 2920 3.1: the server awaits a message; send an empty one to end it
-            await tap.exchange(b".\r\n", 1)
+            await tap.exchange([b".\r\n"], 1)
         raise
     if not go_ahead:
         raise aiosmtplib.SMTPDataError(data_reply.code, data_reply.message)
