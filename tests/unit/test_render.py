@@ -344,8 +344,8 @@ def test_pieces_are_plain_when_each_is(pieces: list[bytes]) -> None:
     assert _plain_pieces(pieces) is all(_plain_piece(piece) for piece in pieces)
 
 
-# Around the lengths where the encoder changes how it cuts lines: 57 bytes a line, 64 lines a
-# block (3,648 bytes), padding of 0, 1 or 2 bytes.
+# Around the lengths where the lines are cut (57 bytes a line) and padded (0, 1 or 2 bytes),
+# and long enough for the encoder's vectorized loops.
 BASE64_LENGTHS = [1, 2, 3, 56, 57, 58, 114, 3_647, 3_648, 3_649, 3_648 * 2 + 57, 20_489, 100_000]
 
 
