@@ -23,7 +23,9 @@ class MinuteTally:
     """Counts and latency peaks by minute since the last `take`."""
 
     def __init__(self) -> None:
-        self._counts: dict[int, MinuteCounts] = {}
+        # Per minute: sent, failed, dead, latency sum. Plain lists, added to in place: one
+        # frozen MinuteCounts per email made three objects of five fields each.
+        self._counts: dict[int, list[int]] = {}
         self._peaks: dict[int, int] = {}
         self._dirty_peaks: set[int] = set()
 
@@ -37,15 +39,12 @@ class MinuteTally:
         minute = int(at_s // 60)
         if outcome in ("sent", "partly_sent"):
             latency = max(latency_ms or 0, 0)
-            add = MinuteCounts(sent=1, latency_ms_sum=latency)
+            self._add(minute, sent=1, latency_ms_sum=latency)
             if latency > self._peaks.get(minute, -1):
                 self._peaks[minute] = latency
                 self._dirty_peaks.add(minute)
         elif outcome in ("retry", "dead_letter"):
-            add = MinuteCounts(failed=1, dead=int(outcome == "dead_letter"))
-        else:
-            return
-        self._counts[minute] = self._counts.get(minute, MinuteCounts()) + add
+            self._add(minute, failed=1, dead=int(outcome == "dead_letter"))
 
     def take(self) -> tuple[dict[int, MinuteCounts], dict[int, int]]:
         """What gathered since the last take: counts, and the peaks that changed."""
@@ -55,12 +54,28 @@ class MinuteTally:
         if self._peaks:
             newest = max(self._peaks)
             self._peaks = {m: v for m, v in self._peaks.items() if m > newest - _PEAK_MINUTES}
-        return counts, peaks
+        taken = {
+            minute: MinuteCounts(sent=sent, failed=failed, dead=dead, latency_ms_sum=latency)
+            for minute, (sent, failed, dead, latency) in counts.items()
+        }
+        return taken, peaks
 
     def put_back(self, counts: Mapping[int, MinuteCounts], peaks: Mapping[int, int]) -> None:
         """Return what `take` gave when writing it failed: the next take carries it too."""
         for minute, add in counts.items():
-            self._counts[minute] = self._counts.get(minute, MinuteCounts()) + add
+            self._add(minute, add.sent, add.failed, add.dead, add.latency_ms_sum)
         self._dirty_peaks.update(peaks)
         for minute, peak in peaks.items():
             self._peaks[minute] = max(peak, self._peaks.get(minute, 0))
+
+    def _add(
+        self, minute: int, sent: int = 0, failed: int = 0, dead: int = 0, latency_ms_sum: int = 0
+    ) -> None:
+        tally = self._counts.get(minute)
+        if tally is None:
+            self._counts[minute] = [sent, failed, dead, latency_ms_sum]
+            return
+        tally[0] += sent
+        tally[1] += failed
+        tally[2] += dead
+        tally[3] += latency_ms_sum
