@@ -409,8 +409,8 @@ def _text_part(subtype: str, body: str) -> _Segment:
     if _has_control(data) or _has_long_line(data):
         return _transfer_encoded(subtype, data, chars=len(lines))
     # `_crlf_lines` wrote every line end as CRLF: only a dot starting a line can keep DATA
-    # from carrying the body as it is, and one search finds it (a body is most of an email:
-    # `_plain_lines`' five passes over it were a third of rendering an HTML email).
+    # from carrying the body as it is, and one search finds it (a body is most of an email's
+    # bytes: it is not scanned again when the message is joined).
     undotted = not (data.startswith(b".") or b"\n." in data)
     if data.isascii():
         part = _text_head(subtype, "7bit") + data
