@@ -334,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         "--concurrency", type=int, help="the worker's WORKER_CONCURRENCY (default: its default)"
     )
     options = parser.parse_args(argv)
+    if options.runs < 1:
+        parser.error("--runs must be at least 1")
     if shutil.which("smtp-sink") is None:
         print(
             "smtp-sink (Postfix's C sink) is missing: apt-get install postfix (nothing is "

@@ -187,11 +187,10 @@ def tune_garbage_collector() -> None:
     they are never scanned again; a collection first so that no garbage is frozen with them.
 
     A send allocates some hundreds of objects (futures, tasks, replies, log contexts), nearly
-    all freed by reference counting within milliseconds; at the default threshold (700) a
-    young collection ran every few emails and walked whatever was alive at that moment, about
-    6% of the worker's CPU. At 10,000 most of them are gone before a collection sees them:
-    worker CPU per email 15 to 18 µs lower on every kind, each collection still about a
-    millisecond at most.
+    all freed by reference counting within milliseconds. At the default threshold (700) a
+    young collection runs every few emails and walks whatever is alive at that moment; at
+    10,000 most of them are gone before a collection sees them, and a collection is still
+    short (docs/performance.md has the measurements).
     """
     gc.collect()
     gc.freeze()

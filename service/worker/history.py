@@ -23,8 +23,8 @@ class MinuteTally:
     """Counts and latency peaks by minute since the last `take`."""
 
     def __init__(self) -> None:
-        # Per minute: sent, failed, dead, latency sum. Plain lists, added to in place: one
-        # frozen MinuteCounts per email made three objects of five fields each.
+        # Per minute: sent, failed, dead, latency sum; lists added to in place, as a frozen
+        # MinuteCounts per email would make three objects of five fields each.
         self._counts: dict[int, list[int]] = {}
         self._peaks: dict[int, int] = {}
         self._dirty_peaks: set[int] = set()

@@ -39,14 +39,13 @@ def parse_replies(buffer: bytes | bytearray) -> _Parsed:
     replies: list[SMTPResponse] = []
     lines: list[bytes] = []
     offset = consumed = 0
-    # One split rather than a search and a copy per line: a send reads four replies, and
-    # this ran for each (the last item is a line not yet complete, or empty).
+    # The last item of the split is a line not yet complete, or empty.
     for line in bytes(buffer).split(b"\n")[:-1]:
         offset += len(line) + 1
         if len(line) >= _MAX_LINE:  # with its LF, longer than aiosmtplib reads
             raise aiosmtplib.SMTPResponseException(_INVALID, "Response too long")
         code = line[:3]
-        if not code.isdigit():
+        if len(code) != 3 or not code.isdigit():
             text = line.decode("utf-8", errors="ignore")
             raise aiosmtplib.SMTPResponseException(
                 _INVALID, f"Malformed SMTP response line: {text}"

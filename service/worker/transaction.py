@@ -176,7 +176,7 @@ async def _pipelined(
     `wire` is the message as DATA carries it, dot-stuffed and ended, in one or more pieces."""
     tap = ReplyTap.on(client)
     group = [mail, *rcpts, b"DATA\r\n"]
-    mail_reply, *rcpt_replies, data_reply = await tap.exchange(group, len(group))
+    mail_reply, *rcpt_replies, data_reply = await tap.exchange([b"".join(group)], len(group))
     go_ahead = data_reply.code == SMTPStatus.start_input
     try:
         _check_sender(mail_reply, mail_from)

@@ -39,6 +39,8 @@ def test_complete_replies_are_parsed_and_the_rest_left(
     [
         (b"hello\r\n", "Malformed SMTP response line: hello"),
         (b"25 OK\r\n", "Malformed SMTP response line"),
+        (b"25\n", "Malformed SMTP response line"),  # a code has three digits
+        (b"250-a\r\n2\r\n", "Malformed SMTP response line"),
         (b"250 " + b"x" * 9000 + b"\r\n", "Response too long"),
         (b"250 " + b"x" * 8187 + b"\r\n", "Response too long"),  # one octet too long
     ],
