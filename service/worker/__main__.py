@@ -189,8 +189,8 @@ def tune_garbage_collector() -> None:
     A send allocates some hundreds of objects (futures, tasks, replies, log contexts), nearly
     all freed by reference counting within milliseconds. At the default threshold (700) a
     young collection runs every few emails and walks whatever is alive at that moment; at
-    10,000 most of them are gone before a collection sees them, and a collection is still
-    short (docs/performance.md has the measurements).
+    10,000 most of them are gone before a collection sees them, and each collection stays
+    short (measured in docs/performance.md).
     """
     gc.collect()
     gc.freeze()
