@@ -132,18 +132,13 @@ class QueueStore:
             )
             await self._add_tasks(call, "ADD_NOW")
             return
-        # str keys and bytes values are what xadd takes; dict invariance hides it from mypy.
-        items = [
-            (self.keys.lane(task.lane), cast("dict[FieldT, EncodableT]", dict(task.fields)))
-            for task in tasks
-        ]
         try:
-            if len(items) == 1:
-                await self._redis.xadd(*items[0])
+            if len(tasks) == 1:
+                await self._redis.xadd(self.keys.lane(tasks[0].lane), _xadd_fields(tasks[0]))
                 return
             async with self._redis.pipeline(transaction=True) as pipe:
-                for stream, fields in items:
-                    pipe.xadd(stream, fields)
+                for task in tasks:
+                    pipe.xadd(self.keys.lane(task.lane), _xadd_fields(task))
                 await pipe.execute()
         except RedisError as exc:  # OOM in a MULTI: EXEC then runs nothing, all or nothing holds
             raise replies.enqueue_error(self.queue, exc) from exc
@@ -709,3 +704,9 @@ class QueueStore:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _xadd_fields(task: NewTask) -> dict[FieldT, EncodableT]:
+    # str keys and bytes values are what xadd takes (it only reads the mapping); dict
+    # invariance hides that from mypy.
+    return cast("dict[FieldT, EncodableT]", task.fields)

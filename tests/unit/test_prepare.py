@@ -1,4 +1,5 @@
-"""The per-email size budget, as a table: what counts, and the error that names the field."""
+"""What the producers do before Redis: the per-email size budget, as a table (what counts, and
+the error that names the field), and each task's id."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 
 from service import Attachment, EmailTask, EmailTooLarge, EnqueueError
 from service.producer.prepare import DEFAULT_MAX_EMAIL_BYTES, Limits, new_tasks
+from service.status import is_task_id
 from service.worker.render import _base64_lines
 
 
@@ -62,3 +64,10 @@ def test_the_budget_must_be_positive() -> None:
     assert Limits.checked(None, timedelta(hours=1)).max_email_bytes == DEFAULT_MAX_EMAIL_BYTES
     with pytest.raises(ValueError, match="max_email_bytes must be at least 1, not 0"):
         Limits.checked(None, timedelta(hours=1), 0)
+
+
+def test_each_task_gets_a_new_id_of_the_task_id_shape() -> None:
+    tasks = new_tasks([_task()] * 1000, queue="q", max_email_bytes=DEFAULT_MAX_EMAIL_BYTES)
+    ids = [task.task_id for task in tasks]
+    assert all(is_task_id(task_id) for task_id in ids)
+    assert len(set(ids)) == len(ids)
