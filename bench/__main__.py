@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -26,7 +26,13 @@ from service.worker import eventloop
 from . import floors
 from .children import Children
 from .endtoend import DrainResult, Lab, drain_rate, paced_latency, profiled_drain
-from .producing import enqueue_many_rate, enqueue_rate
+from .producing import (
+    Paired,
+    add_now_paired,
+    enqueue_many_paired,
+    enqueue_paired,
+    median_paired,
+)
 from .profile import summarize_collapsed
 from .report import (
     Row,
@@ -105,7 +111,7 @@ async def measure(lab: Lab, options: Options) -> Results:
 
 
 async def measure_redis(lab: Lab, options: Options, results: Results) -> None:
-    """Raw redis-py floors, then the Producer against the matching floor."""
+    """Raw redis-py floors, then the producer, each of its calls paired with the floor's."""
     count, runs = options.emails, options.runs
     redis = floors.redis_client(lab.redis_url)
     tasks = make_tasks(count)
@@ -118,31 +124,48 @@ async def measure_redis(lab: Lab, options: Options, results: Results) -> None:
         read, read_runs = await median_of(
             runs, lambda: floors.xreadgroup_ack_rate(redis, "f:3", count)
         )
-        async with Producer(redis, queue=queue) as producer:
-            one, one_runs = await median_of(runs, lambda: enqueue_rate(producer, tasks))
-            many, many_runs = await median_of(runs, lambda: enqueue_many_rate(producer, tasks))
+        add_now = await median_paired(runs, lambda: add_now_paired(redis, "f:4", count))
+        async with (
+            Producer(redis, queue=queue) as producer,
+            Producer(redis, queue=f"{queue}-off", status_ttl=timedelta(0)) as without_records,
+        ):
+            one = await median_paired(runs, lambda: enqueue_paired(producer, redis, tasks))
+            off = await median_paired(runs, lambda: enqueue_paired(without_records, redis, tasks))
+            many = await median_paired(runs, lambda: enqueue_many_paired(producer, redis, tasks))
     finally:
         await redis.aclose()
+    after_xadd = "each call followed by a bare XADD (the floor)"
     results.rows += [
         Row("floor: redis-py XADD, one per round trip", "-", rate(single)),
         Row("floor: redis-py XADD, pipelines of 1,000", "-", rate(piped)),
         Row("floor: XREADGROUP COUNT 100 + XACK", "-", rate(read)),
-        Row("Producer.enqueue, one at a time", "-", rate(one), rate(single), ratio(one, single)),
-        Row(
+        _paired_row("floor: ADD_NOW script (XADD + status record)", add_now[0], after_xadd),
+        _paired_row("Producer.enqueue, one at a time", one[0], after_xadd),
+        _paired_row("Producer.enqueue, status records off", off[0], after_xadd),
+        _paired_row(
             "Producer.enqueue_many, 1,000 per call",
-            "-",
-            rate(many),
-            rate(piped),
-            ratio(many, piped),
+            many[0],
+            "each call followed by a pipeline of 1,000 XADDs (the floor)",
         ),
     ]
     results.raw["redis"] = {
         "xadd_per_s": single_runs,
         "xadd_pipelined_per_s": piped_runs,
         "xreadgroup_xack_per_s": read_runs,
-        "enqueue_per_s": one_runs,
-        "enqueue_many_per_s": many_runs,
+        **{
+            f"{name}_and_floor_per_s": [[run.rate, run.floor] for run in samples]
+            for name, samples in (
+                ("add_now", add_now),
+                ("enqueue", one),
+                ("enqueue_records_off", off),
+                ("enqueue_many", many),
+            )
+        },
     }
+
+
+def _paired_row(measurement: str, run: Paired, notes: str) -> Row:
+    return Row(measurement, "-", rate(run.rate), rate(run.floor), ratio(run.rate, run.floor), notes)
 
 
 async def measure_smtp_floors(
