@@ -10,7 +10,6 @@ from datetime import timedelta
 from typing import Any, cast
 
 from redis.exceptions import NoScriptError, RedisError, ResponseError
-from redis.typing import EncodableT, FieldT
 
 from ..connection import AnyRedis, durability_of, login_of, node_holding
 from ..errors import QueueFull, QueueVanished, RedisFull
@@ -134,11 +133,11 @@ class QueueStore:
             return
         try:
             if len(tasks) == 1:
-                await self._redis.xadd(self.keys.lane(tasks[0].lane), _xadd_fields(tasks[0]))
+                await self._redis.xadd(self.keys.lane(tasks[0].lane), scripts.xadd_fields(tasks[0]))
                 return
             async with self._redis.pipeline(transaction=True) as pipe:
                 for task in tasks:
-                    pipe.xadd(self.keys.lane(task.lane), _xadd_fields(task))
+                    pipe.xadd(self.keys.lane(task.lane), scripts.xadd_fields(task))
                 await pipe.execute()
         except RedisError as exc:  # OOM in a MULTI: EXEC then runs nothing, all or nothing holds
             raise replies.enqueue_error(self.queue, exc) from exc
@@ -704,9 +703,3 @@ class QueueStore:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def _xadd_fields(task: NewTask) -> dict[FieldT, EncodableT]:
-    # str keys and bytes values are what xadd takes (it only reads the mapping); dict
-    # invariance hides that from mypy.
-    return cast("dict[FieldT, EncodableT]", task.fields)

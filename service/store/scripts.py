@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
-from redis.typing import EncodableT
+from redis.typing import EncodableT, FieldT
 
 from ..keys import CONSUMER_GROUP, Lane, QueueKeys
 from .replies import as_str
@@ -49,6 +49,7 @@ __all__ = [
     "status_expiry",
     "status_ttl_ms",
     "task_status",
+    "xadd_fields",
 ]
 
 # A sent record outlives any retry copy it guards (its whole retry schedule, at the defaults).
@@ -179,6 +180,12 @@ class NewTask:
     def lane(self) -> Lane:
         """The lane its `lane` field names, as the scripts read it (see `_LANE`)."""
         return field_lane(self.fields.get("lane"))
+
+
+def xadd_fields(task: NewTask) -> dict[FieldT, EncodableT]:
+    """`task`'s entry as redis-py's `xadd` takes it, not copied (xadd only reads it)."""
+    # str keys and bytes values are what xadd takes; dict invariance hides it from mypy.
+    return cast("dict[FieldT, EncodableT]", task.fields)
 
 
 def field_lane(value: bytes | None) -> Lane:

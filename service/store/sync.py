@@ -10,10 +10,9 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any
 
 from redis.exceptions import NoScriptError, RedisError
-from redis.typing import EncodableT, FieldT
 
 from ..connection import AnySyncRedis, durability_of, sync_node_holding
 from ..errors import QueueFull
@@ -110,17 +109,13 @@ class SyncQueueStore:
             except RedisError as exc:
                 raise replies.enqueue_error(self.queue, exc) from exc
             return
-        items = [
-            (self.keys.lane(task.lane), cast("dict[FieldT, EncodableT]", dict(task.fields)))
-            for task in tasks
-        ]
         try:
-            if len(items) == 1:
-                self._redis.xadd(*items[0])
+            if len(tasks) == 1:
+                self._redis.xadd(self.keys.lane(tasks[0].lane), scripts.xadd_fields(tasks[0]))
                 return
             with self._redis.pipeline(transaction=True) as pipe:
-                for stream, fields in items:
-                    pipe.xadd(stream, fields)
+                for task in tasks:
+                    pipe.xadd(self.keys.lane(task.lane), scripts.xadd_fields(task))
                 pipe.execute()
         except RedisError as exc:
             raise replies.enqueue_error(self.queue, exc) from exc
