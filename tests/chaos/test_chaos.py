@@ -158,6 +158,26 @@ ALIVE = ("stopped at the end", None)
             ["W1 killed between accept and settle", "recorded"],
             True,
         ),
+        # Killed with its final dot in the harness's SMTP proxy and no link fault: the proxy
+        # forwarded it just after the kill was recorded (seed 3, 2026-12-02: 0.13 ms after).
+        (
+            [_copy(1.0002, 0), _copy(9.0, 1)],
+            {0: [], 1: [_sent(9.1)]},
+            {0: ("SIGKILL", 1.0), 1: ALIVE},
+            [],
+            ["W1 killed between accept and settle", "recorded"],
+            True,
+        ),
+        # A copy from a killed worker accepted long after the kill, with no link to hold it:
+        # nothing explains it.
+        (
+            [_copy(3.0, 0), _copy(9.0, 1)],
+            {0: [], 1: [_sent(9.1)]},
+            {0: ("SIGKILL", 1.0), 1: ALIVE},
+            [],
+            ["unexplained: no outcome logged (worker SIGKILL)", "recorded"],
+            False,
+        ),
         # Cut off from Redis past the reclaim idle time: its late settle lost the race.
         (
             [_copy(1.0, 0), _copy(4.5, 1)],
