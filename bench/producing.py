@@ -77,15 +77,11 @@ async def median_paired(runs: int, measure: Callable[[], Awaitable[Paired]]) -> 
 
 async def enqueue_paired(producer: Producer, redis: Redis, tasks: list[EmailTask]) -> Paired:
     """One `enqueue` a task, each followed by one bare XADD of an entry of the same size."""
-    fields: Any = xadd_fields()
 
     async def enqueue(index: int) -> None:
         await producer.enqueue(tasks[index])
 
-    async def xadd(_: int) -> None:
-        await redis.xadd(_FLOOR_STREAM, fields)
-
-    return await paired(enqueue, xadd, [1] * len(tasks))
+    return await paired(enqueue, _bare_xadd(redis), [1] * len(tasks))
 
 
 async def enqueue_many_paired(producer: Producer, redis: Redis, tasks: list[EmailTask]) -> Paired:
@@ -140,12 +136,18 @@ async def add_now_paired(redis: Redis, queue: str, count: int) -> Paired:
     ]
     script = redis.register_script(scripts.ADD_NOW)
     await redis.script_load(scripts.ADD_NOW)
-    floor_fields: Any = fields
 
     async def add_now(index: int) -> None:
         await script(keys=calls[index].keys, args=calls[index].args)
 
-    async def xadd(_: int) -> None:
-        await redis.xadd(_FLOOR_STREAM, floor_fields)
+    return await paired(add_now, _bare_xadd(redis), [1] * count)
 
-    return await paired(add_now, xadd, [1] * count)
+
+def _bare_xadd(redis: Redis) -> Call:
+    """The floor of one task: one XADD of an entry of the size a producer writes."""
+    fields: Any = xadd_fields()
+
+    async def xadd(_: int) -> None:
+        await redis.xadd(_FLOOR_STREAM, fields)
+
+    return xadd
