@@ -20,6 +20,7 @@ from redis.exceptions import (
     AuthorizationError,
     ClusterDownError,
     ReadOnlyError,
+    RedisClusterException,
     SlotNotCoveredError,
     TryAgainError,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "TRANSIENT_REDIS_ERRORS",
     "MemoryState",
     "backoff_delay",
+    "is_transient",
     "redis_retry_delay",
     "retry_while_unavailable",
 ]
@@ -53,6 +55,10 @@ TRANSIENT_REDIS_ERRORS: Final = (
     SlotNotCoveredError,
     OSError,
 )
+# A cluster client that reaches none of its nodes while rebuilding its slot map (a failover
+# under way) raises RedisClusterException from the connection error: `is_transient` tells it
+# from the same class's lasting failures (a node not in cluster mode).
+_MAYBE_TRANSIENT: Final = (*TRANSIENT_REDIS_ERRORS, RedisClusterException)
 _REDIS_FIRST_DELAY_SECONDS: Final = 0.5
 _REDIS_MAX_DELAY_SECONDS: Final = 15.0
 # A write refused at maxmemory is tried again soon: memory frees as soon as settles go through,
@@ -119,6 +125,15 @@ class MemoryState:
 MEMORY: Final = MemoryState()
 
 
+def is_transient(exc: BaseException) -> bool:
+    """Whether `exc` is a Redis failure worth waiting out."""
+    if isinstance(exc, TRANSIENT_REDIS_ERRORS):
+        return True
+    return isinstance(exc, RedisClusterException) and isinstance(
+        exc.__cause__, TRANSIENT_REDIS_ERRORS
+    )
+
+
 async def retry_while_unavailable(
     what: str,
     call: Callable[[], Awaitable[T]],
@@ -143,7 +158,9 @@ async def retry_while_unavailable(
             if while_full is not None:
                 await _best_effort(while_full)
             continue
-        except TRANSIENT_REDIS_ERRORS as exc:
+        except _MAYBE_TRANSIENT as exc:
+            if not is_transient(exc):
+                raise
             failures += 1
             delay = redis_retry_delay(failures)
             log.warning(
@@ -166,5 +183,8 @@ async def _best_effort(step: Callable[[], Awaitable[object]]) -> None:
     """A side step while waiting; the next try of the main call will meet any lasting fault."""
     try:
         await step()
-    except (RedisFull, *TRANSIENT_REDIS_ERRORS):
+    except RedisFull:
         return
+    except _MAYBE_TRANSIENT as exc:
+        if not is_transient(exc):
+            raise
